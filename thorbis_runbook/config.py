@@ -1,0 +1,187 @@
+"""Configuration: runbook.toml targets and settings, merged once and frozen; DSN redaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+CONFIG_FILENAME = "runbook.toml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
+_TARGET_KEYS = {
+    "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
+    "lock_retries", "retry_backoff", "lock_wait", "on_failure",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database the runbook manages, and how carefully to touch it."""
+
+    name: str
+    embedded: bool = False
+    dsn_env: str | None = None
+    database: str = "thorbis"
+    production: bool = False
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 0
+    lock_retries: int = 3
+    retry_backoff_ms: int = 1_000
+    lock_wait_ms: int = 30_000
+    on_failure: str = "stop"
+
+    def with_overrides(self, **overrides: int | None) -> Target:
+        """Return a copy with the per-run overrides that were given (None means keep)."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **given)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """runbook.toml resolved against its folder, then THORBIS_* environment."""
+
+    root: Path
+    migrations_dir: Path
+    state_dir: Path
+    default_target: str
+    targets: Mapping[str, Target]
+
+    def target(self, name: str | None = None) -> Target:
+        """Return the named target (or the default); raise ConfigError for an unknown one."""
+        chosen = name or self.default_target
+        if chosen not in self.targets:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ConfigError(
+                f"unknown target {chosen!r} (runbook.toml defines: {known})",
+                "pick one of those with --target, or add a [targets.NAME] table to runbook.toml",
+            )
+        return self.targets[chosen]
+
+
+def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load runbook.toml (THORBIS_CONFIG, else ./runbook.toml), then THORBIS_* overrides.
+
+    Raises ConfigError when the file is missing, is not valid TOML, or holds a wrong value.
+    """
+    env = os.environ if env is None else env
+    path = config_path or Path(env.get("THORBIS_CONFIG", CONFIG_FILENAME))
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(
+            f"configuration file {path} does not exist",
+            "run from the project folder, or pass --config / set THORBIS_CONFIG",
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name} is not valid TOML: {exc}", "fix the file") from None
+    return settings_from_mapping(data, root=path.parent, env=env)
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], *, root: Path, env: Mapping[str, str]
+) -> Settings:
+    """Build Settings from parsed TOML; kept apart from file reading so tests can feed it."""
+    section = data.get("runbook", {})
+    migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or section.get("migrations_dir", "migrations")
+    state_dir = env.get("THORBIS_STATE_DIR") or section.get("state_dir", ".runbook")
+    targets = {
+        name: _target(name, values) for name, values in data.get("targets", {}).items()
+    }
+    default = env.get("THORBIS_TARGET") or section.get("default_target", "local")
+    return Settings(
+        root=root,
+        migrations_dir=(root / migrations_dir).resolve(),
+        state_dir=(root / state_dir).resolve(),
+        default_target=default,
+        targets=targets,
+    )
+
+
+def parse_duration_ms(value: object, *, what: str) -> int:
+    """Turn 500, "500ms", "5s" or "15min" into milliseconds; 0 disables, as in PostgreSQL."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} = {value!r} is not a duration", 'write it as "5s" or "500ms"')
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(
+            f"{what} = {value!r} is not a duration",
+            'write a number with a unit: "500ms", "5s", "15min" or "1h" (0 disables)',
+        )
+    return round(float(match[1]) * _UNIT_MS[match[2]])
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return the DSN with any password replaced by ***, in URI or key=value form."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = urlencode(
+            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)],
+            safe="/",
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def _target(name: str, values: Mapping[str, Any]) -> Target:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[targets.{name}] must be a table", "see runbook.toml's local target")
+    unknown = sorted(set(values) - _TARGET_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"[targets.{name}] has unknown setting(s): {', '.join(unknown)}",
+            f"use only: {', '.join(sorted(_TARGET_KEYS))}",
+        )
+    where = f"targets.{name}"
+    on_failure = values.get("on_failure", "stop")
+    if on_failure not in ("stop", "rollback_run"):
+        raise ConfigError(f'{where}.on_failure = {on_failure!r}', 'use "stop" or "rollback_run"')
+    retries = values.get("lock_retries", 3)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigError(f"{where}.lock_retries = {retries!r}", "use a whole number, 0 or more")
+    embedded = _bool(values.get("embedded", False), f"{where}.embedded")
+    dsn_env = values.get("dsn_env")
+    if dsn_env is not None and not isinstance(dsn_env, str):
+        raise ConfigError(f"{where}.dsn_env = {dsn_env!r}", "name an environment variable")
+    if embedded and dsn_env:
+        raise ConfigError(
+            f"target {name} sets both embedded and dsn_env", "keep one: embedded = true or dsn_env"
+        )
+    return Target(
+        name=name,
+        embedded=embedded,
+        dsn_env=dsn_env or None,
+        database=str(values.get("database", "thorbis")),
+        production=_bool(values.get("production", False), f"{where}.production"),
+        lock_timeout_ms=parse_duration_ms(values.get("lock_timeout", "5s"), what=f"{where}.lock_timeout"),
+        statement_timeout_ms=parse_duration_ms(
+            values.get("statement_timeout", 0), what=f"{where}.statement_timeout"
+        ),
+        lock_retries=retries,
+        retry_backoff_ms=parse_duration_ms(values.get("retry_backoff", "1s"), what=f"{where}.retry_backoff"),
+        lock_wait_ms=parse_duration_ms(values.get("lock_wait", "30s"), what=f"{where}.lock_wait"),
+        on_failure=on_failure,
+    )
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} = {value!r} is not true or false", "write true or false")
+    return value

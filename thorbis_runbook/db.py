@@ -1,0 +1,165 @@
+"""Connections: resolving a target's DSN, connecting, and wrapping driver errors at the boundary."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from . import embedded
+from .config import Settings, Target, redact_dsn
+from .errors import ConfigError, ConnectionFailed
+
+Connection = psycopg2.extensions.connection
+DatabaseError = psycopg2.Error
+APPLICATION_NAME = "thorbis-runbook"
+
+# SQLSTATEs the runner acts on, by class, never by message text.
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+_AUTH_FAILED = {"28P01", "28000"}
+_NO_DATABASE = "3D000"
+
+
+def resolve_dsn(settings: Settings, target: Target, env: Mapping[str, str] | None = None) -> str:
+    """Return the target's DSN; for the embedded target start the server and create the database.
+
+    Raises ConfigError when the target's DSN variable is not set.
+    """
+    env = os.environ if env is None else env
+    if target.embedded:
+        server = embedded.start(settings.state_dir)
+        ensure_database(server.uri("postgres"), target.database)
+        return server.uri(target.database)
+    if target.dsn_env:
+        dsn = env.get(target.dsn_env, "")
+        if not dsn.strip():
+            raise ConfigError(
+                f"target {target.name} reads its DSN from the environment variable "
+                f"{target.dsn_env}, which is not set",
+                f"export {target.dsn_env}=postgresql://USER@HOST/DB (keep the password in "
+                "~/.pgpass or PGPASSWORD, not in the variable)",
+            )
+        return dsn
+    # No variable named: libpq's own PG* variables, service file and .pgpass decide.
+    return ""
+
+
+def connect(dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME) -> Connection:
+    """Open an autocommit connection; raise ConnectionFailed with a redacted, actionable message."""
+    try:
+        conn = psycopg2.connect(
+            dsn, application_name=application_name, connect_timeout=10, client_encoding="UTF8"
+        )
+    except psycopg2.Error as exc:
+        raise _connection_failed(exc, dsn, target_name) from None
+    conn.autocommit = True
+    return conn
+
+
+@contextmanager
+def connection(dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME) -> Iterator[Connection]:
+    """Connect for the duration of a with block."""
+    conn = connect(dsn, target_name=target_name, application_name=application_name)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def ensure_database(admin_dsn: str, database: str) -> None:
+    """Create ``database`` when it does not exist (embedded targets only: we own that server)."""
+    with connection(admin_dsn, target_name="embedded") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def fetch_all(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, params or None)
+        return list(cur.fetchall()) if cur.description else []
+
+
+def execute(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] | None = None) -> None:
+    """Run SQL; with ``params`` None the text goes to the server untouched (no % processing)."""
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+
+
+def mogrify(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any]) -> str:
+    """Bind parameters client-side, so a statement can join a one-round-trip batch."""
+    with conn.cursor() as cur:
+        text: bytes = cur.mogrify(query, params)
+    return text.decode("utf-8")
+
+
+def sqlstate(exc: BaseException) -> str:
+    return getattr(exc, "pgcode", None) or ""
+
+
+def error_position(exc: BaseException) -> int | None:
+    """Return the 1-based character position the server reported for the error, if any."""
+    diag = getattr(exc, "diag", None)
+    position = getattr(diag, "statement_position", None) if diag else None
+    return int(position) if position else None
+
+
+def error_message(exc: BaseException) -> str:
+    """Return the server's primary message (and detail), without the driver's decorations."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag else None
+    if not primary:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = getattr(diag, "message_detail", None)
+    return f"{primary} ({detail})" if detail else primary
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and not sqlstate(exc)
+
+
+def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
+    """Drop an index named as the server prints a regclass (already quoted where needed)."""
+    rows = fetch_all(
+        conn,
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass(%s)",
+        (regclass_text,),
+    )
+    if rows:
+        schema, name = rows[0]
+        statement = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(name)
+        )
+        with conn.cursor() as cur:
+            cur.execute(statement)
+
+
+def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> ConnectionFailed:
+    reason = _scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, dsn)
+    where = redact_dsn(dsn) if dsn else "libpq defaults (PG* variables)"
+    code = sqlstate(exc)
+    text = str(exc)
+    if code in _AUTH_FAILED or "password authentication failed" in text:
+        hint = "check the user and password (in ~/.pgpass, PGPASSWORD or the target's DSN variable)"
+    elif code == _NO_DATABASE or "does not exist" in text:
+        hint = "check the database name in the target's DSN, or create the database"
+    else:
+        hint = "check that the server is running and that host and port are right"
+    return ConnectionFailed(f"cannot connect to target {target_name} at {where}: {reason}", hint)
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """Remove a password from a driver message even if libpq ever echoes it."""
+    try:
+        password = psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
+    except psycopg2.Error:
+        password = None
+    return message.replace(password, "***") if password else message

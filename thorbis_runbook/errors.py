@@ -1,0 +1,94 @@
+"""The exception hierarchy: every error a DBA can act on names the thing and the fix."""
+
+from __future__ import annotations
+
+
+class RunbookError(Exception):
+    """Base of every error the runbook raises on purpose.
+
+    ``hint`` is the fix, kept apart from the message so the CLI can print it on its own line.
+    ``exit_code`` follows the CLI contract: 1 a migration or check failed, 2 bad input or
+    configuration, 3 the lock is busy.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ConfigError(RunbookError):
+    """runbook.toml, a target, a parameter or an environment variable is wrong."""
+
+    exit_code = 2
+
+
+class MigrationFileError(RunbookError):
+    """A migration file breaks the contract: name, encoding, SQL, transaction control."""
+
+    exit_code = 2
+
+
+class ConnectionFailed(RunbookError):
+    """The server could not be reached or refused the login."""
+
+    exit_code = 2
+
+
+class ConfirmationRequired(RunbookError):
+    """A production target was asked to change without the explicit confirmation flag."""
+
+    exit_code = 2
+
+
+class LockBusy(RunbookError):
+    """Another runner holds the database's migration lock."""
+
+    exit_code = 3
+
+
+class PlanBlocked(RunbookError):
+    """Drift, out-of-order files or missing files stop apply until the user decides."""
+
+    exit_code = 1
+
+
+class MigrationFailed(RunbookError):
+    """A migration's SQL failed on the server; earlier migrations stay applied."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        *,
+        version: str = "",
+        sqlstate: str = "",
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.version = version
+        self.sqlstate = sqlstate
+        self.line = line
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields survive pickling (papermill and orchestrators move errors around).
+        return (_rebuild_migration_failed, (self.message, self.hint, self.version, self.sqlstate, self.line))
+
+
+def _rebuild_migration_failed(
+    message: str, hint: str, version: str, sqlstate: str, line: int | None
+) -> MigrationFailed:
+    return MigrationFailed(message, hint, version=version, sqlstate=sqlstate, line=line)
+
+
+class SeedError(RunbookError):
+    """Demo data cannot be loaded into this database as asked."""
+
+    exit_code = 2
