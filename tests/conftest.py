@@ -44,7 +44,10 @@ def pg_database(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
     try:
         yield pg_server.uri(name)
     finally:
-        _admin(pg_server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        _admin(
+            pg_server,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
+        )
 
 
 @pytest.fixture
@@ -58,12 +61,22 @@ def conn(pg_database: str) -> Iterator[psycopg2.extensions.connection]:
         connection.close()
 
 
-def make_settings(tmp_path: Path, migrations_dir: Path, *, production: bool = False, **target: object) -> Settings:
+def make_settings(
+    tmp_path: Path, migrations_dir: Path, *, production: bool = False, **target: object
+) -> Settings:
     """Settings with one target, `test`, whose DSN comes from THORBIS_TEST_DSN."""
-    values = {"dsn_env": "THORBIS_TEST_DSN", "lock_timeout": "2s", "lock_wait": "1s",
-              "retry_backoff": "50ms", "production": production, **target}
-    data = {"runbook": {"migrations_dir": str(migrations_dir), "default_target": "test"},
-            "targets": {"test": values}}
+    values = {
+        "dsn_env": "THORBIS_TEST_DSN",
+        "lock_timeout": "2s",
+        "lock_wait": "1s",
+        "retry_backoff": "50ms",
+        "production": production,
+        **target,
+    }
+    data = {
+        "runbook": {"migrations_dir": str(migrations_dir), "default_target": "test"},
+        "targets": {"test": values},
+    }
     return settings_from_mapping(data, root=tmp_path, env={})
 
 
@@ -99,7 +112,12 @@ def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:
 
 def _require_password_for(server: embedded.EmbeddedStatus, role: str, password: str) -> None:
     """Make one role log in with a password (the embedded server trusts local users otherwise)."""
-    _admin(server, sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    _admin(
+        server,
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        ),
+    )
     hba = server.pgdata / "pg_hba.conf"
     hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
     _admin(server, sql.SQL("SELECT pg_reload_conf()"))

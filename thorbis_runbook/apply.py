@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -48,7 +49,15 @@ class StepResult:
 
     def as_tuple(self) -> tuple[object, ...]:
         mode = "transaction" if self.transactional else "no transaction"
-        return (self.version, self.name, self.status, mode, self.attempts, self.duration_ms, self.error or "")
+        return (
+            self.version,
+            self.name,
+            self.status,
+            mode,
+            self.attempts,
+            self.duration_ms,
+            self.error or "",
+        )
 
 
 STEP_COLUMNS = ("version", "name", "status", "mode", "attempts", "duration_ms", "error")
@@ -147,9 +156,12 @@ class _Runner:
         self.executor = executor
         self.run_id = run_id
         self.operator = operator
+        self.reset_session_sql = f"{RESET_SESSION_SQL}\n{db.session_defaults_sql(conn)}".rstrip()
 
     # -- transactional -------------------------------------------------------------------
-    def apply_transactional(self, migration: Migration) -> tuple[StepResult, MigrationFailed | None]:
+    def apply_transactional(
+        self, migration: Migration
+    ) -> tuple[StepResult, MigrationFailed | None]:
         batch = self._transaction_batch(migration)
         started = time.monotonic()
         attempt = 0
@@ -165,34 +177,60 @@ class _Runner:
                 failure = self._failure(migration, exc, self._locate_failure(migration, batch, exc))
                 self._record_failure(migration, failure, elapsed, attempt)
                 step = StepResult(
-                    migration.version, migration.name, "failed", True, attempt, elapsed, 0, failure.message
+                    migration.version,
+                    migration.name,
+                    "failed",
+                    True,
+                    attempt,
+                    elapsed,
+                    0,
+                    failure.message,
                 )
                 return step, failure
             status = "planned" if self.executor.dry_run else "applied"
-            return StepResult(migration.version, migration.name, status, True, attempt, _ms_since(started)), None
+            return StepResult(
+                migration.version, migration.name, status, True, attempt, _ms_since(started)
+            ), None
 
     def _transaction_batch(self, migration: Migration) -> _Batch:
         batch = _Batch()
-        batch.add(f"-- {migration.filename} (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n")
+        batch.add(
+            f"-- {migration.filename} (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n"
+        )
         batch.add(migration.sql, source=migration.filename, source_text=migration.sql)
         batch.add("\n;\n")
         if migration.verify_sql and migration.verify_sql.strip() and migration.verify_path:
             batch.add(f"-- {migration.verify_path.name}\n")
-            batch.add(migration.verify_sql, source=migration.verify_path.name, source_text=migration.verify_sql)
+            batch.add(
+                migration.verify_sql,
+                source=migration.verify_path.name,
+                source_text=migration.verify_sql,
+            )
             batch.add("\n;\n")
-        batch.add(self._history_sql(migration, "applied", attempts=1) + ";\nCOMMIT;\n" + RESET_SESSION_SQL + "\n")
+        batch.add(
+            self._history_sql(migration, "applied", attempts=1)
+            + ";\nCOMMIT;\n"
+            + self.reset_session_sql
+            + "\n"
+        )
         return batch
 
-    def _locate_failure(self, migration: Migration, batch: _Batch, exc: db.DatabaseError) -> tuple[str, int] | None:
+    def _locate_failure(
+        self, migration: Migration, batch: _Batch, exc: db.DatabaseError
+    ) -> tuple[str, int] | None:
         """Find the file and line of a failure; replay statement by statement when the server gave no position."""
         located = batch.locate(db.error_position(exc))
         if located or self.executor.dry_run or self.conn.closed:
             return located
-        sources: list[tuple[str, Statement]] = [(migration.filename, s) for s in migration.statements]
+        sources: list[tuple[str, Statement]] = [
+            (migration.filename, s) for s in migration.statements
+        ]
         if migration.verify_sql and migration.verify_path:
             from .statements import split_statements
 
-            sources += [(migration.verify_path.name, s) for s in split_statements(migration.verify_sql)]
+            sources += [
+                (migration.verify_path.name, s) for s in split_statements(migration.verify_sql)
+            ]
         try:
             db.execute(self.conn, f"BEGIN;\n{self._timeouts(local=True)}")
             for source, statement in sources:
@@ -232,45 +270,84 @@ class _Runner:
                 self._reset_session()
                 self._record_failure(migration, failure, elapsed, 0)
                 step = StepResult(
-                    migration.version, migration.name, "failed", False, attempts, elapsed, skipped, failure.message
+                    migration.version,
+                    migration.name,
+                    "failed",
+                    False,
+                    attempts,
+                    elapsed,
+                    skipped,
+                    failure.message,
                 )
                 return step, failure
             self.executor.run(
-                db.mogrify(self.conn, PROGRESS_SQL, {"version": migration.version, "index": statement.index, "sha": digest}),
+                db.mogrify(
+                    self.conn,
+                    PROGRESS_SQL,
+                    {"version": migration.version, "index": statement.index, "sha": digest},
+                ),
                 label=f"{migration.filename} progress",
                 transactional=False,
             )
         if skipped:
-            log.info("%s: resumed after %d statement(s) completed by an earlier run", migration.filename, skipped)
+            log.info(
+                "%s: resumed after %d statement(s) completed by an earlier run",
+                migration.filename,
+                skipped,
+            )
         return self._finish_non_transactional(migration, started, attempts, skipped)
 
     def _finish_non_transactional(
         self, migration: Migration, started: float, attempts: int, skipped: int
     ) -> tuple[StepResult, MigrationFailed | None]:
         batch = _Batch()
-        batch.add(f"-- {migration.filename}: verify and record (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n")
+        batch.add(
+            f"-- {migration.filename}: verify and record (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n"
+        )
         if migration.verify_sql and migration.verify_sql.strip() and migration.verify_path:
-            batch.add(migration.verify_sql, source=migration.verify_path.name, source_text=migration.verify_sql)
+            batch.add(
+                migration.verify_sql,
+                source=migration.verify_path.name,
+                source_text=migration.verify_sql,
+            )
             batch.add("\n;\n")
         elapsed = _ms_since(started)
         batch.add(
-            self._history_sql(migration, "applied", attempts=0, duration_ms=elapsed) + ";\n"
+            self._history_sql(migration, "applied", attempts=0, duration_ms=elapsed)
+            + ";\n"
             + db.mogrify(self.conn, CLEAR_PROGRESS_SQL, {"version": migration.version})
-            + ";\nCOMMIT;\n" + RESET_SESSION_SQL + "\n"
+            + ";\nCOMMIT;\n"
+            + self.reset_session_sql
+            + "\n"
         )
         try:
-            self.executor.run(batch.text(), label=f"{migration.filename} verify", transactional=True)
+            self.executor.run(
+                batch.text(), label=f"{migration.filename} verify", transactional=True
+            )
         except db.DatabaseError as exc:
             self._rollback()
             self._reset_session()
             failure = self._failure(migration, exc, batch.locate(db.error_position(exc)))
             self._record_failure(migration, failure, elapsed, 0)
-            step = StepResult(migration.version, migration.name, "failed", False, attempts, elapsed, skipped, failure.message)
+            step = StepResult(
+                migration.version,
+                migration.name,
+                "failed",
+                False,
+                attempts,
+                elapsed,
+                skipped,
+                failure.message,
+            )
             return step, failure
         status = "planned" if self.executor.dry_run else "applied"
-        return StepResult(migration.version, migration.name, status, False, attempts, elapsed, skipped), None
+        return StepResult(
+            migration.version, migration.name, status, False, attempts, elapsed, skipped
+        ), None
 
-    def _run_alone(self, migration: Migration, statement: Statement) -> tuple[MigrationFailed | None, int]:
+    def _run_alone(
+        self, migration: Migration, statement: Statement
+    ) -> tuple[MigrationFailed | None, int]:
         """Run one statement in autocommit, cleaning INVALID indexes it leaves, retrying lock timeouts."""
         attempt = 0
         while True:
@@ -278,8 +355,11 @@ class _Runner:
             before = set() if self.executor.dry_run else history.invalid_indexes(self.conn)
             self._drop_leftover_index(statement, before)
             try:
-                self.executor.run(statement.text, label=f"{migration.filename} statement {statement.index + 1}",
-                                  transactional=False)
+                self.executor.run(
+                    statement.text,
+                    label=f"{migration.filename} statement {statement.index + 1}",
+                    transactional=False,
+                )
                 return None, attempt
             except db.DatabaseError as exc:
                 if not self.conn.closed:
@@ -321,8 +401,16 @@ class _Runner:
             f"{scope} statement_timeout = {int(self.target.statement_timeout_ms)};"
         )
 
-    def _history_sql(self, migration: Migration, status: str, *, attempts: int, duration_ms: int | None = None,
-                     error: str | None = None, error_line: int | None = None) -> str:
+    def _history_sql(
+        self,
+        migration: Migration,
+        status: str,
+        *,
+        attempts: int,
+        duration_ms: int | None = None,
+        error: str | None = None,
+        error_line: int | None = None,
+    ) -> str:
         params = {
             "version": migration.version, "name": migration.name, "checksum": migration.checksum,
             "status": status, "transactional": migration.transactional, "operator": self.operator,
@@ -337,12 +425,18 @@ class _Runner:
         delay_ms = self.target.retry_backoff_ms * 2 ** (attempt - 1)
         log.warning(
             "%s: lock_timeout (%d ms) reached on attempt %d of %d; retrying in %d ms",
-            migration.filename, self.target.lock_timeout_ms, attempt, self.target.lock_retries + 1, delay_ms,
+            migration.filename,
+            self.target.lock_timeout_ms,
+            attempt,
+            self.target.lock_retries + 1,
+            delay_ms,
         )
         time.sleep(delay_ms / 1000)
         return True
 
-    def _failure(self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None) -> MigrationFailed:
+    def _failure(
+        self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None
+    ) -> MigrationFailed:
         code = db.sqlstate(exc)
         message = db.error_message(exc)
         place = f" at {where[0]} line {where[1]}" if where else ""
@@ -354,45 +448,69 @@ class _Runner:
                 version=migration.version,
             )
         if code == db.LOCK_NOT_AVAILABLE:
-            hint = (f"another session held a conflicting lock for longer than lock_timeout "
-                    f"({self.target.lock_timeout_ms} ms) on all {self.target.lock_retries + 1} attempts; "
-                    "find it with thorbis-runbook precheck, or run again when traffic is lower")
+            hint = (
+                f"another session held a conflicting lock for longer than lock_timeout "
+                f"({self.target.lock_timeout_ms} ms) on all {self.target.lock_retries + 1} attempts; "
+                "find it with thorbis-runbook precheck, or run again when traffic is lower"
+            )
         elif code == db.QUERY_CANCELED:
-            hint = (f"a statement ran longer than statement_timeout ({self.target.statement_timeout_ms} ms); "
-                    "raise it for this run with --statement-timeout, or split the migration")
+            hint = (
+                f"a statement ran longer than statement_timeout ({self.target.statement_timeout_ms} ms); "
+                "raise it for this run with --statement-timeout, or split the migration"
+            )
         else:
-            hint = ("earlier migrations stay applied and this one left nothing behind; "
-                    "fix the file and run apply again")
+            hint = (
+                "earlier migrations stay applied and this one left nothing behind; "
+                "fix the file and run apply again"
+            )
             if not migration.transactional:
-                hint = ("statements before this one stay applied and are skipped on the next run; "
-                        "fix the file and run apply again")
+                hint = (
+                    "statements before this one stay applied and are skipped on the next run; "
+                    "fix the file and run apply again"
+                )
         line = where[1] if where else None
         return MigrationFailed(
             f"migration {migration.filename} failed{place}: {message} [SQLSTATE {code or 'none'}]",
-            hint, version=migration.version, sqlstate=code, line=line,
+            hint,
+            version=migration.version,
+            sqlstate=code,
+            line=line,
         )
 
-    def _record_failure(self, migration: Migration, failure: MigrationFailed, elapsed_ms: int, attempts: int) -> None:
+    def _record_failure(
+        self, migration: Migration, failure: MigrationFailed, elapsed_ms: int, attempts: int
+    ) -> None:
         if self.executor.dry_run or self.conn.closed:
             return
         try:
-            db.execute(self.conn, self._history_sql(
-                migration, "failed", attempts=attempts, duration_ms=elapsed_ms,
-                error=failure.message, error_line=failure.line,
-            ))
-        except db.DatabaseError as exc:  # the failure itself is what matters; say we could not record it
-            log.error("could not record the failure of %s in the history: %s", migration.filename, db.error_message(exc))
+            db.execute(
+                self.conn,
+                self._history_sql(
+                    migration,
+                    "failed",
+                    attempts=attempts,
+                    duration_ms=elapsed_ms,
+                    error=failure.message,
+                    error_line=failure.line,
+                ),
+            )
+        except (
+            db.DatabaseError
+        ) as exc:  # the failure itself is what matters; say we could not record it
+            log.error(
+                "could not record the failure of %s in the history: %s",
+                migration.filename,
+                db.error_message(exc),
+            )
 
     def _rollback(self) -> None:
         if not self.executor.dry_run and not self.conn.closed:
-            try:
+            with contextlib.suppress(db.DatabaseError):
                 db.execute(self.conn, "ROLLBACK")
-            except db.DatabaseError:
-                pass
 
     def _reset_session(self) -> None:
         if not self.executor.dry_run and not self.conn.closed:
-            db.execute(self.conn, RESET_SESSION_SQL)
+            db.execute(self.conn, self.reset_session_sql)
 
 
 def _sha(text: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import commands, config, embedded
 from .apply import STEP_COLUMNS, ApplyResult
-from .errors import RunbookError
+from .errors import ConfigError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
 
@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; a transaction in flight was rolled back by the server", file=sys.stderr)
+        print(
+            "error: interrupted; a transaction in flight was rolled back by the server",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -70,7 +73,9 @@ def _db(args: argparse.Namespace, settings: config.Settings) -> int:
         database = settings.target(args.target).database if args.target else "postgres"
         print(info.uri(database))
         return 0
-    state_text = f"running (pid {info.pid}, PostgreSQL {info.version})" if info.running else "stopped"
+    state_text = (
+        f"running (pid {info.pid}, PostgreSQL {info.version})" if info.running else "stopped"
+    )
     print(f"embedded PostgreSQL in {info.pgdata}: {state_text}")
     if info.running:
         print(f"url: {info.uri()}")
@@ -88,8 +93,12 @@ def _status(args: argparse.Namespace, settings: config.Settings) -> int:
     else:
         _print_table(STATUS_COLUMNS, [row.as_tuple() for row in plan.rows])
         counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts().items()))
-        print(f"\ntarget {report.target}: schema version {report.current_version or 'none'} ({counts or 'no migrations'})")
-    blocked = plan.drifted or plan.missing or any(r.state in ("failed", "running") for r in plan.rows)
+        print(
+            f"\ntarget {report.target}: schema version {report.current_version or 'none'} ({counts or 'no migrations'})"
+        )
+    blocked = (
+        plan.drifted or plan.missing or any(r.state in ("failed", "running") for r in plan.rows)
+    )
     return 1 if blocked else 0
 
 
@@ -121,7 +130,9 @@ def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"baselined {name}")
     for name in result.already:
         print(f"already recorded {name} (left as it was)")
-    print(f"target {result.target}: {len(result.recorded)} migration(s) baselined up to {args.to} (run {result.run_id})")
+    print(
+        f"target {result.target}: {len(result.recorded)} migration(s) baselined up to {args.to} (run {result.run_id})"
+    )
     return 0
 
 
@@ -135,19 +146,20 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
     from . import db, seed
 
     if args.businesses < 1 or args.work_orders_per_business < 0:
-        raise config.ConfigError(
+        raise ConfigError(
             f"--businesses {args.businesses} / --work-orders-per-business {args.work_orders_per_business}",
             "give at least 1 business and 0 or more work orders per business",
         )
     target = settings.target(args.target)
     if target.production:
-        raise config.ConfigError(
+        raise ConfigError(
             f"target {target.name} is marked production; seed writes demo data",
             "seed a local or staging target instead",
         )
-    with _SeedBar(enabled=sys.stderr.isatty()) as bar, db.connection(
-        db.resolve_dsn(settings, target), target_name=target.name
-    ) as conn:
+    with (
+        _SeedBar(enabled=sys.stderr.isatty()) as bar,
+        db.connection(db.resolve_dsn(settings, target), target_name=target.name) as conn,
+    ):
         conn.autocommit = False
         result = seed.seed(
             conn, businesses=args.businesses,
@@ -264,8 +276,12 @@ class _SeedBar:
 
 # -- parser --------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thorbis-runbook", description="PostgreSQL migration runbook kit")
-    parser.add_argument("--config", help="path to runbook.toml (default: ./runbook.toml or THORBIS_CONFIG)")
+    parser = argparse.ArgumentParser(
+        prog="thorbis-runbook", description="PostgreSQL migration runbook kit"
+    )
+    parser.add_argument(
+        "--config", help="path to runbook.toml (default: ./runbook.toml or THORBIS_CONFIG)"
+    )
     parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
@@ -282,35 +298,66 @@ def _parser() -> argparse.ArgumentParser:
     apply_cmd = sub.add_parser("apply", help="apply pending migrations")
     _common(apply_cmd)
     apply_cmd.add_argument("--to", metavar="VERSION", help="stop after this version")
-    apply_cmd.add_argument("--dry-run", action="store_true", help="print the exact SQL, change nothing")
-    apply_cmd.add_argument("--confirm-production", action="store_true", help="required for production targets")
-    apply_cmd.add_argument("--allow-drift", action="store_true", help="apply although applied files changed")
-    apply_cmd.add_argument("--allow-out-of-order", action="store_true", help="apply files older than the newest applied")
-    apply_cmd.add_argument("--allow-missing", action="store_true", help="apply although applied files are gone")
-    apply_cmd.add_argument("--lock-timeout", help='override the target\'s lock_timeout for this run, e.g. "2s"')
-    apply_cmd.add_argument("--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"')
+    apply_cmd.add_argument(
+        "--dry-run", action="store_true", help="print the exact SQL, change nothing"
+    )
+    apply_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
+    apply_cmd.add_argument(
+        "--allow-drift", action="store_true", help="apply although applied files changed"
+    )
+    apply_cmd.add_argument(
+        "--allow-out-of-order",
+        action="store_true",
+        help="apply files older than the newest applied",
+    )
+    apply_cmd.add_argument(
+        "--allow-missing", action="store_true", help="apply although applied files are gone"
+    )
+    apply_cmd.add_argument(
+        "--lock-timeout", help='override the target\'s lock_timeout for this run, e.g. "2s"'
+    )
+    apply_cmd.add_argument(
+        "--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"'
+    )
     apply_cmd.set_defaults(handler=_apply)
 
-    new_cmd = sub.add_parser("new", help="create a migration (and its down and verify files) from the template")
+    new_cmd = sub.add_parser(
+        "new", help="create a migration (and its down and verify files) from the template"
+    )
     new_cmd.add_argument("name", help="snake_case description, e.g. add_invoice_due_date")
     new_cmd.set_defaults(handler=_new)
 
-    baseline_cmd = sub.add_parser("baseline", help="record migrations as applied without running them")
+    baseline_cmd = sub.add_parser(
+        "baseline", help="record migrations as applied without running them"
+    )
     _common(baseline_cmd)
-    baseline_cmd.add_argument("--to", metavar="VERSION", required=True, help="last version the schema holds")
-    baseline_cmd.add_argument("--confirm-production", action="store_true", help="required for production targets")
+    baseline_cmd.add_argument(
+        "--to", metavar="VERSION", required=True, help="last version the schema holds"
+    )
+    baseline_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
     baseline_cmd.set_defaults(handler=_baseline)
 
     seed_cmd = sub.add_parser("seed", help="load realistic demo data through COPY")
     _common(seed_cmd)
-    seed_cmd.add_argument("--businesses", type=int, default=100, help="how many businesses (default 100)")
+    seed_cmd.add_argument(
+        "--businesses", type=int, default=100, help="how many businesses (default 100)"
+    )
     seed_cmd.add_argument("--work-orders-per-business", type=int, default=1000, help="default 1000")
+    seed_cmd.add_argument(
+        "--if-empty", action="store_true", help="skip quietly when data is already there"
+    )
     seed_cmd.set_defaults(handler=_seed)
     return parser
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--target", help="target from runbook.toml (default: default_target, or THORBIS_TARGET)")
+    cmd.add_argument(
+        "--target", help="target from runbook.toml (default: default_target, or THORBIS_TARGET)"
+    )
     cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
 

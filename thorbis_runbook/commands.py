@@ -18,8 +18,8 @@ from .apply import ApplyResult, ProgressCallback, apply_plan
 from .config import Settings, Target
 from .errors import ConfigError, ConfirmationRequired
 from .executor import LiveExecutor, ScriptExecutor
-from .migrations import MigrationSet, discover, is_snake_case
-from .plan import Plan, build_plan
+from .migrations import discover, is_snake_case
+from .plan import Plan, build_plan, check_to_version
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def status(settings: Settings, *, target: str | None = None) -> StatusReport:
     return StatusReport(chosen.name, build_plan(migrations, rows))
 
 
-def apply(settings: Settings, request: ApplyRequest, *, progress: ProgressCallback | None = None) -> ApplyResult:
+def apply(
+    settings: Settings, request: ApplyRequest, *, progress: ProgressCallback | None = None
+) -> ApplyResult:
     """Apply pending migrations (or, with dry_run, write out exactly what would run).
 
     Raises MigrationFileError, ConfigError, ConfirmationRequired, ConnectionFailed and LockBusy
@@ -106,12 +108,19 @@ def apply(settings: Settings, request: ApplyRequest, *, progress: ProgressCallba
     )
     _confirm(target, request.confirm_production, request.dry_run, "apply")
     migrations = discover(settings.migrations_dir)
+    check_to_version(migrations, request.to_version)
     run_id = new_run_id()
     operator = operator_name()
     dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name, application_name=f"thorbis-runbook {run_id}") as conn:
-        executor: LiveExecutor | ScriptExecutor = ScriptExecutor() if request.dry_run else LiveExecutor(conn)
-        with _locked_run(conn, executor, target=target, run_id=run_id, operator=operator, command="apply"):
+    with db.connection(
+        dsn, target_name=target.name, application_name=f"thorbis-runbook {run_id}"
+    ) as conn:
+        executor: LiveExecutor | ScriptExecutor = (
+            ScriptExecutor() if request.dry_run else LiveExecutor(conn)
+        )
+        with _locked_run(
+            conn, executor, target=target, run_id=run_id, operator=operator, command="apply"
+        ):
             plan = build_plan(migrations, history.read_history(conn), to_version=request.to_version)
             plan.check_blockers(
                 allow_drift=request.allow_drift,
@@ -119,7 +128,12 @@ def apply(settings: Settings, request: ApplyRequest, *, progress: ProgressCallba
                 allow_missing=request.allow_missing,
             )
             steps, failure = apply_plan(
-                conn, plan, target=target, executor=executor, run_id=run_id, operator=operator,
+                conn,
+                plan,
+                target=target,
+                executor=executor,
+                run_id=run_id,
+                operator=operator,
                 progress=progress,
             )
             _finish_run(conn, executor, run_id, "failed" if failure else "succeeded")
@@ -128,7 +142,11 @@ def apply(settings: Settings, request: ApplyRequest, *, progress: ProgressCallba
 
 
 def baseline(
-    settings: Settings, *, to_version: str, target: str | None = None, confirm_production: bool = False
+    settings: Settings,
+    *,
+    to_version: str,
+    target: str | None = None,
+    confirm_production: bool = False,
 ) -> BaselineResult:
     """Record every migration up to ``to_version`` as baselined, without running it.
 
@@ -143,7 +161,9 @@ def baseline(
     operator = operator_name()
     with db.connection(db.resolve_dsn(settings, chosen), target_name=chosen.name) as conn:
         executor = LiveExecutor(conn)
-        with _locked_run(conn, executor, target=chosen, run_id=run_id, operator=operator, command="baseline"):
+        with _locked_run(
+            conn, executor, target=chosen, run_id=run_id, operator=operator, command="baseline"
+        ):
             existing = {row.version for row in history.read_history(conn)}
             recorded, already = [], []
             for migration in plan.pending:
@@ -169,7 +189,9 @@ def new_migration(settings: Settings, name: str, *, now: datetime | None = None)
         )
     folder = settings.migrations_dir
     if not folder.is_dir():
-        raise ConfigError(f"migrations folder {folder} does not exist", "create it, or set migrations_dir")
+        raise ConfigError(
+            f"migrations folder {folder} does not exist", "create it, or set migrations_dir"
+        )
     moment = (now or datetime.now(UTC)).replace(microsecond=0, tzinfo=None)
     taken = [p.name[:14] for p in folder.glob("*.sql") if p.name[:14].isdigit()]
     newest = max(taken, default="")
@@ -197,40 +219,58 @@ def _confirm(target: Target, confirmed: bool, dry_run: bool, verb: str) -> None:
     if target.production and not confirmed and not dry_run:
         raise ConfirmationRequired(
             f"target {target.name} is marked production and {verb} would change it",
-            f"review the plan with --dry-run, then run again with --confirm-production",
+            "review the plan with --dry-run, then run again with --confirm-production",
         )
 
 
 @contextmanager
 def _locked_run(
-    conn: db.Connection, executor: LiveExecutor | ScriptExecutor, *, target: Target, run_id: str,
-    operator: str, command: str,
+    conn: db.Connection,
+    executor: LiveExecutor | ScriptExecutor,
+    *,
+    target: Target,
+    run_id: str,
+    operator: str,
+    command: str,
 ) -> Iterator[None]:
     """Hold the migration lock, bring the runbook schema up to date, and record the run."""
     if executor.dry_run:
-        executor.run(history.TRY_LOCK_SQL, label="migration lock (session advisory lock)", transactional=False)
+        executor.run(
+            history.TRY_LOCK_SQL,
+            label="migration lock (session advisory lock)",
+            transactional=False,
+        )
     else:
         history.acquire_lock(conn, wait_ms=target.lock_wait_ms)
     try:
         for label, sql in history.internal_upgrades(history.internal_version(conn)):
             executor.run(sql, label=label, transactional=True)
         executor.run(
-            db.mogrify(conn, RUN_INSERT_SQL, {"run_id": run_id, "command": command, "target": target.name,
-                                              "operator": operator}),
-            label="record the run", transactional=False,
+            db.mogrify(
+                conn,
+                RUN_INSERT_SQL,
+                {"run_id": run_id, "command": command, "target": target.name, "operator": operator},
+            ),
+            label="record the run",
+            transactional=False,
         )
         yield
     finally:
         if executor.dry_run:
-            executor.run(history.UNLOCK_SQL, label="release the migration lock", transactional=False)
+            executor.run(
+                history.UNLOCK_SQL, label="release the migration lock", transactional=False
+            )
         elif not conn.closed:
             history.release_lock(conn)
 
 
-def _finish_run(conn: db.Connection, executor: LiveExecutor | ScriptExecutor, run_id: str, status: str) -> None:
+def _finish_run(
+    conn: db.Connection, executor: LiveExecutor | ScriptExecutor, run_id: str, status: str
+) -> None:
     if conn.closed:
         return  # a lost connection: the run row stays 'running', which is the truth we know
     executor.run(
         db.mogrify(conn, RUN_FINISH_SQL, {"run_id": run_id, "status": status}),
-        label="close the run", transactional=False,
+        label="close the run",
+        transactional=False,
     )

@@ -67,7 +67,9 @@ class Settings:
         return self.targets[chosen]
 
 
-def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    config_path: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
     """Load runbook.toml (THORBIS_CONFIG, else ./runbook.toml), then THORBIS_* overrides.
 
     Raises ConfigError when the file is missing, is not valid TOML, or holds a wrong value.
@@ -92,11 +94,11 @@ def settings_from_mapping(
 ) -> Settings:
     """Build Settings from parsed TOML; kept apart from file reading so tests can feed it."""
     section = data.get("runbook", {})
-    migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or section.get("migrations_dir", "migrations")
+    migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or section.get(
+        "migrations_dir", "migrations"
+    )
     state_dir = env.get("THORBIS_STATE_DIR") or section.get("state_dir", ".runbook")
-    targets = {
-        name: _target(name, values) for name, values in data.get("targets", {}).items()
-    }
+    targets = {name: _target(name, values) for name, values in data.get("targets", {}).items()}
     default = env.get("THORBIS_TARGET") or section.get("default_target", "local")
     return Settings(
         root=root,
@@ -134,7 +136,7 @@ def redact_dsn(dsn: str) -> str:
             netloc = f"{userinfo}@{host}"
         query = urlencode(
             [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)],
-            safe="/",
+            safe="/*",
         )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
@@ -152,7 +154,7 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
     where = f"targets.{name}"
     on_failure = values.get("on_failure", "stop")
     if on_failure not in ("stop", "rollback_run"):
-        raise ConfigError(f'{where}.on_failure = {on_failure!r}', 'use "stop" or "rollback_run"')
+        raise ConfigError(f"{where}.on_failure = {on_failure!r}", 'use "stop" or "rollback_run"')
     retries = values.get("lock_retries", 3)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError(f"{where}.lock_retries = {retries!r}", "use a whole number, 0 or more")
@@ -170,12 +172,16 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         dsn_env=dsn_env or None,
         database=str(values.get("database", "thorbis")),
         production=_bool(values.get("production", False), f"{where}.production"),
-        lock_timeout_ms=parse_duration_ms(values.get("lock_timeout", "5s"), what=f"{where}.lock_timeout"),
+        lock_timeout_ms=parse_duration_ms(
+            values.get("lock_timeout", "5s"), what=f"{where}.lock_timeout"
+        ),
         statement_timeout_ms=parse_duration_ms(
             values.get("statement_timeout", 0), what=f"{where}.statement_timeout"
         ),
         lock_retries=retries,
-        retry_backoff_ms=parse_duration_ms(values.get("retry_backoff", "1s"), what=f"{where}.retry_backoff"),
+        retry_backoff_ms=parse_duration_ms(
+            values.get("retry_backoff", "1s"), what=f"{where}.retry_backoff"
+        ),
         lock_wait_ms=parse_duration_ms(values.get("lock_wait", "30s"), what=f"{where}.lock_wait"),
         on_failure=on_failure,
     )

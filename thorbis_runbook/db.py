@@ -60,11 +60,26 @@ def connect(dsn: str, *, target_name: str, application_name: str = APPLICATION_N
     except psycopg2.Error as exc:
         raise _connection_failed(exc, dsn, target_name) from None
     conn.autocommit = True
+    session_defaults = session_defaults_sql(conn)
+    if session_defaults:
+        execute(conn, session_defaults)
     return conn
 
 
+def session_defaults_sql(conn: Connection) -> str:
+    """Return the SET that makes the server notice a killed runner during a long statement.
+
+    Without it a backend whose client died keeps running (and holding the migration lock) until
+    its statement ends. The setting exists from PostgreSQL 14 on; apply re-issues it after the
+    RESET ALL that keeps one migration's settings out of the next.
+    """
+    return "SET client_connection_check_interval = 1000;" if conn.server_version >= 140000 else ""
+
+
 @contextmanager
-def connection(dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME) -> Iterator[Connection]:
+def connection(
+    dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME
+) -> Iterator[Connection]:
     """Connect for the duration of a with block."""
     conn = connect(dsn, target_name=target_name, application_name=application_name)
     try:
@@ -81,13 +96,17 @@ def ensure_database(admin_dsn: str, database: str) -> None:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
-def fetch_all(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+def fetch_all(
+    conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] = ()
+) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         cur.execute(query, params or None)
         return list(cur.fetchall()) if cur.description else []
 
 
-def execute(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] | None = None) -> None:
+def execute(
+    conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str, Any] | None = None
+) -> None:
     """Run SQL; with ``params`` None the text goes to the server untouched (no % processing)."""
     with conn.cursor() as cur:
         cur.execute(query, params)
@@ -122,7 +141,9 @@ def error_message(exc: BaseException) -> str:
 
 
 def is_connection_lost(exc: BaseException) -> bool:
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and not sqlstate(exc)
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) and not sqlstate(
+        exc
+    )
 
 
 def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
@@ -143,7 +164,9 @@ def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
 
 
 def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> ConnectionFailed:
-    reason = _scrub(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, dsn)
+    reason = _scrub(
+        str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, dsn
+    )
     where = redact_dsn(dsn) if dsn else "libpq defaults (PG* variables)"
     code = sqlstate(exc)
     text = str(exc)

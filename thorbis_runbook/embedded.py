@@ -93,7 +93,10 @@ def stop(state_dir: Path) -> EmbeddedStatus:
     bin_path = pgserver.utils.POSTGRES_VERSIONS[current.version or 18]
     user = "pgserver" if _running_as_root() else None
     pgserver.pgexec.pgexec(
-        "pg_ctl", ("-w", "-m", "fast", "-D", str(current.pgdata), "stop"), bin_path=bin_path, user=user
+        "pg_ctl",
+        ("-w", "-m", "fast", "-D", str(current.pgdata), "stop"),
+        bin_path=bin_path,
+        user=user,
     )
     return status(state_dir)
 

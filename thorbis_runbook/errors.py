@@ -79,7 +79,10 @@ class MigrationFailed(RunbookError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only fields survive pickling (papermill and orchestrators move errors around).
-        return (_rebuild_migration_failed, (self.message, self.hint, self.version, self.sqlstate, self.line))
+        return (
+            _rebuild_migration_failed,
+            (self.message, self.hint, self.version, self.sqlstate, self.line),
+        )
 
 
 def _rebuild_migration_failed(

@@ -113,8 +113,11 @@ def acquire_lock(
                 "if it is stuck; its work is recorded and the next run continues from there",
             )
         if not announced:
-            log.warning("waiting up to %.0f s for the migration lock held by %s", wait_ms / 1000,
-                        holder.describe() if holder else "another session")
+            log.warning(
+                "waiting up to %.0f s for the migration lock held by %s",
+                wait_ms / 1000,
+                holder.describe() if holder else "another session",
+            )
             announced = True
         sleep(poll_ms / 1000)
 
@@ -125,7 +128,9 @@ def release_lock(conn: db.Connection) -> None:
 
 
 def lock_holder(conn: db.Connection) -> LockHolder | None:
-    rows = db.fetch_all(conn, queries.load("lock_holder"), {"classid": LOCK_CLASSID, "objid": LOCK_OBJID})
+    rows = db.fetch_all(
+        conn, queries.load("lock_holder"), {"classid": LOCK_CLASSID, "objid": LOCK_OBJID}
+    )
     return LockHolder(*rows[0]) if rows else None
 
 

@@ -108,7 +108,9 @@ def parse_filename(filename: str) -> tuple[str, str]:
     return version, match["name"]
 
 
-def load_migration(path: Path, *, committing_procedures: Sequence[str] | set[str] = ()) -> Migration:
+def load_migration(
+    path: Path, *, committing_procedures: Sequence[str] | set[str] = ()
+) -> Migration:
     """Read one forward migration with its siblings; raise MigrationFileError when it is unusable."""
     version, name = parse_filename(path.name)
     raw = path.read_bytes()

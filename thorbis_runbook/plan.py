@@ -54,7 +54,11 @@ class Plan:
         return counts
 
     def check_blockers(
-        self, *, allow_drift: bool = False, allow_out_of_order: bool = False, allow_missing: bool = False
+        self,
+        *,
+        allow_drift: bool = False,
+        allow_out_of_order: bool = False,
+        allow_missing: bool = False,
     ) -> None:
         """Raise PlanBlocked for drift, missing files or out-of-order files the user did not allow."""
         if self.drifted and not allow_drift:
@@ -84,11 +88,7 @@ def build_plan(
     """Join files and history; raise ConfigError when ``to_version`` names no migration."""
     by_version = {row.version: row for row in history}
     files = migrations.by_version()
-    if to_version is not None and to_version not in files:
-        raise ConfigError(
-            f"--to {to_version} is not the version of any file in {migrations.directory}",
-            "give the 14-digit version of an existing migration (see thorbis-runbook status)",
-        )
+    check_to_version(migrations, to_version)
     newest_done = max((r.version for r in history if r.status in DONE), default="")
     rows: list[StatusRow] = []
     pending: list[Migration] = []
@@ -109,9 +109,22 @@ def build_plan(
     for version, row in by_version.items():
         if version not in files and row.status in DONE:
             missing.append(f"{version}_{row.name}.sql")
-            rows.append(_history_status(row, "missing file", "recorded as applied; the file is gone"))
+            rows.append(
+                _history_status(row, "missing file", "recorded as applied; the file is gone")
+            )
     rows.sort(key=lambda r: r.version)
-    return Plan(tuple(rows), tuple(pending), by_version, tuple(drifted), tuple(missing), tuple(out_of_order))
+    return Plan(
+        tuple(rows), tuple(pending), by_version, tuple(drifted), tuple(missing), tuple(out_of_order)
+    )
+
+
+def check_to_version(migrations: MigrationSet, to_version: str | None) -> None:
+    """Raise ConfigError when ``to_version`` is given and names no migration file."""
+    if to_version is not None and to_version not in migrations.by_version():
+        raise ConfigError(
+            f"--to {to_version} is not the version of any file in {migrations.directory}",
+            "give the 14-digit version of an existing migration (see thorbis-runbook status)",
+        )
 
 
 def _file_status(migration: Migration, row: HistoryRow | None, newest_done: str) -> StatusRow:
@@ -121,17 +134,25 @@ def _file_status(migration: Migration, row: HistoryRow | None, newest_done: str)
         return StatusRow(migration.version, migration.name, state, detail=detail)
     if row.status in DONE and row.checksum != migration.checksum:
         return _history_status(
-            row, "drifted", f"file checksum {migration.checksum[:12]} != applied {row.checksum[:12]}"
+            row,
+            "drifted",
+            f"file checksum {migration.checksum[:12]} != applied {row.checksum[:12]}",
         )
     if row.status == "failed":
         where = f" at line {row.error_line}" if row.error_line else ""
-        return _history_status(row, "failed", f"{row.error or 'error'}{where}; fix the file and apply again")
+        return _history_status(
+            row, "failed", f"{row.error or 'error'}{where}; fix the file and apply again"
+        )
     if row.status == "running":
         return _history_status(
-            row, "running", f"started by run {row.run_id}; if no runner holds the lock it was "
+            row,
+            "running",
+            f"started by run {row.run_id}; if no runner holds the lock it was "
             "interrupted, and apply resumes it",
         )
-    return _history_status(row, row.status, "" if row.status == "applied" else "recorded without running")
+    return _history_status(
+        row, row.status, "" if row.status == "applied" else "recorded without running"
+    )
 
 
 def _history_status(row: HistoryRow, state: str, detail: str) -> StatusRow:

@@ -77,9 +77,10 @@ def split_statements(text: str, *, committing_procedures: Iterable[str] = ()) ->
     procedures = {name.lower() for name in committing_procedures}
     statements = []
     for index, raw in enumerate(raw_statements):
-        start = raw.stmt_location
-        end = start + raw.stmt_len if raw.stmt_len else len(text)
+        start = raw.stmt_location or 0
+        end = start + raw.stmt_len if raw.stmt_len else len(text)  # 0 means "to the end"
         node = raw.stmt
+        assert node is not None  # libpg_query always fills a RawStmt's statement
         statement = Statement(
             index=index,
             text=text[start:end].strip(),
@@ -132,13 +133,13 @@ def committing_procedure_name(node: ast.Node) -> str | None:
     body = _option_text(node.options, "as")
     if not _plpgsql_commits(body):
         return None
-    return ".".join(name.sval for name in node.funcname).lower()
+    return ".".join(name.sval for name in node.funcname or ()).lower()
 
 
 def committing_procedures(text: str) -> set[str]:
     """Collect the committing procedures a file defines (unparsable text defines none)."""
     try:
-        nodes = [raw.stmt for raw in pglast.parse_sql(text)]
+        nodes = [raw.stmt for raw in pglast.parse_sql(text) if raw.stmt is not None]
     except ParseError:
         return set()
     return {name for node in nodes if (name := committing_procedure_name(node))}
@@ -166,13 +167,14 @@ def _detaches_concurrently(node: ast.AlterTableStmt) -> bool:
 
 
 def _call_name(node: ast.CallStmt) -> str:
-    parts = [name.sval for name in node.funccall.funcname]
+    funcname = node.funccall.funcname if node.funccall else None
+    parts = [name.sval for name in funcname or ()]
     return ".".join(parts).lower()
 
 
 def _concurrent_index_name(node: ast.Node) -> str | None:
     if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
-        schema = node.relation.schemaname
+        schema = node.relation.schemaname if node.relation else None
         return f"{schema}.{node.idxname}" if schema else node.idxname
     return None
 

@@ -12,8 +12,17 @@ from thorbis_runbook.errors import MigrationFileError
 from thorbis_runbook.migrations import discover, parse_filename
 
 
-@pytest.mark.parametrize("name", ["migration_1.sql", "fix_bug.sql", "update_schema.sql", "temp_migration.sql",
-                                  "2025013100001_short.sql", "20250131000001.sql"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "migration_1.sql",
+        "fix_bug.sql",
+        "update_schema.sql",
+        "temp_migration.sql",
+        "2025013100001_short.sql",
+        "20250131000001.sql",
+    ],
+)
 def test_names_off_convention_are_rejected_with_the_expected_form(name: str) -> None:
     with pytest.raises(MigrationFileError) as info:
         parse_filename(name)
@@ -79,7 +88,9 @@ def test_non_utf8_files_are_rejected_with_the_line(tmp_path: Path) -> None:
 
 
 def test_sql_that_does_not_parse_names_file_and_line(tmp_path: Path) -> None:
-    folder = write_migrations(tmp_path / "m", {"20250101000000_typo.sql": "SELECT 1;\n\nCREATE TABEL x (id int);\n"})
+    folder = write_migrations(
+        tmp_path / "m", {"20250101000000_typo.sql": "SELECT 1;\n\nCREATE TABEL x (id int);\n"}
+    )
     with pytest.raises(MigrationFileError) as info:
         discover(folder)
     assert "20250101000000_typo.sql does not parse" in info.value.message
@@ -87,7 +98,9 @@ def test_sql_that_does_not_parse_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_transaction_control_in_a_file_is_rejected(tmp_path: Path) -> None:
-    folder = write_migrations(tmp_path / "m", {"20250101000000_tx.sql": "BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\n"})
+    folder = write_migrations(
+        tmp_path / "m", {"20250101000000_tx.sql": "BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\n"}
+    )
     with pytest.raises(MigrationFileError, match="line 1 holds transaction control"):
         discover(folder)
 

@@ -42,7 +42,10 @@ def test_split_handles_quoting_bodies_comments_and_a_last_statement_without_semi
     ("sql", "reason"),
     [
         ("CREATE INDEX CONCURRENTLY i ON t (x)", "CREATE INDEX CONCURRENTLY"),
-        ("create unique index concurrently if not exists i on s.t (x)", "CREATE INDEX CONCURRENTLY"),
+        (
+            "create unique index concurrently if not exists i on s.t (x)",
+            "CREATE INDEX CONCURRENTLY",
+        ),
         ("DROP INDEX CONCURRENTLY IF EXISTS i", "DROP INDEX CONCURRENTLY"),
         ("REINDEX INDEX CONCURRENTLY i", "REINDEX CONCURRENTLY"),
         ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
@@ -50,8 +53,10 @@ def test_split_handles_quoting_bodies_comments_and_a_last_statement_without_semi
         ("ALTER TABLE p DETACH PARTITION c CONCURRENTLY", "DETACH PARTITION CONCURRENTLY"),
         ("ALTER SYSTEM SET work_mem = '8MB'", "ALTER SYSTEM"),
         ("CREATE DATABASE other", "CREATE/DROP DATABASE"),
-        ("DO $$ BEGIN FOR i IN 1..3 LOOP IF i = 2 THEN COMMIT; END IF; END LOOP; END $$",
-         "DO block that commits"),
+        (
+            "DO $$ BEGIN FOR i IN 1..3 LOOP IF i = 2 THEN COMMIT; END IF; END LOOP; END $$",
+            "DO block that commits",
+        ),
     ],
 )
 def test_statements_that_cannot_run_in_a_transaction_are_detected(sql: str, reason: str) -> None:
@@ -77,11 +82,20 @@ def test_a_call_of_a_procedure_that_commits_runs_outside_a_transaction() -> None
     definition = "CREATE PROCEDURE ops.batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$"
     procedures = committing_procedures(definition)
     assert procedures == {"ops.batch"}
-    assert split_statements("CALL ops.batch()", committing_procedures=procedures)[0].no_transaction_reason
-    assert split_statements("CALL ops.other()", committing_procedures=procedures)[0].no_transaction_reason is None
+    assert split_statements("CALL ops.batch()", committing_procedures=procedures)[
+        0
+    ].no_transaction_reason
+    assert (
+        split_statements("CALL ops.other()", committing_procedures=procedures)[
+            0
+        ].no_transaction_reason
+        is None
+    )
 
 
-@pytest.mark.parametrize("sql", ["BEGIN", "START TRANSACTION", "COMMIT", "END", "ROLLBACK", "PREPARE TRANSACTION 'x'"])
+@pytest.mark.parametrize(
+    "sql", ["BEGIN", "START TRANSACTION", "COMMIT", "END", "ROLLBACK", "PREPARE TRANSACTION 'x'"]
+)
 def test_transaction_control_is_rejected(sql: str) -> None:
     with pytest.raises(TransactionControlError) as info:
         split_statements(f"SELECT 1;\n{sql};")

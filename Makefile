@@ -1,0 +1,43 @@
+# One entry point. Every target creates and uses .venv itself (Python 3.11+ is all it needs).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RUNBOOK := $(VENV)/bin/thorbis-runbook
+STAMP  := $(VENV)/.installed
+DEMO_BUSINESSES ?= 100
+
+.PHONY: demo test lint bench clean venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: start the embedded PostgreSQL, apply the Thorbis migrations, load demo data, show status
+demo: $(STAMP)
+	$(RUNBOOK) db start
+	$(RUNBOOK) apply
+	$(RUNBOOK) seed --businesses $(DEMO_BUSINESSES) --if-empty
+	$(RUNBOOK) status
+	@echo
+	@echo "The local database is running; connect with: psql \"$$($(RUNBOOK) db url --target local)\""
+	@echo "Stop it with: $(RUNBOOK) db stop"
+
+## test: the whole suite against a throwaway embedded PostgreSQL
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check thorbis_runbook tests benchmarks
+	$(VENV)/bin/mypy
+
+## bench: apply 300 generated migrations vs. the raw psql floors (see benchmarks/README.md)
+bench: $(STAMP)
+	$(PY) benchmarks/apply_300.py
+
+clean:
+	-$(RUNBOOK) db stop
+	rm -rf $(VENV) .runbook .pytest_cache .mypy_cache .ruff_cache
