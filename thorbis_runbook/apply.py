@@ -440,7 +440,7 @@ class _Runner:
         code = db.sqlstate(exc)
         message = db.error_message(exc)
         place = f" at {where[0]} line {where[1]}" if where else ""
-        if db.is_connection_lost(exc):
+        if db.is_connection_lost(exc) or self.conn.closed:
             return MigrationFailed(
                 f"the connection was lost while applying {migration.filename}: {message}",
                 "an uncommitted migration is rolled back by the server; run thorbis-runbook status, "

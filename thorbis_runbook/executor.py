@@ -6,10 +6,13 @@ it prints cannot differ from what apply does: lock calls and history writes incl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import db
+
+log = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
@@ -26,7 +29,16 @@ class LiveExecutor:
     dry_run: bool = False
 
     def run(self, sql: str, *, label: str, transactional: bool) -> None:
-        db.execute(self.conn, sql)
+        try:
+            db.execute(self.conn, sql)
+        finally:
+            self._log_notices(label)
+
+    def _log_notices(self, label: str) -> None:
+        """Pass the server's NOTICEs (RAISE NOTICE in a migration) on to the DBA."""
+        for notice in self.conn.notices:
+            log.info("%s: %s", label, notice.strip())
+        self.conn.notices.clear()
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -104,3 +105,26 @@ def _wait_for(conn, query: str, timeout: float = 20.0) -> None:  # type: ignore[
                 return
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for: {query}")
+
+
+def test_a_lost_connection_loses_nothing(tmp_path: Path, settings_for, conn) -> None:  # type: ignore[no-untyped-def]
+    folder = write_migrations(tmp_path / "m", {
+        SETUP: "CREATE TABLE items (id int);",
+        "20250102000000_slow.sql": "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n",
+    })  # fmt: skip
+    settings = settings_for(folder)
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(commands.apply(settings, ApplyRequest())))
+    worker.start()
+    _wait_for(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()")
+    conn.cursor().execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()"
+    )
+    worker.join(timeout=20)
+    result = outcome[0]
+    assert result.failure is not None and "connection was lost" in result.failure.message  # type: ignore[attr-defined]
+    rows = commands.status(settings).plan.rows
+    assert [(r.version, r.state) for r in rows] == [("20250101000000", "applied"), ("20250102000000", "pending")]
+    (folder / "20250102000000_slow.sql").write_text("CREATE TABLE slow (id int);\n")
+    assert commands.apply(settings, ApplyRequest()).ok
