@@ -13,7 +13,8 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from thorbis_runbook import embedded
+from thorbis_runbook import commands, embedded
+from thorbis_runbook.apply import ApplyResult
 from thorbis_runbook.config import Settings, settings_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +99,23 @@ def write_migrations(folder: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
     return folder
+
+
+def apply_migrations(dsn: str, migrations_dir: Path = MIGRATIONS, **request: object) -> ApplyResult:
+    """Apply a migrations folder to ``dsn`` with the engine; raise if a migration failed."""
+    variable = "THORBIS_TEST_APPLY_DSN"
+    settings = make_settings(Path(tempfile.gettempdir()), migrations_dir, dsn_env=variable)
+    previous = os.environ.get(variable)
+    os.environ[variable] = dsn
+    try:
+        result = commands.apply(settings, commands.ApplyRequest(**request))  # type: ignore[arg-type]
+    finally:
+        if previous is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = previous
+    result.raise_for_failure()
+    return result
 
 
 def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:

@@ -31,7 +31,8 @@ PROGRESS_ROWS_SQL = (
 )
 CLEAR_PROGRESS_SQL = "DELETE FROM runbook.statement_progress WHERE version = %(version)s"
 # A migration's own session-level SETs (search_path, role) must not leak into the next one.
-RESET_SESSION_SQL = "RESET ALL;\nRESET ROLE;"
+# RESET ALL skips role and session_authorization, so those are reset by name.
+RESET_SESSION_SQL = "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL;"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import commands, config, embedded
 from .apply import STEP_COLUMNS, ApplyResult
-from .errors import ConfigError, RunbookError
+from .errors import AlreadySeeded, ConfigError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
 
@@ -145,11 +145,6 @@ def _new(args: argparse.Namespace, settings: config.Settings) -> int:
 def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
     from . import db, seed
 
-    if args.businesses < 1 or args.work_orders_per_business < 0:
-        raise ConfigError(
-            f"--businesses {args.businesses} / --work-orders-per-business {args.work_orders_per_business}",
-            "give at least 1 business and 0 or more work orders per business",
-        )
     target = settings.target(args.target)
     if target.production:
         raise ConfigError(
@@ -160,11 +155,16 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
         _SeedBar(enabled=sys.stderr.isatty()) as bar,
         db.connection(db.resolve_dsn(settings, target), target_name=target.name) as conn,
     ):
-        conn.autocommit = False
-        result = seed.seed(
-            conn, businesses=args.businesses,
-            work_orders_per_business=args.work_orders_per_business, progress=bar.update,
-        )  # fmt: skip
+        try:
+            result = seed.seed(
+                conn, businesses=args.businesses,
+                work_orders_per_business=args.work_orders_per_business, progress=bar.update,
+            )  # fmt: skip
+        except AlreadySeeded as exc:
+            if not args.if_empty:
+                raise
+            print(f"seed skipped on target {target.name}: {exc.message}")
+            return 0
     if args.json:
         _print_json(asdict(result))
     else:

@@ -95,3 +95,7 @@ class SeedError(RunbookError):
     """Demo data cannot be loaded into this database as asked."""
 
     exit_code = 2
+
+
+class AlreadySeeded(SeedError):
+    """The database already holds demo (or real) businesses; seed loads only an empty schema."""

@@ -84,7 +84,7 @@ def discover(directory: Path) -> MigrationSet:
     migrations = []
     for path in forward_paths:
         migration = load_migration(path, committing_procedures=procedures)
-        procedures |= committing_procedures(migration.sql)
+        procedures |= committing_procedures(migration.statements)
         migrations.append(migration)
     return MigrationSet(directory, tuple(migrations), tuple(warnings))
 
@@ -192,9 +192,17 @@ def _parse(
     try:
         statements = split_statements(sql, committing_procedures=procedures)
     except SqlSyntaxError as exc:
+        line = line_of(sql, exc.offset)
+        hint = "fix the SQL and run again; nothing was changed in the database"
+        if sql.splitlines()[line - 1 : line] and sql.splitlines()[line - 1].lstrip().startswith(
+            "\\"
+        ):
+            hint = (
+                "psql meta-commands (\\set, \\i, \\copy, \\connect) are not SQL and the runner "
+                "sends SQL to the server; write the SQL they stand for"
+            )
         raise MigrationFileError(
-            f"migration {path.name} does not parse: {exc.message} (line {line_of(sql, exc.offset)})",
-            "fix the SQL and run again; nothing was changed in the database",
+            f"migration {path.name} does not parse: {exc.message} (line {line})", hint
         ) from None
     except TransactionControlError as exc:
         stmt = exc.statement

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-import pglast
-from pglast import ast
-from pglast.enums import TransactionStmtKind
+from pglast import parser
 from pglast.parser import ParseError
 
 # A full-line comment that forces a file out of the transaction, for what parsing cannot see
@@ -17,19 +16,32 @@ from pglast.parser import ParseError
 NO_TRANSACTION_HEADER = re.compile(r"^\s*--\s*runbook:no-transaction\b", re.MULTILINE)
 
 _FORBIDDEN_TRANSACTION_KINDS = {
-    TransactionStmtKind.TRANS_STMT_BEGIN,
-    TransactionStmtKind.TRANS_STMT_START,
-    TransactionStmtKind.TRANS_STMT_COMMIT,
-    TransactionStmtKind.TRANS_STMT_ROLLBACK,
-    TransactionStmtKind.TRANS_STMT_PREPARE,
-    TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
-    TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
+    "TRANS_STMT_BEGIN",
+    "TRANS_STMT_START",
+    "TRANS_STMT_COMMIT",
+    "TRANS_STMT_ROLLBACK",
+    "TRANS_STMT_PREPARE",
+    "TRANS_STMT_COMMIT_PREPARED",
+    "TRANS_STMT_ROLLBACK_PREPARED",
 }
+_ALWAYS_OUTSIDE = {
+    "CreatedbStmt": "CREATE/DROP DATABASE",
+    "DropdbStmt": "CREATE/DROP DATABASE",
+    "CreateTableSpaceStmt": "CREATE/DROP TABLESPACE",
+    "DropTableSpaceStmt": "CREATE/DROP TABLESPACE",
+    "AlterSystemStmt": "ALTER SYSTEM",
+}
+
+Node = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Statement:
-    """One top-level statement of a migration file, located in that file."""
+    """One top-level statement of a migration file, located in that file.
+
+    ``node`` is libpg_query's parse tree of the statement as plain JSON data (its single key is
+    the node type), which lint rules read without pglast's slower object tree.
+    """
 
     index: int
     text: str
@@ -38,6 +50,7 @@ class Statement:
     kind: str
     no_transaction_reason: str | None = None
     index_name: str | None = None  # for CREATE INDEX CONCURRENTLY: the INVALID leftover to clean
+    node: Node = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 class SqlSyntaxError(Exception):
@@ -62,6 +75,27 @@ def line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, max(0, offset)) + 1
 
 
+def parse(text: str) -> list[tuple[int, int, Node]]:
+    """Parse SQL text into (start, end, node) per top-level statement, in character offsets.
+
+    libpg_query's JSON output is several times faster to build than pglast's object tree,
+    which matters when a history holds hundreds of files. Raises SqlSyntaxError.
+    """
+    try:
+        tree = json.loads(parser.parse_sql_json(text))
+    except ParseError as exc:
+        message, offset = exc.args if len(exc.args) == 2 else (str(exc), 0)
+        raise SqlSyntaxError(str(message), int(offset)) from exc
+    raw = tree.get("stmts", [])
+    byte_spans = []
+    for item in raw:
+        start = item.get("stmt_location", 0)
+        length = item.get("stmt_len", 0)  # 0 means "to the end of the text"
+        byte_spans.append((start, start + length if length else -1))
+    spans = _char_spans(text, byte_spans)
+    return [(start, end, item["stmt"]) for (start, end), item in zip(spans, raw, strict=True)]
+
+
 def split_statements(text: str, *, committing_procedures: Iterable[str] = ()) -> list[Statement]:
     """Split SQL text into located, classified statements.
 
@@ -69,113 +103,127 @@ def split_statements(text: str, *, committing_procedures: Iterable[str] = ()) ->
     transaction control. ``committing_procedures`` names procedures (lower-case, optionally
     schema-qualified) known to COMMIT, so that a CALL of one is run outside a transaction.
     """
-    try:
-        raw_statements = pglast.parse_sql(text)
-    except ParseError as exc:
-        message, offset = exc.args if len(exc.args) == 2 else (str(exc), 0)
-        raise SqlSyntaxError(str(message), int(offset)) from exc
     procedures = {name.lower() for name in committing_procedures}
     statements = []
-    for index, raw in enumerate(raw_statements):
-        start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(text)  # 0 means "to the end"
-        node = raw.stmt
-        assert node is not None  # libpg_query always fills a RawStmt's statement
+    for index, (start, end, node) in enumerate(parse(text)):
+        kind, body = _unwrap(node)
         statement = Statement(
             index=index,
             text=text[start:end].strip(),
             offset=start,
             line=line_of(text, start),
-            kind=type(node).__name__,
+            kind=kind,
             no_transaction_reason=no_transaction_reason(node, procedures),
-            index_name=_concurrent_index_name(node),
+            index_name=_concurrent_index_name(kind, body),
+            node=node,
         )
-        if isinstance(node, ast.TransactionStmt) and node.kind in _FORBIDDEN_TRANSACTION_KINDS:
+        if kind == "TransactionStmt" and body.get("kind") in _FORBIDDEN_TRANSACTION_KINDS:
             raise TransactionControlError(statement)
         statements.append(statement)
     return statements
 
 
-def no_transaction_reason(node: ast.Node, committing_procedures: set[str]) -> str | None:
+def no_transaction_reason(node: Node, committing_procedures: set[str]) -> str | None:
     """Say why a statement cannot run inside a transaction block, or None when it can."""
-    if isinstance(node, ast.IndexStmt) and node.concurrent:
+    kind, body = _unwrap(node)
+    if kind in _ALWAYS_OUTSIDE:
+        return _ALWAYS_OUTSIDE[kind]
+    concurrent = bool(body.get("concurrent"))
+    if kind == "IndexStmt" and concurrent:
         return "CREATE INDEX CONCURRENTLY"
-    if isinstance(node, ast.DropStmt) and node.concurrent:
+    if kind == "DropStmt" and concurrent:
         return "DROP INDEX CONCURRENTLY"
-    if isinstance(node, ast.ReindexStmt) and _has_option(node.params, "concurrently"):
+    if kind == "ReindexStmt" and "concurrently" in _option_names(body.get("params")):
         return "REINDEX CONCURRENTLY"
-    if isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd:
+    if kind == "VacuumStmt" and body.get("is_vacuumcmd"):
         return "VACUUM"
-    if isinstance(node, ast.ClusterStmt) and node.relation is None:
+    if kind == "ClusterStmt" and "relation" not in body:
         return "CLUSTER of every table"
-    if isinstance(node, (ast.CreatedbStmt, ast.DropdbStmt)):
-        return "CREATE/DROP DATABASE"
-    if isinstance(node, (ast.CreateTableSpaceStmt, ast.DropTableSpaceStmt)):
-        return "CREATE/DROP TABLESPACE"
-    if isinstance(node, ast.AlterSystemStmt):
-        return "ALTER SYSTEM"
-    if isinstance(node, ast.AlterTableStmt) and _detaches_concurrently(node):
+    if kind == "AlterTableStmt" and _detaches_concurrently(body):
         return "DETACH PARTITION CONCURRENTLY"
-    if isinstance(node, ast.DoStmt) and _plpgsql_commits(_option_text(node.args, "as")):
+    if kind == "DoStmt" and _plpgsql_commits(_option_text(body.get("args"), "as")):
         return "DO block that commits"
-    if isinstance(node, ast.CallStmt) and _call_name(node) in committing_procedures:
+    if kind == "CallStmt" and _call_name(body) in committing_procedures:
         return "CALL of a procedure that commits"
     return None
 
 
-def committing_procedure_name(node: ast.Node) -> str | None:
+def committing_procedure_name(node: Node) -> str | None:
     """Return the name of a PL/pgSQL procedure this statement defines whose body commits."""
-    if not (isinstance(node, ast.CreateFunctionStmt) and node.is_procedure):
+    kind, body = _unwrap(node)
+    if kind != "CreateFunctionStmt" or not body.get("is_procedure"):
         return None
-    language = _option_text(node.options, "language") or "sql"
+    language = _option_text(body.get("options"), "language") or "sql"
     if language.lower() != "plpgsql":
         return None
-    body = _option_text(node.options, "as")
-    if not _plpgsql_commits(body):
+    if not _plpgsql_commits(_option_text(body.get("options"), "as")):
         return None
-    return ".".join(name.sval for name in node.funcname or ()).lower()
+    return _qualified_name(body.get("funcname"))
 
 
-def committing_procedures(text: str) -> set[str]:
-    """Collect the committing procedures a file defines (unparsable text defines none)."""
-    try:
-        nodes = [raw.stmt for raw in pglast.parse_sql(text) if raw.stmt is not None]
-    except ParseError:
-        return set()
-    return {name for node in nodes if (name := committing_procedure_name(node))}
+def committing_procedures(statements: Iterable[Statement]) -> set[str]:
+    """Collect the committing procedures that parsed statements define."""
+    return {name for s in statements if (name := committing_procedure_name(s.node))}
 
 
-def _has_option(params: tuple[ast.DefElem, ...] | None, name: str) -> bool:
-    return any(param.defname == name for param in params or ())
+def _unwrap(node: Node) -> tuple[str, Node]:
+    ((kind, body),) = node.items()
+    return kind, body
 
 
-def _option_text(options: tuple[ast.DefElem, ...] | None, name: str) -> str | None:
-    for option in options or ():
-        if option.defname != name:
+def _char_spans(text: str, byte_spans: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Turn libpg_query's byte offsets into str offsets (they differ once text is not ASCII)."""
+    if text.isascii():
+        for start, end in byte_spans:
+            yield start, (len(text) if end < 0 else end)
+        return
+    encoded = text.encode("utf-8")
+
+    def chars(byte_offset: int) -> int:
+        return len(encoded[:byte_offset].decode("utf-8"))
+
+    for start, end in byte_spans:
+        yield chars(start), (len(text) if end < 0 else chars(end))
+
+
+def _option_names(options: list[Node] | None) -> set[str]:
+    return {item["DefElem"]["defname"] for item in options or () if "DefElem" in item}
+
+
+def _option_text(options: list[Node] | None, name: str) -> str | None:
+    for item in options or ():
+        element = item.get("DefElem", {})
+        if element.get("defname") != name:
             continue
-        arg = option.arg
-        if isinstance(arg, tuple):  # CREATE FUNCTION ... AS 'body' is a list of strings
-            arg = arg[0]
-        return getattr(arg, "sval", None)
+        arg = element.get("arg", {})
+        if "List" in arg:  # CREATE FUNCTION ... AS 'body' is a list of strings
+            items = arg["List"].get("items", [])
+            arg = items[0] if items else {}
+        sval = arg.get("String", {}).get("sval")
+        return str(sval) if sval is not None else None
     return None
 
 
-def _detaches_concurrently(node: ast.AlterTableStmt) -> bool:
-    return any(
-        isinstance(cmd.def_, ast.PartitionCmd) and cmd.def_.concurrent for cmd in node.cmds or ()
-    )
+def _qualified_name(parts: list[Node] | None) -> str:
+    return ".".join(part["String"]["sval"] for part in parts or () if "String" in part).lower()
 
 
-def _call_name(node: ast.CallStmt) -> str:
-    funcname = node.funccall.funcname if node.funccall else None
-    parts = [name.sval for name in funcname or ()]
-    return ".".join(parts).lower()
+def _detaches_concurrently(body: Node) -> bool:
+    for cmd in body.get("cmds", ()):
+        partition = cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {})
+        if partition.get("concurrent"):
+            return True
+    return False
 
 
-def _concurrent_index_name(node: ast.Node) -> str | None:
-    if isinstance(node, ast.IndexStmt) and node.concurrent and node.idxname:
-        schema = node.relation.schemaname if node.relation else None
-        return f"{schema}.{node.idxname}" if schema else node.idxname
+def _call_name(body: Node) -> str:
+    return _qualified_name(body.get("funccall", {}).get("funcname"))
+
+
+def _concurrent_index_name(kind: str, body: Node) -> str | None:
+    if kind == "IndexStmt" and body.get("concurrent") and body.get("idxname"):
+        schema = body.get("relation", {}).get("schemaname")
+        return f"{schema}.{body['idxname']}" if schema else str(body["idxname"])
     return None
 
 
@@ -188,7 +236,7 @@ def _plpgsql_commits(body: str | None) -> bool:
         tag += "_"
     wrapper = f"CREATE FUNCTION pg_temp.runbook_probe() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$"
     try:
-        tree = json.loads(pglast.parser.parse_plpgsql_json(wrapper))
+        tree = json.loads(parser.parse_plpgsql_json(wrapper))
     except (ParseError, ValueError):
         return False  # the server will report the error; parsing here only classifies
     return _tree_has_key(tree, {"PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,9 +114,14 @@ def test_a_lost_connection_loses_nothing(tmp_path: Path, settings_for, conn) -> 
     })  # fmt: skip
     settings = settings_for(folder)
     outcome: list[object] = []
-    worker = threading.Thread(target=lambda: outcome.append(commands.apply(settings, ApplyRequest())))
+    worker = threading.Thread(
+        target=lambda: outcome.append(commands.apply(settings, ApplyRequest()))
+    )
     worker.start()
-    _wait_for(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()")
+    _wait_for(
+        conn,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+    )
     conn.cursor().execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()"
@@ -125,6 +130,9 @@ def test_a_lost_connection_loses_nothing(tmp_path: Path, settings_for, conn) -> 
     result = outcome[0]
     assert result.failure is not None and "connection was lost" in result.failure.message  # type: ignore[attr-defined]
     rows = commands.status(settings).plan.rows
-    assert [(r.version, r.state) for r in rows] == [("20250101000000", "applied"), ("20250102000000", "pending")]
+    assert [(r.version, r.state) for r in rows] == [
+        ("20250101000000", "applied"),
+        ("20250102000000", "pending"),
+    ]
     (folder / "20250102000000_slow.sql").write_text("CREATE TABLE slow (id int);\n")
     assert commands.apply(settings, ApplyRequest()).ok

@@ -125,3 +125,12 @@ def test_the_thorbis_migrations_all_parse_and_have_siblings() -> None:
         assert migration.down_path is not None, migration.filename
         assert migration.verify_path is not None, migration.filename
     assert any(not m.transactional for m in found), "the performance indexes are built CONCURRENTLY"
+
+
+def test_psql_meta_commands_get_their_own_hint(tmp_path: Path) -> None:
+    folder = write_migrations(
+        tmp_path / "m", {"20250101000000_psql.sql": "SELECT 1;\n\\set ON_ERROR_STOP on\n"}
+    )
+    with pytest.raises(MigrationFileError) as info:
+        discover(folder)
+    assert "line 2" in info.value.message and "psql meta-commands" in info.value.hint

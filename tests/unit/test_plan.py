@@ -69,7 +69,7 @@ def test_failed_and_rolled_back_versions_are_pending_again(folder: Path) -> None
 
 def test_out_of_order_is_detected_and_to_version_limits(folder: Path) -> None:
     migrations = discover(folder)
-    a, b, c = migrations.migrations
+    a, b, _ = migrations.migrations
     plan = build_plan(migrations, [_row(b.version, b.name, b.checksum)])
     assert plan.out_of_order == ("20250101000000_a.sql",)
     with pytest.raises(PlanBlocked, match="older than the newest applied"):

@@ -80,7 +80,7 @@ def test_ordinary_statements_stay_transactional(sql: str) -> None:
 
 def test_a_call_of_a_procedure_that_commits_runs_outside_a_transaction() -> None:
     definition = "CREATE PROCEDURE ops.batch() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$"
-    procedures = committing_procedures(definition)
+    procedures = committing_procedures(split_statements(definition))
     assert procedures == {"ops.batch"}
     assert split_statements("CALL ops.batch()", committing_procedures=procedures)[
         0

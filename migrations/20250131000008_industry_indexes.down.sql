@@ -1,0 +1,9 @@
+-- Undo 20250131000008_industry_indexes; CONCURRENTLY so rollback does not block writers either.
+DROP INDEX CONCURRENTLY IF EXISTS business_auto.repair_orders_business_id_status_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_auto.repair_orders_business_id_vehicle_id_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_auto.vehicles_business_id_customer_id_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_rest.reservations_business_id_customer_id_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_rest.reservations_business_id_reserved_for_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_hs.work_orders_open_scheduled_for_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_hs.work_orders_business_id_status_scheduled_for_idx;
+DROP INDEX CONCURRENTLY IF EXISTS business_hs.work_orders_business_id_customer_id_idx;
