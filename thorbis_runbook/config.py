@@ -7,7 +7,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -21,6 +21,9 @@ _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
     "lock_retries", "retry_backoff", "lock_wait", "on_failure",
 }  # fmt: skip
+# Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
+# read by the module that owns them, which reports its own errors.
+_TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Target:
     retry_backoff_ms: int = 1_000
     lock_wait_ms: int = 30_000
     on_failure: str = "stop"
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
         """Return a copy with the per-run overrides that were given (None means keep)."""
@@ -54,6 +58,9 @@ class Settings:
     state_dir: Path
     default_target: str
     targets: Mapping[str, Target]
+    # Top-level runbook.toml tables other than [runbook] and [targets] ([thresholds],
+    # [validate], [benchmark], ...), raw; each is parsed by the module that owns it.
+    sections: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def target(self, name: str | None = None) -> Target:
         """Return the named target (or the default); raise ConfigError for an unknown one."""
@@ -106,6 +113,7 @@ def settings_from_mapping(
         state_dir=(root / state_dir).resolve(),
         default_target=default,
         targets=targets,
+        sections={k: v for k, v in data.items() if k not in ("runbook", "targets")},
     )
 
 
@@ -145,11 +153,11 @@ def redact_dsn(dsn: str) -> str:
 def _target(name: str, values: Mapping[str, Any]) -> Target:
     if not isinstance(values, Mapping):
         raise ConfigError(f"[targets.{name}] must be a table", "see runbook.toml's local target")
-    unknown = sorted(set(values) - _TARGET_KEYS)
+    unknown = sorted(set(values) - _TARGET_KEYS - _TARGET_OPTION_KEYS)
     if unknown:
         raise ConfigError(
             f"[targets.{name}] has unknown setting(s): {', '.join(unknown)}",
-            f"use only: {', '.join(sorted(_TARGET_KEYS))}",
+            f"use only: {', '.join(sorted(_TARGET_KEYS | _TARGET_OPTION_KEYS))}",
         )
     where = f"targets.{name}"
     on_failure = values.get("on_failure", "stop")
@@ -184,6 +192,7 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         ),
         lock_wait_ms=parse_duration_ms(values.get("lock_wait", "30s"), what=f"{where}.lock_wait"),
         on_failure=on_failure,
+        options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
 
 
