@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import db, history, queries
 from .config import Target
-from .errors import MigrationFailed
+from .errors import MigrationFailed, RunbookError
 from .executor import Executor
 from .migrations import Migration
 from .plan import Plan
 from .statements import Statement, line_of
+from .tables import html_table
+
+if TYPE_CHECKING:
+    import pandas
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,38 @@ class ApplyResult:
     def raise_for_failure(self) -> None:
         if self.failure is not None:
             raise self.failure
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return [step.as_tuple() for step in self.steps]
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(STEP_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        verb = "dry run" if self.dry_run else "apply"
+        applied = sum(step.status == "applied" for step in self.steps)
+        summary = (
+            f"{len(self.steps)} step(s), {applied} applied" if self.steps else "nothing to apply"
+        )
+        parts = [
+            html_table(
+                STEP_COLUMNS,
+                self.rows(),
+                title=f"{verb} on {self.target}, run {self.run_id}",
+                summary=summary,
+                status_column="status",
+            )
+        ]
+        if self.failure is not None:
+            parts.append(failure_box(self.failure))
+        if self.script:
+            parts.append(
+                f"<details><summary>The exact SQL ({len(self.script.splitlines())} lines)</summary>"
+                f"<pre>{html.escape(self.script)}</pre></details>"
+            )
+        return "".join(parts)
 
 
 @dataclass
@@ -512,6 +550,15 @@ class _Runner:
     def _reset_session(self) -> None:
         if not self.executor.dry_run and not self.conn.closed:
             db.execute(self.conn, self.reset_session_sql)
+
+
+def failure_box(failure: RunbookError) -> str:
+    """A red box stating what failed and the fix, for the top of a report."""
+    return (
+        "<div style='border:2px solid #a94442;background:#f8d7da;color:#721c24;padding:8px;margin:6px 0'>"
+        f"<strong>error:</strong> {html.escape(failure.message)}<br>"
+        f"<strong>hint:</strong> {html.escape(failure.hint)}</div>"
+    )
 
 
 def _sha(text: str) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import RunbookError
+from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -16,13 +16,6 @@ if TYPE_CHECKING:
 Status = Literal["pass", "warn", "fail", "skip"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip")
 COLUMNS = ("name", "status", "observed", "threshold", "detail")
-# One colour scheme for every check table (notebook, HTML report): background, text.
-COLOURS: dict[str, tuple[str, str]] = {
-    "pass": ("#dff0d8", "#1e4620"),
-    "warn": ("#fcf3cf", "#6b4f00"),
-    "fail": ("#f8d7da", "#721c24"),
-    "skip": ("#e9ecef", "#495057"),
-}
 _SEVERITY = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
 
 
@@ -159,20 +152,7 @@ class CheckReport:
 
 def render_html(title: str, checks: Sequence[Check]) -> str:
     """A self-contained coloured table (no pandas needed), for notebooks and archived reports."""
-    head = "".join(f"<th style='text-align:left;padding:4px 8px'>{c}</th>" for c in COLUMNS)
-    body = []
-    for check in checks:
-        background, colour = COLOURS[check.status]
-        cells = "".join(
-            f"<td style='padding:4px 8px'>{html.escape('' if v is None else str(v))}</td>"
-            for v in check.as_tuple()
-        )
-        body.append(f"<tr style='background:{background};color:{colour}'>{cells}</tr>")
     counts = CheckReport(title, tuple(checks)).counts()
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return (
-        f"<div class='runbook-checks'><strong>{html.escape(title)}</strong> "
-        f"<span>({html.escape(summary or 'no checks')})</span>"
-        f"<table style='border-collapse:collapse'><thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no checks"
+    rows = [c.as_tuple() for c in checks]
+    return html_table(COLUMNS, rows, title=title, summary=summary, status_column="status")

@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from .apply import STEP_COLUMNS, ApplyResult
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
+from .tables import text_table
 
 log = logging.getLogger("thorbis_runbook")
 Handler = Callable[[argparse.Namespace, config.Settings], int]
@@ -173,6 +173,113 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import report
+
+    target = settings.target(args.target)
+    given = report.distribute_parameters(settings, args.runbooks, args.parameter or [])
+    result = report.run_pipeline(
+        settings, args.runbooks, target=target, parameters=given, progress=sys.stderr.isatty()
+    )
+    rows = [(r.runbook, r.run_id, r.status, str(r.folder), r.error) for r in result.runs]
+    _print_table(("runbook", "run_id", "status", "report", "error"), rows)
+    print(f"\nreports: {result.index}")
+    return 0 if result.ok else 1
+
+
+def _reports(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import ledger, report
+
+    root = report.reports_root(settings)
+    if args.action == "verify":
+        checks = ledger.verify(root)
+        if args.json:
+            print(checks.to_json())
+        else:
+            _print_table(("name", "status", "observed", "expected", "detail"), checks.rows())
+        return 0 if checks.ok else 1
+    entries = ledger.entries(root)
+    rows = [(e.get("finished"), e.get("target"), e.get("runbook"), e.get("status"), e.get("operator"), e.get("run_id"))
+            for e in reversed(entries)]  # fmt: skip
+    if args.json:
+        _print_json(entries)
+    else:
+        _print_table(("finished", "target", "runbook", "status", "operator", "run_id"), rows)
+    return 0
+
+
+def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import precheck
+
+    files = [Path(f) for f in args.files]
+    report = precheck.lint_command(settings, files=files, target=args.target)
+    code = _print_checks(report, as_json=args.json)
+    rules = sorted({c.name.split()[0] for c in report if c.status in ("warn", "fail")})
+    if rules and not args.json:
+        from .lint import RULES
+
+        print("\nfixes:")
+        for rule in rules:
+            print(f"  {rule}: {RULES.get(rule, '')}")
+    return code
+
+
+def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import precheck
+
+    return _print_checks(precheck.precheck(settings, target=args.target), as_json=args.json)
+
+
+def _troubleshoot(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import troubleshoot
+
+    report = troubleshoot.troubleshoot(settings, target=args.target)
+    if args.json:
+        print(report.to_json())
+        return 0 if report.ok else 1
+    _print_checks(report.checks, as_json=False)
+    if report.actions:
+        print("\nSQL to run by hand, after reading it (the runbook never runs it):")
+        for action in report.actions:
+            print(f"  {action.sql}  -- {action.check}: {action.why}")
+    return 0 if report.ok else 1
+
+
+def _print_checks(report: Any, *, as_json: bool) -> int:
+    """Print a CheckReport as a table (or JSON); return 1 when any check failed."""
+    if as_json:
+        print(report.to_json())
+    else:
+        from .checks import COLUMNS
+
+        _print_table(COLUMNS, report.rows())
+        counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
+        print(f"\n{report.title}: {report.status} ({counts or 'no checks'})")
+    return 0 if report.ok else 1
+
+
+def _validate(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import validate
+
+    report = validate.validate(settings, target=args.target, baseline=args.baseline)
+    return _print_checks(report, as_json=args.json)
+
+
+def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import benchmark
+
+    result = benchmark.benchmark(settings, target=args.target, runs=args.runs)
+    if args.save:
+        result.save(args.save)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    _print_table(benchmark.COLUMNS, result.rows())
+    saved = f"; saved to {args.save}" if args.save else ""
+    print(f"\ntarget {result.target}: {len(result.queries)} benchmark queries{saved}")
+    return 0
+
+
 # -- output --------------------------------------------------------------------------------
 def _report_apply(result: ApplyResult, *, as_json: bool) -> None:
     if as_json:
@@ -193,22 +300,7 @@ def _report_apply(result: ApplyResult, *, as_json: bool) -> None:
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], file: Any = None) -> None:
-    cells = [[_cell(value) for value in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    print(line.rstrip(), file=file)
-    print("  ".join("-" * w for w in widths), file=file)
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=file)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    text = str(value)
-    return text if len(text) <= 100 else text[:97] + "..."
+    print(text_table(columns, rows), file=file)
 
 
 def _print_json(data: Any) -> None:
@@ -351,6 +443,71 @@ def _parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="skip quietly when data is already there"
     )
     seed_cmd.set_defaults(handler=_seed)
+    run_cmd = sub.add_parser(
+        "run", help="execute runbook notebooks with papermill and archive the reports"
+    )
+    run_cmd.add_argument(
+        "runbooks", nargs="+", choices=("precheck", "apply", "validate", "rollback")
+    )
+    run_cmd.add_argument("--target", help="target from runbook.toml (default: default_target)")
+    run_cmd.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="notebook parameter for every runbook that has it (apply.NAME=VALUE for one)",
+    )
+    run_cmd.set_defaults(handler=_run)
+
+    reports_cmd = sub.add_parser("reports", help="the report archive: verify the ledger, list runs")
+    reports_cmd.add_argument("action", choices=("verify", "list"))
+    reports_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    reports_cmd.set_defaults(handler=_reports)
+
+    lint_cmd = sub.add_parser(
+        "lint", help="review migrations for lock, data-loss and RLS risks (exit 1 on a fail)"
+    )
+    _common(lint_cmd)
+    lint_cmd.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="files to lint (default: the target's pending migrations with --target, "
+        "else every migration in the folder)",
+    )
+    lint_cmd.set_defaults(handler=_lint)
+
+    precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
+    _common(precheck_cmd)
+    precheck_cmd.set_defaults(handler=_precheck)
+
+    troubleshoot_cmd = sub.add_parser(
+        "troubleshoot", help="what is stuck on the target, and the SQL to clear it (never run)"
+    )
+    _common(troubleshoot_cmd)
+    troubleshoot_cmd.set_defaults(handler=_troubleshoot)
+
+    validate_cmd = sub.add_parser(
+        "validate", help="after a migration: verify, integrity, RLS isolation, metrics, speed"
+    )
+    _common(validate_cmd)
+    validate_cmd.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="compare the benchmark queries with a saved result (benchmark --save PATH); "
+        "run ids of archived runs are not accepted yet, pass the file",
+    )
+    validate_cmd.set_defaults(handler=_validate)
+
+    benchmark_cmd = sub.add_parser(
+        "benchmark", help="time the [[benchmark.queries]] of runbook.toml"
+    )
+    _common(benchmark_cmd)
+    benchmark_cmd.add_argument(
+        "--runs", type=int, help="timed runs per query (default: [benchmark] runs)"
+    )
+    benchmark_cmd.add_argument("--save", metavar="PATH", help="write the result as JSON to PATH")
+    benchmark_cmd.set_defaults(handler=_benchmark)
     return parser
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import db, history
 from .apply import ApplyResult, ProgressCallback, apply_plan
@@ -19,7 +20,11 @@ from .config import Settings, Target
 from .errors import ConfigError, ConfirmationRequired
 from .executor import LiveExecutor, ScriptExecutor
 from .migrations import discover, is_snake_case
-from .plan import Plan, build_plan, check_to_version
+from .plan import STATUS_COLUMNS, Plan, build_plan, check_to_version
+from .tables import html_table
+
+if TYPE_CHECKING:
+    import pandas
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,21 @@ class StatusReport:
     def current_version(self) -> str | None:
         return self.plan.current_version
 
+    def rows(self) -> list[tuple[object, ...]]:
+        return [row.as_tuple() for row in self.plan.rows]
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(STATUS_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(self.plan.counts().items()))
+        title = f"target {self.target}: schema version {self.current_version or 'none'}"
+        return html_table(
+            STATUS_COLUMNS, self.rows(), title=title, summary=counts, status_column="state"
+        )
+
 
 @dataclass(frozen=True)
 class BaselineResult:
@@ -66,6 +86,8 @@ class ApplyRequest:
     allow_missing: bool = False
     lock_timeout_ms: int | None = None
     statement_timeout_ms: int | None = None
+    run_id: str | None = None  # given by a runbook notebook, so its report and history agree
+    operator: str | None = None
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -109,8 +131,8 @@ def apply(
     _confirm(target, request.confirm_production, request.dry_run, "apply")
     migrations = discover(settings.migrations_dir)
     check_to_version(migrations, request.to_version)
-    run_id = new_run_id()
-    operator = operator_name()
+    run_id = request.run_id or new_run_id()
+    operator = request.operator or operator_name()
     dsn = db.resolve_dsn(settings, target)
     with db.connection(
         dsn, target_name=target.name, application_name=f"thorbis-runbook {run_id}"

@@ -1,0 +1,148 @@
+"""The report archive's ledger: one hash-chained line per run, so any edit, loss or reordering shows."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .checks import Check, CheckReport, failed, passed
+
+LEDGER_FILE = "ledger.jsonl"
+GENESIS = "0" * 64
+# Files under reports/ that are not run files: the ledger itself, its lock, the index page.
+_ARCHIVE_FILES = {
+    LEDGER_FILE,
+    LEDGER_FILE + ".lock",
+    "index.html",
+    ".gitignore",
+    ".gitkeep",
+    "README.md",
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_files(root: Path, run_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file of a run, keyed by path relative to the archive root."""
+    return {
+        str(path.relative_to(root)): sha256_file(path)
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on the ledger: two runs finishing at once both land, in some order."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / (LEDGER_FILE + ".lock")).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append a run's entry, chained to the previous line's hash; returns the entry as written."""
+    with _locked(root):
+        ledger = root / LEDGER_FILE
+        lines = ledger.read_text(encoding="utf-8").splitlines() if ledger.exists() else []
+        previous = sha256_text(lines[-1]) if lines else GENESIS
+        written = {**entry, "seq": len(lines) + 1, "prev": previous}
+        line = json.dumps(written, sort_keys=True, default=str)
+        with ledger.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    return written
+
+
+def entries(root: Path) -> list[dict[str, Any]]:
+    ledger = root / LEDGER_FILE
+    if not ledger.exists():
+        return []
+    return [
+        json.loads(line) for line in ledger.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+
+
+def verify(root: Path) -> CheckReport:
+    """Check the chain and every archived file; name whatever was edited, removed, added or reordered."""
+    ledger = root / LEDGER_FILE
+    if not ledger.exists():
+        return CheckReport.of(
+            "reports verify",
+            [failed("ledger", "missing", LEDGER_FILE, f"no {LEDGER_FILE} under {root}")],
+        )
+    checks: list[Check] = []
+    recorded: dict[str, str] = {}
+    previous = GENESIS
+    for number, line in enumerate(ledger.read_text(encoding="utf-8").splitlines(), start=1):
+        checks.extend(_check_line(number, line, previous, recorded))
+        previous = sha256_text(line)
+    on_disk = {
+        str(p.relative_to(root)) for p in root.rglob("*")
+        if p.is_file() and p.name not in _ARCHIVE_FILES and p.parent != root
+    }  # fmt: skip
+    for name, digest in sorted(recorded.items()):
+        path = root / name
+        if not path.exists():
+            checks.append(
+                failed(
+                    f"file {name}", "removed", digest[:12], "listed in the ledger, gone from disk"
+                )
+            )
+        elif sha256_file(path) != digest:
+            checks.append(
+                failed(f"file {name}", "edited", digest[:12], "content differs from the ledger")
+            )
+    for name in sorted(on_disk - set(recorded)):
+        checks.append(failed(f"file {name}", "added", "not in ledger", "a file no run recorded"))
+    if not any(c.status == "fail" for c in checks):
+        checks.append(
+            passed("archive", f"{len(recorded)} files", "all match", "every file and line verified")
+        )
+    return CheckReport.of("reports verify", checks)
+
+
+def _check_line(number: int, line: str, previous: str, recorded: dict[str, str]) -> list[Check]:
+    name = f"ledger line {number}"
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return [failed(name, "not JSON", "a JSON object", "the line was edited")]
+    problems = []
+    if entry.get("prev") != previous:
+        problems.append(
+            failed(
+                name,
+                "chain broken",
+                "prev = hash of the line before",
+                "a line before it was edited, removed or reordered",
+            )
+        )
+    if entry.get("seq") != number:
+        problems.append(
+            failed(
+                name, f"seq {entry.get('seq')}", f"seq {number}", "lines were removed or reordered"
+            )
+        )
+    recorded.update(entry.get("files", {}))
+    return problems

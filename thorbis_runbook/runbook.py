@@ -1,0 +1,308 @@
+"""The facade the runbook notebooks import: one Run per notebook execution, steps that display themselves.
+
+A step method never lets a RunbookError escape: it records the failure, shows it, and later
+steps show that they were skipped. ``finish()`` then raises the first failure from the last
+cell, after every report cell has rendered (papermill and the CLI exit non-zero). Anything
+that is not a RunbookError (a bug) propagates at once: papermill must see it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import commands, config
+from .errors import ConfigError, RunbookError
+from .tables import html_table
+
+log = logging.getLogger("thorbis_runbook")
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class StepRecord:
+    """What one step of the run did, for the summary and the report's headline."""
+
+    name: str
+    status: str  # succeeded, failed, skipped
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A coloured one-line box a cell shows instead of a result (a failure, a skipped step)."""
+
+    status: str
+    text: str
+    hint: str = ""
+
+    def _repr_html_(self) -> str:
+        colours = {"failed": ("#f8d7da", "#721c24"), "skipped": ("#e9ecef", "#495057")}
+        background, colour = colours.get(self.status, ("#dff0d8", "#1e4620"))
+        hint = f"<br><strong>hint:</strong> {html.escape(self.hint)}" if self.hint else ""
+        return (
+            f"<div style='background:{background};color:{colour};padding:8px;border-radius:4px'>"
+            f"<strong>{html.escape(self.status)}:</strong> {html.escape(self.text)}{hint}</div>"
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.status}: {self.text}" + (f"\nhint: {self.hint}" if self.hint else "")
+
+
+class Run:
+    """One execution of one runbook against one target."""
+
+    def __init__(
+        self, runbook: str, settings: config.Settings, target: config.Target, *,
+        run_id: str, operator: str, report_dir: Path | None,
+    ) -> None:  # fmt: skip
+        self.runbook = runbook
+        self.settings = settings
+        self.target = target
+        self.run_id = run_id
+        self.operator = operator
+        self.report_dir = report_dir
+        self.started_at = datetime.now(UTC)
+        self.git_commit = _git_commit(settings.migrations_dir)
+        self.steps: list[StepRecord] = []
+        self.failure: RunbookError | None = None
+        self.migrations: list[dict[str, str]] = []
+        self.figures: dict[str, Any] = {}
+
+    # -- steps ---------------------------------------------------------------------------
+    def status(self) -> Any:
+        """Show every migration's state on the target (read-only)."""
+        return self._step(
+            "status",
+            lambda: commands.status(self.settings, target=self.target.name),
+            record=self._record_status,
+        )
+
+    def apply(
+        self, *, dry_run: bool = False, to_version: str = "", lock_timeout: str = "",
+        statement_timeout: str = "", confirm_production: bool = False, allow_drift: bool = False,
+        allow_out_of_order: bool = False, allow_missing: bool = False,
+    ) -> Any:  # fmt: skip
+        """Apply pending migrations (or show the exact SQL with dry_run), logging live to the cell."""
+
+        def run() -> Any:
+            _expect_bools(
+                dry_run=dry_run,
+                confirm_production=confirm_production,
+                allow_drift=allow_drift,
+                allow_out_of_order=allow_out_of_order,
+                allow_missing=allow_missing,
+            )
+            request = commands.ApplyRequest(
+                target=self.target.name, to_version=to_version or None, dry_run=dry_run,
+                confirm_production=confirm_production, allow_drift=allow_drift,
+                allow_out_of_order=allow_out_of_order, allow_missing=allow_missing,
+                lock_timeout_ms=_duration(lock_timeout, "lock_timeout"),
+                statement_timeout_ms=_duration(statement_timeout, "statement_timeout"),
+                run_id=self.run_id, operator=self.operator,
+            )  # fmt: skip
+            with _live_log():
+                result = commands.apply(self.settings, request)
+            if result.failure is not None:
+                self._fail("apply", result.failure)
+            return result
+
+        return self._step("apply", run, record=self._record_apply)
+
+    def chart_apply(self) -> Any:
+        """Time per migration of this run's apply step (nothing to draw: a note instead)."""
+        from . import charts
+
+        step = next((s for s in self.steps if s.name == "apply"), None)
+        result = step.data.get("result") if step else None
+        chart = (
+            charts.apply_durations(
+                result.steps, target=self.target.name, lock_timeout_ms=self.target.lock_timeout_ms
+            )
+            if result
+            else None
+        )
+        if chart is None:
+            return Notice("skipped", "no migration ran, so there is nothing to chart")
+        return chart
+
+    # -- the end -------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable record of the run (the report's summary.json)."""
+        status = "failed" if self.failure else "succeeded"
+        return {
+            "runbook": self.runbook, "run_id": self.run_id, "target": self.target.name,
+            "status": status, "started": self.started_at.isoformat(),
+            "finished": datetime.now(UTC).isoformat(), "operator": self.operator,
+            "git_commit": self.git_commit, "migrations": self.migrations,
+            "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
+            "checks": [c for s in self.steps for c in s.data.get("checks", [])],
+            "figures": self.figures,
+            "error": {"message": self.failure.message, "hint": self.failure.hint} if self.failure else None,
+        }  # fmt: skip
+
+    def finish(self) -> Notice:
+        """Write summary.json beside the report, then raise the first failure, if any."""
+        summary = self.summary()
+        if self.report_dir is not None:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+            (self.report_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        if self.failure is not None:
+            raise self.failure
+        return Notice(
+            "succeeded", f"{self.runbook} on {self.target.name} finished (run {self.run_id})"
+        )
+
+    # -- display -------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        rows = [
+            ("runbook", self.runbook), ("target", self.target.name),
+            ("production", "yes" if self.target.production else "no"), ("run id", self.run_id),
+            ("operator", self.operator), ("git commit", self.git_commit),
+            ("started", self.started_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("migrations folder", str(self.settings.migrations_dir)),
+            ("lock_timeout", f"{self.target.lock_timeout_ms} ms"),
+            ("statement_timeout", f"{self.target.statement_timeout_ms} ms (0 = none)"),
+        ]  # fmt: skip
+        return html_table(("", "value"), rows, title=f"Run {self.run_id}")
+
+    def __repr__(self) -> str:
+        return f"Run({self.runbook!r}, target={self.target.name!r}, run_id={self.run_id!r})"
+
+    # -- internals -----------------------------------------------------------------------
+    def _step(
+        self, name: str, action: Callable[[], Any], *, record: Callable[[StepRecord, Any], None]
+    ) -> Any:
+        if self.failure is not None:
+            self.steps.append(
+                StepRecord(name, "skipped", f"an earlier step failed: {self.failure.message}")
+            )
+            return Notice("skipped", f"{name} was not run because an earlier step failed")
+        try:
+            result = action()
+        except RunbookError as exc:
+            self._fail(name, exc)
+            self.steps.append(StepRecord(name, "failed", exc.message))
+            return Notice("failed", exc.message, exc.hint)
+        step = StepRecord(name, "failed" if self.failure else "succeeded")
+        record(step, result)
+        self.steps.append(step)
+        return result
+
+    def _fail(self, name: str, exc: RunbookError) -> None:
+        if self.failure is None:
+            self.failure = exc
+        log.error("%s failed: %s", name, exc.message)
+
+    def _record_status(self, step: StepRecord, report: Any) -> None:
+        self.migrations = [
+            {"version": r.version, "name": r.name, "state": r.state} for r in report.plan.rows
+        ]
+        step.detail = f"schema version {report.current_version or 'none'}"
+        self.figures["schema_version"] = report.current_version
+
+    def _record_apply(self, step: StepRecord, result: Any) -> None:
+        step.data["result"] = result
+        applied = [s for s in result.steps if s.status == "applied"]
+        step.detail = (
+            f"dry run: {len(result.steps)} migration(s) planned"
+            if result.dry_run
+            else f"{len(applied)} migration(s) applied"
+        )
+        step.data["checks"] = []
+        self.figures["applied"] = len(applied)
+        self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
+        self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
+        self._attach_checksums(result)
+
+    def _attach_checksums(self, result: Any) -> None:
+        from .migrations import discover
+
+        files = {m.version: m for m in discover(self.settings.migrations_dir)}
+        ran = {s.version: s.status for s in result.steps}
+        self.migrations = [
+            {"version": v, "name": m.name, "checksum": m.checksum, "this_run": ran.get(v, "")}
+            for v, m in sorted(files.items())
+        ]
+
+
+def start(
+    runbook: str, *, target: str = "", config_path: str = "", run_id: str = "", operator: str = "",
+    report_dir: str = "",
+) -> Run:  # fmt: skip
+    """Begin a run: load runbook.toml, resolve the target and give the run its id.
+
+    Raises ConfigError for an unknown target or a broken runbook.toml (in the first cell, so a
+    wrong parameter stops the notebook before anything touches a database).
+    """
+    settings = config.load_settings(Path(config_path) if config_path else None)
+    chosen = settings.target(target or None)
+    return Run(
+        runbook, settings, chosen,
+        run_id=run_id or commands.new_run_id(), operator=operator or commands.operator_name(),
+        report_dir=Path(report_dir) if report_dir else None,
+    )  # fmt: skip
+
+
+def _expect_bools(**values: Any) -> None:
+    """Papermill passes what it is given: refuse "maybe" where true or false belongs."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"parameter {name} must be True or False, got {value!r}", f"pass -p {name} True"
+            )
+
+
+def _duration(value: str, what: str) -> int | None:
+    return config.parse_duration_ms(value, what=what) if value else None
+
+
+@contextmanager
+def _live_log() -> Iterator[None]:
+    """Show the runner's log lines as they happen (a notebook cell shows stdout live)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    previous = log.level
+    log.addHandler(handler)
+    log.setLevel(min(previous or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+
+
+def _git_commit(migrations_dir: Path) -> str:
+    """The commit of the migrations' repository, marked when the migration files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=migrations_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=migrations_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}{' (migrations modified)' if dirty else ''}"
+
+
+__all__ = ["ConfigError", "Notice", "Run", "StepRecord", "start"]
