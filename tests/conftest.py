@@ -144,3 +144,30 @@ def _require_password_for(server: embedded.EmbeddedStatus, role: str, password: 
 def pytest_configure(config: pytest.Config) -> None:
     # The embedded server's helper library warns about XDG_RUNTIME_DIR in containers.
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+@pytest.fixture(scope="module")
+def thorbis_dsn(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
+    """A database with the Thorbis migrations applied and 5 seeded businesses, per test module.
+
+    For tests that only read, or that open sessions and close them again (precheck,
+    troubleshoot); a test that changes the schema takes its own ``pg_database``.
+    """
+    from thorbis_runbook.seed import seed
+
+    name = f"thorbis_{secrets.token_hex(4)}"
+    _admin(pg_server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    dsn = pg_server.uri(name)
+    try:
+        apply_migrations(dsn)
+        loader = psycopg2.connect(dsn)
+        try:
+            seed(loader, businesses=5, work_orders_per_business=20)
+        finally:
+            loader.close()
+        yield dsn
+    finally:
+        _admin(
+            pg_server,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
+        )

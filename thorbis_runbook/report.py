@@ -257,7 +257,7 @@ def summary_banner(summary: Mapping[str, Any]) -> str:
     ]  # fmt: skip
     error = summary.get("error") or {}
     parts = [
-        f"<div style='background:{colour[0]};color:{colour[1]};padding:10px;margin:8px 0;"
+        f"<div style='font-family:system-ui,sans-serif;background:{colour[0]};color:{colour[1]};padding:10px;margin:8px 0;"
         f"border-radius:4px'><h2 style='margin:0'>{html.escape(str(summary.get('runbook')))}: "
         f"{html.escape(status)}</h2>"
     ]
