@@ -23,7 +23,7 @@ _TARGET_KEYS = {
 }  # fmt: skip
 # Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
 # read by the module that owns them, which reports its own errors.
-_TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "pg_bin_dir"}
+_TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
 
 
 @dataclass(frozen=True)

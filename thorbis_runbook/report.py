@@ -6,14 +6,14 @@ import html
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import ledger
+from . import ledger, notify
 from .commands import new_run_id, operator_name
 from .config import Settings, Target
 from .errors import ConfigError, RunbookError
@@ -142,21 +142,64 @@ def run_pipeline(
         name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
     }
     runs: list[RunbookRun] = []
-    for name in runbooks:
-        run = execute(settings, name, target=target, parameters=typed[name], progress=progress)
+    pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
+    for position, name in enumerate(runbooks):
+        last = position == len(runbooks) - 1
+        notifier = _notifier(target, pending, finish=last)
+        run = execute(
+            settings,
+            name,
+            target=target,
+            parameters=typed[name],
+            progress=progress,
+            notifications=notifier,
+        )
+        pending = []
         runs.append(run)
         if run.status != "succeeded":
             if name == "apply" and target.on_failure == "rollback_run":
                 # Undo what this run's earlier migrations did, and archive that too.
                 rollback = {"strategy": "schema_only", "rollback_run": run.run_id}
+                notifier = _notifier(target, [], rolled_back=True)
                 runs.append(
                     execute(
-                        settings, "rollback", target=target, parameters=rollback, progress=progress
+                        settings,
+                        "rollback",
+                        target=target,
+                        parameters=rollback,
+                        progress=progress,
+                        notifications=notifier,
                     )
                 )
             break
     index = write_index(settings)
     return PipelineResult(tuple(runs), index)
+
+
+Notifier = Callable[[dict[str, Any]], list[notify.Delivery]]
+
+
+def _notifier(
+    target: Target,
+    already: list[notify.Delivery],
+    *,
+    finish: bool = False,
+    rolled_back: bool = False,
+) -> Notifier:
+    """Send the events a run's outcome calls for, before it is archived, so its report lists them."""
+
+    def send(summary: dict[str, Any]) -> list[notify.Delivery]:
+        payload = {k: summary.get(k) for k in ("runbook", "run_id", "status", "operator", "error")}
+        deliveries = list(already)
+        if summary.get("status") != "succeeded":
+            deliveries += notify.notify(target, "failed", payload)
+        elif rolled_back:
+            deliveries += notify.notify(target, "rolled_back", payload)
+        elif finish:
+            deliveries += notify.notify(target, "finished", payload)
+        return deliveries
+
+    return send
 
 
 def execute(
@@ -166,6 +209,7 @@ def execute(
     target: Target,
     parameters: Mapping[str, Any],
     progress: bool = False,
+    notifications: Notifier | None = None,
 ) -> RunbookRun:
     """Run one notebook with papermill into its archive folder; a failed run is archived too."""
     import papermill
@@ -189,6 +233,8 @@ def execute(
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {_first_line(exc.evalue)}"
     summary = _summary(folder, runbook, run_id, target, injected, started, error)
+    if notifications is not None:
+        summary["notifications"] = [asdict(d) for d in notifications(summary)]
     (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     scrub_notebook(output)
     export_html(output, summary)

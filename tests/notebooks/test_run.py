@@ -45,6 +45,7 @@ def project(tmp_path: Path, pg_server, pg_database: str):  # type: ignore[no-unt
     config.write_text(
         f'[runbook]\nmigrations_dir = "{migrations}"\ndefault_target = "test"\n'
         '[targets.test]\ndsn_env = "THORBIS_TEST_DSN"\nlock_wait = "2s"\n'
+        'notify = { webhook_url_env = "THORBIS_TEST_HOOK", events = ["failed"] }\n'
         '[targets.prod]\ndsn_env = "THORBIS_TEST_DSN"\nproduction = true\n'
         f'[notebooks]\ndir = "{REPO / "notebooks"}"\n[reports]\ndir = "{tmp_path / "reports"}"\n'
     )
