@@ -171,3 +171,45 @@ def thorbis_dsn(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
             pg_server,
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
         )
+
+
+@pytest.fixture(scope="session")
+def seeded_template(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
+    """A database with the Thorbis schema and a little demo data, to copy per test (TEMPLATE)."""
+    from thorbis_runbook import seed
+
+    name = f"seeded_{secrets.token_hex(4)}"
+    _admin(pg_server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    apply_migrations(pg_server.uri(name))
+    connection = psycopg2.connect(pg_server.uri(name))
+    connection.autocommit = True
+    try:
+        seed.seed(connection, businesses=4, work_orders_per_business=10, customers_per_business=5)
+    finally:
+        connection.close()
+    yield name
+
+
+@pytest.fixture
+def seeded_settings(  # type: ignore[no-untyped-def]
+    tmp_path: Path, pg_server: embedded.EmbeddedStatus, seeded_template: str, monkeypatch
+):
+    """Build Settings whose target `test` is a fresh copy of the seeded Thorbis database."""
+    name = f"s_{secrets.token_hex(6)}"
+    _admin(
+        pg_server,
+        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(seeded_template)
+        ),
+    )
+    monkeypatch.setenv("THORBIS_TEST_DSN", pg_server.uri(name))
+    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
+
+    def build(migrations_dir: Path = MIGRATIONS, **target: object) -> Settings:
+        options: dict[str, object] = {"pg_bin_dir": str(pg_server.bin_dir()), **target}
+        return make_settings(tmp_path, migrations_dir, **options)
+
+    yield build
+    _admin(
+        pg_server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    )

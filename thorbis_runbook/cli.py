@@ -280,6 +280,97 @@ def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import backup
+
+    result = backup.take_backup(settings, settings.target(args.target), deep=args.deep)
+    m = result.manifest
+    if args.json:
+        _print_json(
+            {"manifest": asdict(m), "checks": result.checks.to_dict(), "timings": result.timings}
+        )
+        return 0 if result.ok else 1
+    _print_checks(result.checks, as_json=False)
+    timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
+    print(
+        f"backup {m.backup_id} of target {m.target}: {m.size_bytes} bytes in {m.path} ({timings})"
+    )
+    return 0 if result.ok else 1
+
+
+def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import backup
+
+    catalog = backup.list_backups(settings, settings.target(args.target))
+    if args.json:
+        _print_json([asdict(m) for m in catalog.backups])
+    else:
+        _print_table(backup.BACKUP_COLUMNS, catalog.rows())
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
+    from datetime import datetime
+
+    from . import rollback
+
+    try:
+        to_time = datetime.fromisoformat(args.to_time) if args.to_time else None
+    except ValueError:
+        raise ConfigError(
+            f"--to-time {args.to_time!r} is not an ISO 8601 time",
+            'write e.g. "2025-02-01T12:00:00Z"',
+        ) from None
+    result = rollback.rollback(settings, rollback.RollbackRequest(
+        strategy=args.strategy, target=args.target, run_id=args.run, to_version=args.to,
+        to_time=to_time, confirm_production=args.confirm_production,
+    ))  # fmt: skip
+    if args.json:
+        _print_json(asdict(result))
+        result.raise_for_failures()
+        return 0
+    if result.steps:
+        _print_table(rollback.STEP_COLUMNS, [s.as_tuple() for s in result.steps])
+    if result.sessions:
+        print("\nsessions ended for maintenance mode:")
+        _print_table(rollback.SESSION_COLUMNS, [tuple(vars(s).values()) for s in result.sessions])
+    if result.data_loss:
+        from .pitr import DATA_LOSS_COLUMNS
+
+        print("\nwrites lost (made after the restore point, from business_core.audit_log):")
+        _print_table(DATA_LOSS_COLUMNS, [r.as_tuple() for r in result.data_loss])
+    print()
+    _print_checks(result.checks, as_json=False)
+    for note in result.notes:
+        print(note)
+    timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
+    print(f"{result.strategy} rollback of target {result.target}: {timings}")
+    result.raise_for_failures()
+    return 0
+
+
+def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import rehearse
+
+    result = rehearse.rehearse(settings, settings.target(args.target), source=args.source)
+    code = _print_checks(result.checks, as_json=args.json)
+    if not args.json:
+        timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
+        print(f"rehearsed {len(result.migrations)} migration(s) on {result.source}: {timings}")
+    return code
+
+
+def _pitr(args: argparse.Namespace, settings: config.Settings) -> int:
+    from . import pitr
+
+    setup = pitr.enable(settings, settings.target(args.target))
+    if args.json:
+        _print_json(asdict(setup))
+    else:
+        _print_table(("item", "value"), setup.rows())
+    return 0
+
+
 # -- output --------------------------------------------------------------------------------
 def _report_apply(result: ApplyResult, *, as_json: bool) -> None:
     if as_json:
@@ -508,6 +599,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     benchmark_cmd.add_argument("--save", metavar="PATH", help="write the result as JSON to PATH")
     benchmark_cmd.set_defaults(handler=_benchmark)
+
+    backup_cmd = sub.add_parser("backup", help="pg_dump -Fd backup with a manifest, verified")
+    _common(backup_cmd)
+    backup_cmd.add_argument(
+        "--deep", action="store_true", help="also restore into a scratch database and compare"
+    )
+    backup_cmd.set_defaults(handler=_backup)
+    backups_cmd = sub.add_parser("backups", help="list a target's backups and their verification")
+    _common(backups_cmd)
+    backups_cmd.set_defaults(handler=_backups)
+
+    rollback_cmd = sub.add_parser("rollback", help="undo a run: down scripts, restore, or PITR")
+    _common(rollback_cmd)
+    rollback_cmd.add_argument(
+        "--strategy", required=True, choices=("schema_only", "full_restore", "point_in_time")
+    )
+    rollback_cmd.add_argument("--run", metavar="RUN_ID", help="the run to undo (default: latest)")
+    rollback_cmd.add_argument("--to", metavar="VERSION", help="schema_only: undo all above it")
+    rollback_cmd.add_argument("--to-time", metavar="ISO", help="point_in_time: recover to it")
+    rollback_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
+    rollback_cmd.set_defaults(handler=_rollback)
+
+    rehearse_cmd = sub.add_parser(
+        "rehearse", help="apply, roll back, apply again on a scratch copy of the target"
+    )
+    _common(rehearse_cmd)
+    rehearse_cmd.add_argument(
+        "--source", choices=("auto", "template", "backup"), default="auto",
+        help="copy with CREATE DATABASE ... TEMPLATE, or restore the latest backup",
+    )  # fmt: skip
+    rehearse_cmd.set_defaults(handler=_rehearse)
+
+    pitr_cmd = sub.add_parser("pitr", help="point-in-time recovery set-up (WAL archive)")
+    pitr_cmd.add_argument("action", choices=("enable",))
+    _common(pitr_cmd)
+    pitr_cmd.set_defaults(handler=_pitr)
     return parser
 
 
