@@ -6,7 +6,7 @@ RUNBOOK := $(VENV)/bin/thorbis-runbook
 STAMP  := $(VENV)/.installed
 DEMO_BUSINESSES ?= 100
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench lab clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 ## bench: apply 300 generated migrations vs. the raw psql floors (see benchmarks/README.md)
 bench: $(STAMP)
 	$(PY) benchmarks/apply_300.py
+
+## lab: JupyterLab on the runbook notebooks, with the project's own kernel
+lab: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lab]'
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
 	-$(RUNBOOK) db stop

@@ -61,6 +61,7 @@ class Settings:
     # Top-level runbook.toml tables other than [runbook] and [targets] ([thresholds],
     # [validate], [benchmark], ...), raw; each is parsed by the module that owns it.
     sections: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    config_path: Path | None = None  # the runbook.toml these came from (notebooks load it again)
 
     def target(self, name: str | None = None) -> Target:
         """Return the named target (or the default); raise ConfigError for an unknown one."""
@@ -93,7 +94,7 @@ def load_settings(
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path.name} is not valid TOML: {exc}", "fix the file") from None
-    return settings_from_mapping(data, root=path.parent, env=env)
+    return dataclasses.replace(settings_from_mapping(data, root=path.parent, env=env), config_path=path)
 
 
 def settings_from_mapping(

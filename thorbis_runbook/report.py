@@ -222,6 +222,7 @@ def execute(
     injected = {
         **parameters, "target": target.name, "run_id": run_id, "report_dir": str(folder),
         "operator": parameters.get("operator") or operator_name(),
+        "config_path": str(settings.config_path or ""),
     }  # fmt: skip
     error: str | None = None
     started = datetime.now(UTC)
