@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .apply import StepResult
+    from .benchmark import BenchmarkResult
 
 
 @dataclass(frozen=True)
@@ -68,3 +69,47 @@ def apply_durations(
     axes.tick_params(axis="y", labelsize=8)
     axes.margins(x=0.2)
     return render(figure, "time per migration")
+
+
+def benchmark_comparison(
+    before: BenchmarkResult | None, after: BenchmarkResult, *, threshold: float
+) -> Chart | None:
+    """Median per benchmark query, before and after, with the pass threshold drawn per query."""
+    if not after.queries:
+        return None
+    from matplotlib.figure import Figure
+
+    earlier = before.by_name() if before else {}
+    names = [q.name for q in after.queries]
+    figure = Figure(figsize=(8, 1.2 + 0.7 * len(names)))
+    axes = figure.add_subplot()
+    rows = range(len(names))
+    if earlier:
+        axes.barh(
+            [r - 0.2 for r in rows],
+            [earlier[n].median_ms if n in earlier else 0 for n in names],
+            height=0.4,
+            color="#95a5a6",
+            label="before (median)",
+        )
+        for r, n in zip(rows, names, strict=True):
+            if n in earlier:
+                limit = earlier[n].median_ms * threshold
+                axes.plot([limit, limit], [r - 0.45, r + 0.45], color="#c0392b", linewidth=1.5)
+        axes.plot([], [], color="#c0392b", label=f"threshold ({threshold:g}x before)")
+    axes.barh(
+        [r + (0.2 if earlier else 0) for r in rows],
+        [q.median_ms for q in after.queries],
+        height=0.4,
+        color="#2e86c1",
+        label="after (median)",
+    )
+    axes.set_yticks(list(rows), names, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("median query time (ms)")
+    title = (
+        "Benchmark queries: before vs after" if earlier else "Benchmark queries (no baseline yet)"
+    )
+    axes.set_title(title)
+    axes.legend(fontsize=8, loc="lower right")
+    return render(figure, "benchmark before vs after")

@@ -188,9 +188,9 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _reports(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import ledger, report
+    from . import ledger
 
-    root = report.reports_root(settings)
+    root = ledger.reports_root(settings)
     if args.action == "verify":
         checks = ledger.verify(root)
         if args.json:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Check, CheckReport, failed, passed
+from .config import Settings
 
 LEDGER_FILE = "ledger.jsonl"
 GENESIS = "0" * 64
@@ -24,6 +25,23 @@ _ARCHIVE_FILES = {
     ".gitkeep",
     "README.md",
 }
+
+
+def reports_root(settings: Settings) -> Path:
+    """The archive folder: [reports] dir in runbook.toml, default reports/ beside it."""
+    section = settings.sections.get("reports", {})
+    return (settings.root / str(section.get("dir", "reports"))).resolve()
+
+
+def latest_file(root: Path, target: str, name: str, *, exclude_run: str = "") -> Path | None:
+    """The newest archived run of ``target`` holding ``name`` (a saved benchmark, say)."""
+    for entry in reversed(entries(root)):
+        if entry.get("target") != target or entry.get("run_id") == exclude_run:
+            continue
+        path = root / target / str(entry.get("run_id")) / name
+        if path.exists():
+            return path
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -17,6 +17,7 @@ from . import ledger, notify
 from .commands import new_run_id, operator_name
 from .config import Settings, Target
 from .errors import ConfigError, RunbookError
+from .ledger import reports_root
 from .runbook import SUMMARY_FILE
 from .tables import html_table
 
@@ -66,11 +67,6 @@ def notebook_path(settings: Settings, runbook: str) -> Path:
             f"choose from: {', '.join(RUNBOOKS)}",
         )
     return path
-
-
-def reports_root(settings: Settings) -> Path:
-    section = settings.sections.get("reports", {})
-    return (settings.root / str(section.get("dir", "reports"))).resolve()
 
 
 def distribute_parameters(

@@ -26,6 +26,7 @@ from .tables import html_table
 
 log = logging.getLogger("thorbis_runbook")
 SUMMARY_FILE = "summary.json"
+BENCHMARK_FILE = "benchmark.json"
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Run:
         self.failure: RunbookError | None = None
         self.migrations: list[dict[str, str]] = []
         self.figures: dict[str, Any] = {}
+        self.baseline_path: Path | None = None
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
@@ -135,6 +137,56 @@ class Run:
         if chart is None:
             return Notice("skipped", "no migration ran, so there is nothing to chart")
         return chart
+
+    def benchmark(self, runs: int = 0) -> Any:
+        """Time the benchmark queries of runbook.toml; saved with the run as a later baseline."""
+        from . import benchmark
+
+        if not benchmark.BenchmarkSettings.parse(self.settings.sections.get("benchmark")).queries:
+            self.steps.append(
+                StepRecord("benchmark", "skipped", "runbook.toml declares no benchmark queries")
+            )
+            return Notice(
+                "skipped", "runbook.toml declares no [[benchmark.queries]], so nothing was timed"
+            )
+
+        def run() -> Any:
+            result = benchmark.benchmark(self.settings, target=self.target.name, runs=runs or None)
+            if self.report_dir is not None:
+                result.save(self.report_dir / BENCHMARK_FILE)
+            return result
+
+        return self._step("benchmark", run, record=self._record_benchmark)
+
+    def validate(self, baseline: str = "") -> Any:
+        """Run every validation check; compare benchmarks with ``baseline`` (a run id, a file, or
+        empty for the newest archived benchmark of this target)."""
+        from . import validate
+
+        def run() -> Any:
+            self.baseline_path = self._baseline(baseline)
+            report = validate.validate(
+                self.settings, target=self.target.name, baseline=self.baseline_path
+            )
+            if not report.ok:
+                self._fail_checks(report)
+            return report
+
+        return self._step("validate", run, record=self._record_checks)
+
+    def chart_benchmark(self) -> Any:
+        """Benchmark medians before (the baseline) and after, with the threshold drawn."""
+        from . import charts
+        from .benchmark import BenchmarkResult, BenchmarkSettings
+
+        step = next(
+            (s for s in self.steps if s.name == "benchmark" and s.status == "succeeded"), None
+        )
+        if step is None:
+            return Notice("skipped", "no benchmark ran in this run")
+        before = BenchmarkResult.load(self.baseline_path) if self.baseline_path else None
+        threshold = BenchmarkSettings.parse(self.settings.sections.get("benchmark")).threshold
+        return charts.benchmark_comparison(before, step.data["result"], threshold=threshold)
 
     # -- the end -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -203,6 +255,45 @@ class Run:
         if self.failure is None:
             self.failure = exc
         log.error("%s failed: %s", name, exc.message)
+
+    def _fail_checks(self, report: Any) -> None:
+        try:
+            report.raise_for_failures()
+        except RunbookError as exc:
+            self._fail(report.title, exc)
+
+    def _record_checks(self, step: StepRecord, report: Any) -> None:
+        step.data["checks"] = [
+            {"report": report.title, "name": c.name, "status": c.status, "observed": c.observed,
+             "threshold": c.threshold, "detail": c.detail}
+            for c in report.checks
+        ]  # fmt: skip
+        counts = report.counts()
+        step.detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        self.figures[f"{step.name}_checks"] = counts
+
+    def _record_benchmark(self, step: StepRecord, result: Any) -> None:
+        step.data["result"] = result
+        self.figures["benchmark_median_ms"] = {q.name: q.median_ms for q in result.queries}
+        step.detail = f"{len(result.queries)} queries timed"
+
+    def _baseline(self, given: str) -> Path | None:
+        """Resolve a baseline: a file path, a run id in the archive, or the newest archived one."""
+        from . import ledger
+
+        root = ledger.reports_root(self.settings)
+        if given and Path(given).exists():
+            return Path(given)
+        if given:
+            path = root / self.target.name / given / BENCHMARK_FILE
+            if not path.exists():
+                raise ConfigError(
+                    f"baseline {given!r} is neither a saved benchmark file nor an archived run of "
+                    f"target {self.target.name} with {BENCHMARK_FILE}",
+                    "give a run id from thorbis-runbook reports list (a precheck or validate run), or leave it empty",
+                )
+            return path
+        return ledger.latest_file(root, self.target.name, BENCHMARK_FILE, exclude_run=self.run_id)
 
     def _record_status(self, step: StepRecord, report: Any) -> None:
         self.migrations = [
