@@ -23,6 +23,8 @@ from .tables import html_table
 if TYPE_CHECKING:
     import pandas
 
+    from .monitor import MonitorResult
+
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, Migration, str], None]
@@ -80,6 +82,7 @@ class ApplyResult:
     steps: tuple[StepResult, ...]
     failure: MigrationFailed | None = None
     script: str = ""
+    monitor: MonitorResult | None = None  # locks and sessions sampled while the migrations ran
 
     @property
     def ok(self) -> bool:
@@ -114,6 +117,8 @@ class ApplyResult:
         ]
         if self.failure is not None:
             parts.append(failure_box(self.failure))
+        if self.monitor is not None:
+            parts.append(self.monitor._repr_html_())
         if self.script:
             parts.append(
                 f"<details><summary>The exact SQL ({len(self.script.splitlines())} lines)</summary>"

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
     from .apply import StepResult
     from .benchmark import BenchmarkResult
+    from .monitor import MonitorResult
+    from .precheck import Capacity
 
 
 @dataclass(frozen=True)
@@ -113,3 +115,83 @@ def benchmark_comparison(
     axes.set_title(title)
     axes.legend(fontsize=8, loc="lower right")
     return render(figure, "benchmark before vs after")
+
+
+def monitor_timeline(result: MonitorResult) -> Chart | None:
+    """Sessions and connections over the apply, and the longest lock wait with its warn line."""
+    if not result.samples:
+        return None
+    from matplotlib.figure import Figure
+
+    t = [s.elapsed_s for s in result.samples]
+    figure = Figure(figsize=(8, 5))
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.plot(t, [s.connections for s in result.samples], label="connections", color="#2c3e50")
+    top.plot(t, [s.active for s in result.samples], label="active", color="#2e86c1")
+    top.plot(
+        t,
+        [s.idle_in_transaction for s in result.samples],
+        label="idle in transaction",
+        color="#d68910",
+    )
+    top.plot(t, [s.waiting for s in result.samples], label="waiting on a lock", color="#c0392b")
+    top.set_ylabel("sessions")
+    top.set_title(f"While apply ran on {result.target}: sessions and lock waits")
+    top.legend(fontsize=8, loc="upper right")
+    bottom.plot(
+        t, [s.max_wait_ms for s in result.samples], color="#c0392b", label="longest lock wait"
+    )
+    bottom.axhline(
+        result.blocked_warn_ms,
+        color="#7f8c8d",
+        linestyle="--",
+        linewidth=1,
+        label=f"warn at {result.blocked_warn_ms} ms",
+    )
+    bottom.set_ylabel("lock wait (ms)")
+    bottom.set_xlabel("seconds since apply started")
+    bottom.legend(fontsize=8, loc="upper right")
+    return render(figure, "sessions and lock waits during apply")
+
+
+def capacity(
+    cap: Capacity, *, target: str, connections_warn_pct: float, connections_fail_pct: float
+) -> Chart:
+    """Connections against max_connections, and database size against the free disk."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2))
+    left, right = figure.subplots(1, 2)
+    left.barh(["connections"], [cap.connections], color="#2e86c1")
+    left.set_xlim(0, cap.max_connections)
+    for pct, colour in ((connections_warn_pct, "#d68910"), (connections_fail_pct, "#c0392b")):
+        left.axvline(cap.max_connections * pct / 100, color=colour, linestyle="--", linewidth=1)
+    left.set_xlabel(f"connections (max_connections {cap.max_connections}; dashed: warn / fail)")
+    left.set_title(f"{cap.connections} of {cap.max_connections} connections")
+    gib = 1024**3
+    if cap.disk_total and cap.disk_free is not None:
+        used = (cap.disk_total - cap.disk_free) / gib
+        right.barh(["disk"], [used], color="#95a5a6", label="used")
+        right.barh(
+            ["disk"],
+            [cap.database_bytes / gib],
+            left=[used],
+            color="#2e86c1",
+            label="a full backup",
+        )
+        right.set_xlim(0, cap.disk_total / gib)
+        right.set_xlabel("GiB of the data directory's disk")
+        right.legend(fontsize=8, loc="lower right")
+        right.set_title("Disk: used, and what a backup adds")
+    else:
+        right.text(
+            0.5,
+            0.5,
+            "data directory not visible here:\nfree disk not measured",
+            ha="center",
+            va="center",
+        )
+        right.set_axis_off()
+    figure.suptitle(f"Capacity of {target}")
+    figure.tight_layout()
+    return render(figure, "capacity")

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 from . import db, history
 from .apply import ApplyResult, ProgressCallback, apply_plan
 from .config import Settings, Target
-from .errors import ConfigError, ConfirmationRequired
+from .errors import ConfigError, ConfirmationRequired, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
 from .migrations import discover, is_snake_case
+from .monitor import Monitor
 from .plan import STATUS_COLUMNS, Plan, build_plan, check_to_version
 from .tables import html_table
 
@@ -88,6 +89,7 @@ class ApplyRequest:
     statement_timeout_ms: int | None = None
     run_id: str | None = None  # given by a runbook notebook, so its report and history agree
     operator: str | None = None
+    monitor: bool = True  # sample locks and activity on a second connection while applying
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -149,18 +151,16 @@ def apply(
                 allow_out_of_order=request.allow_out_of_order,
                 allow_missing=request.allow_missing,
             )
-            steps, failure = apply_plan(
-                conn,
-                plan,
-                target=target,
-                executor=executor,
-                run_id=run_id,
-                operator=operator,
-                progress=progress,
-            )
+            watch = request.monitor and not request.dry_run and bool(plan.pending)
+            with _monitoring(settings, target, dsn, enabled=watch) as monitor:
+                steps, failure = apply_plan(
+                    conn, plan, target=target, executor=executor, run_id=run_id,
+                    operator=operator, progress=progress,
+                )  # fmt: skip
             _finish_run(conn, executor, run_id, "failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
-    return ApplyResult(run_id, target.name, request.dry_run, steps, failure, script)
+    watched = monitor.result() if monitor is not None else None
+    return ApplyResult(run_id, target.name, request.dry_run, steps, failure, script, watched)
 
 
 def baseline(
@@ -284,6 +284,35 @@ def _locked_run(
             )
         elif not conn.closed:
             history.release_lock(conn)
+
+
+@contextmanager
+def _monitoring(
+    settings: Settings, target: Target, dsn: str, *, enabled: bool
+) -> Iterator[Monitor | None]:
+    """Watch locks and sessions on a connection of its own while migrations run.
+
+    The monitor's warnings reach the log while apply runs; a monitor that cannot connect is
+    logged and apply goes on unwatched (the migration matters more than the watching).
+    """
+    if not enabled:
+        yield None
+        return
+    from .thresholds import load_thresholds
+
+    monitor = Monitor(
+        dsn, target_name=target.name, blocked_warn_ms=load_thresholds(settings, target).blocked_warn
+    )
+    try:
+        monitor.start()
+    except RunbookError as exc:
+        log.warning("apply runs without the lock monitor: %s", exc.message)
+        yield None
+        return
+    try:
+        yield monitor
+    finally:
+        monitor.stop()
 
 
 def _finish_run(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import commands, config
-from .errors import ConfigError, RunbookError
+from .errors import AlreadySeeded, ConfigError, RunbookError
 from .tables import html_table
 
 log = logging.getLogger("thorbis_runbook")
@@ -121,6 +121,29 @@ class Run:
 
         return self._step("apply", run, record=self._record_apply)
 
+    def seed_demo(self, businesses: int = 0) -> Any:
+        """Load demo data into an empty schema (never into a production target); 0 skips."""
+        if not businesses:
+            return Notice("skipped", "no demo data asked for (demo_businesses is 0)")
+
+        def run() -> Any:
+            from . import db, seed
+
+            if self.target.production:
+                raise ConfigError(
+                    f"target {self.target.name} is marked production; demo data stays out of it",
+                    "set demo_businesses to 0",
+                )
+            with db.connection(
+                db.resolve_dsn(self.settings, self.target), target_name=self.target.name
+            ) as conn:
+                try:
+                    return seed.seed(conn, businesses=businesses)
+                except AlreadySeeded as exc:
+                    return Notice("skipped", exc.message)
+
+        return self._step("demo data", run, record=lambda step, result: None)
+
     def chart_apply(self) -> Any:
         """Time per migration of this run's apply step (nothing to draw: a note instead)."""
         from . import charts
@@ -137,6 +160,58 @@ class Run:
         if chart is None:
             return Notice("skipped", "no migration ran, so there is nothing to chart")
         return chart
+
+    def precheck(self) -> Any:
+        """Run every precheck (health, locks, backups, lint of the pending files with live statistics)."""
+        from . import precheck
+
+        def run() -> Any:
+            report = precheck.precheck(self.settings, target=self.target.name)
+            if not report.ok:
+                self._fail_checks(report)
+            return report
+
+        return self._step("precheck", run, record=self._record_checks)
+
+    def troubleshoot(self) -> Any:
+        """Long queries, the blocked-by tree, half-applied migrations, invalid indexes, and the
+        SQL a DBA could run next for each (never run by the runbook)."""
+        from . import troubleshoot
+
+        return self._step(
+            "troubleshoot",
+            lambda: troubleshoot.troubleshoot(self.settings, target=self.target.name),
+            record=self._record_troubleshoot,
+        )
+
+    def chart_capacity(self) -> Any:
+        """Connections against max_connections, and database size against free disk."""
+        from . import charts, precheck
+        from .thresholds import load_thresholds
+
+        if self.failure is not None and not self.steps:
+            return Notice("skipped", "the target could not be read")
+        try:
+            cap = precheck.capacity(self.settings, target=self.target.name)
+        except RunbookError as exc:
+            return Notice("skipped", f"capacity not measured: {exc.message}", exc.hint)
+        limits = load_thresholds(self.settings, self.target)
+        return charts.capacity(
+            cap,
+            target=self.target.name,
+            connections_warn_pct=limits.connections_warn_pct,
+            connections_fail_pct=limits.connections_fail_pct,
+        )
+
+    def chart_monitor(self) -> Any:
+        """Sessions, connections and lock waits sampled while apply ran."""
+        from . import charts
+
+        step = next((s for s in self.steps if s.name == "apply"), None)
+        result = step.data.get("result") if step else None
+        monitored = getattr(result, "monitor", None)
+        chart = charts.monitor_timeline(monitored) if monitored is not None else None
+        return chart or Notice("skipped", "apply ran no migration, so there was nothing to watch")
 
     def benchmark(self, runs: int = 0) -> Any:
         """Time the benchmark queries of runbook.toml; saved with the run as a later baseline."""
@@ -295,6 +370,10 @@ class Run:
             return path
         return ledger.latest_file(root, self.target.name, BENCHMARK_FILE, exclude_run=self.run_id)
 
+    def _record_troubleshoot(self, step: StepRecord, report: Any) -> None:
+        self._record_checks(step, report.checks)
+        step.detail += f"; {len(report.actions)} suggested action(s)"
+
     def _record_status(self, step: StepRecord, report: Any) -> None:
         self.migrations = [
             {"version": r.version, "name": r.name, "state": r.state} for r in report.plan.rows
@@ -314,6 +393,9 @@ class Run:
         self.figures["applied"] = len(applied)
         self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
         self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
+        if result.monitor is not None:
+            self.figures["max_lock_wait_ms"] = result.monitor.max_blocked_ms
+            self.figures["deadlocks"] = result.monitor.deadlocks
         self._attach_checksums(result)
 
     def _attach_checksums(self, result: Any) -> None:

@@ -257,3 +257,21 @@ def test_baseline_records_without_running(tmp_path: Path, settings_for, conn) ->
     ]
     applied = commands.apply(settings, ApplyRequest())
     assert [s.version for s in applied.steps] == ["20250102000000"]
+
+
+def test_apply_carries_the_monitor_time_series_of_a_lock_wait(tmp_path: Path, settings_for, conn, pg_database) -> None:  # type: ignore[no-untyped-def]
+    conn.cursor().execute("CREATE TABLE busy (id int)")
+    folder = write_migrations(tmp_path / "m", {T1: "ALTER TABLE busy ADD COLUMN note text;"})
+    blocker = psycopg2.connect(pg_database)
+    blocker.cursor().execute("LOCK TABLE busy IN ACCESS SHARE MODE")
+    releaser = threading.Timer(1.5, blocker.rollback)
+    releaser.start()
+    try:
+        result = commands.apply(settings_for(folder, lock_timeout="5s"), ApplyRequest())
+    finally:
+        releaser.join()
+        blocker.close()
+    assert result.ok and result.monitor is not None
+    assert result.monitor.max_blocked_ms >= 800, result.monitor.summary()
+    assert any("ALTER TABLE busy" in w.query for w in result.monitor.waits)
+    assert result.monitor.samples and result.monitor.to_frame().shape[0] == len(result.monitor.samples)

@@ -1,0 +1,108 @@
+"""Check thresholds: defaults, then runbook.toml's [thresholds], then the target's own table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .config import Settings, Target, parse_duration_ms
+from .errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?\s*$")
+_UNIT_BYTES = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+# Which parser reads each field; the dataclass default is the value when runbook.toml is silent.
+_DURATIONS = {
+    "long_transaction_warn", "long_transaction_fail", "idle_in_transaction_warn",
+    "idle_in_transaction_fail", "long_query_warn", "long_query_fail", "blocked_warn",
+    "backup_max_age",
+}  # fmt: skip
+_SIZES = {"replication_lag_warn", "replication_lag_fail", "lint_fail_bytes"}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a check turns from pass to warn to fail. Durations in ms, sizes in bytes."""
+
+    long_transaction_warn: int = 60_000
+    long_transaction_fail: int = 300_000
+    idle_in_transaction_warn: int = 30_000
+    idle_in_transaction_fail: int = 300_000
+    long_query_warn: int = 60_000
+    long_query_fail: int = 300_000
+    # A session blocked this long warns (precheck, troubleshoot, and the monitor while apply runs).
+    blocked_warn: int = 1_000
+    connections_warn_pct: float = 80.0
+    connections_fail_pct: float = 95.0
+    replication_lag_warn: int = 10 * 1024**2
+    replication_lag_fail: int = 100 * 1024**2
+    # Free disk left once a full backup (about the database's size) were written next to it.
+    free_disk_after_backup_warn_pct: float = 20.0
+    free_disk_after_backup_fail_pct: float = 5.0
+    backup_max_age: int = 24 * 3_600_000
+    # Lint: a lock-taking rewrite or index build on a table above either limit fails, below warns.
+    lint_fail_rows: int = 100_000
+    lint_fail_bytes: int = 100 * 1024**2
+    # System metrics read by validate (validate.Thresholds); accepted here so one [thresholds]
+    # table serves every check.
+    database_size_warn_gb: float = 500.0
+    database_size_fail_gb: float = 2000.0
+    cache_hit_warn: float = 0.99
+    cache_hit_fail: float = 0.90
+    cache_hit_min_blocks: int = 10_000
+
+
+def parse_size_bytes(value: object, *, what: str) -> int:
+    """Turn 1048576, "10MB" or "1.5GB" into bytes (units of 1024, as PostgreSQL's pg_size_pretty)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} = {value!r} is not a size", 'write it as "10MB" or "1GB"')
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(
+            f"{what} = {value!r} is not a size",
+            'write a number with a unit: "512kB", "10MB", "1GB"',
+        )
+    return round(float(match[1]) * _UNIT_BYTES[match[2]])
+
+
+def load_thresholds(settings: Settings, target: Target) -> Thresholds:
+    """Merge the defaults, the top-level [thresholds] table and the target's ``thresholds``.
+
+    Raises ConfigError naming an unknown key or a value of the wrong kind.
+    """
+    merged = merge(Thresholds(), settings.sections.get("thresholds", {}), where="[thresholds]")
+    return merge(
+        merged, target.options.get("thresholds", {}), where=f"[targets.{target.name}.thresholds]"
+    )
+
+
+def merge(base: Thresholds, values: object, *, where: str) -> Thresholds:
+    """Return ``base`` with the given raw TOML values applied; raise ConfigError when one is wrong."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"{where} must be a table", "see the [thresholds] section of runbook.toml"
+        )
+    known = {f.name for f in fields(Thresholds)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown threshold(s): {', '.join(unknown)}",
+            f"use only: {', '.join(sorted(known))}",
+        )
+    parsed: dict[str, Any] = {
+        key: _parse(key, value, f"{where} {key}") for key, value in values.items()
+    }
+    return replace(base, **parsed)
+
+
+def _parse(key: str, value: Any, what: str) -> int | float:
+    if key in _DURATIONS:
+        return parse_duration_ms(value, what=what)
+    if key in _SIZES:
+        return parse_size_bytes(value, what=what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{what} = {value!r} is not a number", "write a number, 0 or more")
+    return int(value) if key in ("lint_fail_rows", "cache_hit_min_blocks") else float(value)
