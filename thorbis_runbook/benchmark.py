@@ -1,0 +1,341 @@
+"""Performance impact: the [[benchmark.queries]] timed before and after a migration, and compared.
+
+Each query runs ``warmup`` times untimed, then ``runs`` times timed on the client (execute plus
+fetch, as an application sees it), inside a READ ONLY transaction that is rolled back. Its
+EXPLAIN (FORMAT JSON) plan is kept as the top node and the scan nodes, so a comparison can say
+why a query got slower ("Bitmap Index Scan using customers_search_idx -> Seq Scan on customers").
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import db
+from .checks import Check, CheckReport, failed, passed, skipped, warned
+from .config import Settings
+from .errors import ConfigError
+from .integrity import read_only, single_select
+
+if TYPE_CHECKING:
+    import pandas
+
+COLUMNS = ("query", "runs", "min_ms", "median_ms", "p95_ms", "max_ms", "top_node", "scans")
+_SETTINGS_KEYS = {"queries", "runs", "warmup", "threshold", "fail_ratio", "min_difference_ms"}
+
+
+@dataclass(frozen=True)
+class BenchmarkQuery:
+    name: str
+    sql: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """[benchmark]: the queries, how often to run them, and how to grade a slowdown.
+
+    ``min_difference_ms`` is the noise floor: a median that grew by less than this many
+    milliseconds passes whatever the ratio (0.05 ms -> 0.08 ms is 1.6x and means nothing).
+    """
+
+    queries: tuple[BenchmarkQuery, ...] = ()
+    runs: int = 10
+    warmup: int = 2
+    threshold: float = 1.2
+    fail_ratio: float = 1.5
+    min_difference_ms: float = 1.0
+
+    @classmethod
+    def parse(cls, value: object) -> BenchmarkSettings:
+        """Read the [benchmark] table; raise ConfigError for unknown keys or wrong values."""
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError("[benchmark] must be a table", "see runbook.toml's [benchmark]")
+        unknown = sorted(set(value) - _SETTINGS_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"[benchmark] has unknown key(s): {', '.join(unknown)}",
+                f"use only: {', '.join(sorted(_SETTINGS_KEYS))}",
+            )
+        numbers = {k: value[k] for k in _SETTINGS_KEYS - {"queries"} if k in value}
+        for key, number in numbers.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+                raise ConfigError(f"benchmark.{key} = {number!r}", "write a number, 0 or more")
+        settings = cls(_parse_queries(value.get("queries")), **numbers)
+        if settings.runs < 1 or settings.threshold > settings.fail_ratio:
+            raise ConfigError(
+                "benchmark.runs must be 1 or more and threshold at most fail_ratio",
+                "for example runs = 10, threshold = 1.2, fail_ratio = 1.5",
+            )
+        return settings
+
+
+@dataclass(frozen=True)
+class QueryTiming:
+    """One query's timings in milliseconds and the plan it ran with."""
+
+    name: str
+    sql: str
+    runs: int
+    min_ms: float
+    median_ms: float
+    p95_ms: float
+    max_ms: float
+    top_node: str
+    scans: tuple[str, ...]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.name, self.runs, self.min_ms, self.median_ms, self.p95_ms, self.max_ms,
+                self.top_node, ", ".join(self.scans))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """A benchmark run, JSON-serialisable so it is saved with the run and compared later."""
+
+    target: str
+    taken_at: str
+    queries: tuple[QueryTiming, ...] = field(default_factory=tuple)
+
+    def __iter__(self) -> Iterator[QueryTiming]:
+        return iter(self.queries)
+
+    def by_name(self) -> dict[str, QueryTiming]:
+        return {query.name: query for query in self.queries}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkResult:
+        timings = tuple(
+            QueryTiming(**{**q, "scans": tuple(q["scans"])}) for q in data.get("queries", [])
+        )
+        return cls(str(data["target"]), str(data["taken_at"]), timings)
+
+    def save(self, path: Path | str) -> Path:
+        """Write the result as JSON; return the path."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, path: Path | str) -> BenchmarkResult:
+        """Read a saved result; raise ConfigError when the file is missing or not one."""
+        source = Path(path)
+        try:
+            return cls.from_dict(json.loads(source.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"benchmark baseline {source} does not exist",
+                "pass the file written by: thorbis-runbook benchmark --save PATH",
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{source} is not a saved benchmark result ({exc})",
+                "pass the file written by: thorbis-runbook benchmark --save PATH",
+            ) from None
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return [query.as_tuple() for query in self.queries]
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(COLUMNS))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left;padding:4px 8px'>{c}</th>" for c in COLUMNS)
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td style='padding:4px 8px'>{html.escape(str(v))}</td>" for v in row)
+            + "</tr>"
+            for row in self.rows()
+        )
+        return (
+            f"<div class='runbook-benchmark'><strong>benchmark {html.escape(self.target)}</strong>"
+            f" <span>({html.escape(self.taken_at)})</span><table style='border-collapse:collapse'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+        )
+
+
+def run_queries(
+    conn: db.Connection,
+    queries: Sequence[BenchmarkQuery],
+    *,
+    target: str,
+    runs: int = 10,
+    warmup: int = 2,
+) -> BenchmarkResult:
+    """Time every query (``warmup`` untimed runs, then ``runs`` timed) and read its plan."""
+    timings = []
+    for query in queries:
+        with read_only(conn):
+            plan = db.fetch_all(conn, f"EXPLAIN (FORMAT JSON) {query.sql}")[0][0]
+            for _ in range(warmup):
+                db.fetch_all(conn, query.sql)
+            samples = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                db.fetch_all(conn, query.sql)
+                samples.append((time.perf_counter() - started) * 1000)
+        top, scans = plan_nodes(plan if isinstance(plan, list) else json.loads(plan))
+        timings.append(_timing(query, samples, top, scans))
+    return BenchmarkResult(target, datetime.now(UTC).isoformat(timespec="seconds"), tuple(timings))
+
+
+def benchmark(
+    settings: Settings, *, target: str | None = None, runs: int | None = None
+) -> BenchmarkResult:
+    """Run the [[benchmark.queries]] of runbook.toml against a target.
+
+    Raises ConfigError (no queries, a wrong [benchmark] table) and ConnectionFailed.
+    """
+    chosen = settings.target(target)
+    config = BenchmarkSettings.parse(settings.sections.get("benchmark"))
+    if not config.queries:
+        raise ConfigError(
+            "runbook.toml declares no [[benchmark.queries]]",
+            "add at least one [[benchmark.queries]] with a name and sql",
+        )
+    if runs is not None and runs < 1:
+        raise ConfigError(f"--runs {runs} must be 1 or more", "pass --runs 10, for example")
+    dsn = db.resolve_dsn(settings, chosen)
+    with db.connection(
+        dsn, target_name=chosen.name, application_name="thorbis-runbook benchmark"
+    ) as conn:
+        return run_queries(
+            conn,
+            config.queries,
+            target=chosen.name,
+            runs=runs or config.runs,
+            warmup=config.warmup,
+        )
+
+
+def compare(
+    before: BenchmarkResult,
+    after: BenchmarkResult,
+    *,
+    threshold: float = 1.2,
+    fail_ratio: float = 1.5,
+    min_difference_ms: float = 1.0,
+) -> CheckReport:
+    """Grade each query's median after against before: pass within ``threshold``x, warn up to
+    ``fail_ratio``x, fail beyond; a growth under ``min_difference_ms`` always passes. A changed
+    plan is shown in the detail (scan nodes before -> after)."""
+    baseline = before.by_name()
+    checks = [_compare_one(baseline.get(q.name), q, threshold, fail_ratio, min_difference_ms)
+              for q in after.queries]  # fmt: skip
+    return CheckReport.of(f"benchmark {after.target} against {before.taken_at}", checks)
+
+
+def plan_nodes(explain: Sequence[Mapping[str, Any]]) -> tuple[str, tuple[str, ...]]:
+    """Return the top node and every scan node of an EXPLAIN (FORMAT JSON) plan, in plan order."""
+    root = explain[0]["Plan"]
+    scans: list[str] = []
+
+    def walk(node: Mapping[str, Any]) -> None:
+        if "Relation Name" in node or "Index Name" in node:
+            label = node["Node Type"]
+            if "Index Name" in node:
+                label += f" using {node['Index Name']}"
+            if "Relation Name" in node:
+                label += f" on {node['Relation Name']}"
+            if label not in scans:
+                scans.append(label)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(root)
+    return _node_label(root), tuple(scans)
+
+
+def _node_label(node: Mapping[str, Any]) -> str:
+    strategy = node.get("Strategy")
+    kind = str(node["Node Type"])
+    return f"{kind} ({strategy})" if strategy and strategy != "Plain" else kind
+
+
+def _timing(
+    query: BenchmarkQuery, samples: list[float], top: str, scans: tuple[str, ...]
+) -> QueryTiming:
+    ordered = sorted(samples)
+    # Nearest-rank percentile: an actual sample, never an interpolation between two.
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return QueryTiming(
+        name=query.name, sql=query.sql, runs=len(samples), min_ms=round(ordered[0], 3),
+        median_ms=round(statistics.median(ordered), 3), p95_ms=round(p95, 3),
+        max_ms=round(ordered[-1], 3), top_node=top, scans=scans,
+    )  # fmt: skip
+
+
+def _compare_one(
+    before: QueryTiming | None,
+    after: QueryTiming,
+    threshold: float,
+    fail_ratio: float,
+    min_difference_ms: float,
+) -> Check:
+    name = f"benchmark {after.name}"
+    if before is None:
+        return skipped(name, "no baseline figure for this query")
+    ratio = after.median_ms / before.median_ms if before.median_ms > 0 else math.inf
+    observed = f"{before.median_ms:.3f} -> {after.median_ms:.3f} ms ({ratio:.2f}x)"
+    limit = f"<= {threshold:g}x"
+    plan = (
+        f"plan changed: {', '.join(before.scans) or before.top_node} -> "
+        f"{', '.join(after.scans) or after.top_node}"
+        if before.scans != after.scans or before.top_node != after.top_node
+        else f"same plan ({', '.join(after.scans) or after.top_node})"
+    )
+    if after.median_ms - before.median_ms < min_difference_ms:
+        return passed(
+            name, observed, limit, f"{plan}; change under the {min_difference_ms:g} ms noise floor"
+        )
+    if ratio <= threshold:
+        return passed(name, observed, limit, plan)
+    if ratio <= fail_ratio:
+        return warned(name, observed, limit, f"slower; {plan}")
+    return failed(name, observed, limit, f"slower beyond {fail_ratio:g}x; {plan}")
+
+
+def _parse_queries(value: object) -> tuple[BenchmarkQuery, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise ConfigError(
+            "benchmark.queries must be an array of tables", "write [[benchmark.queries]]"
+        )
+    result = []
+    for i, item in enumerate(value):
+        where = f"benchmark.queries[{i}]"
+        unknown = sorted(set(item) - {"name", "sql", "description"})
+        name, text = item.get("name"), item.get("sql")
+        if unknown or not isinstance(name, str) or not isinstance(text, str):
+            raise ConfigError(
+                f"{where} needs a name and sql (strings) and nothing else"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                'write name = "business list" and sql = "SELECT ..."',
+            )
+        result.append(
+            BenchmarkQuery(
+                name,
+                single_select(text, f"benchmark query {name}"),
+                str(item.get("description", "")),
+            )
+        )
+    if len({q.name for q in result}) != len(result):
+        raise ConfigError("two [[benchmark.queries]] share a name", "give every query its own name")
+    return tuple(result)

@@ -1,0 +1,284 @@
+"""Live monitoring: a background sampler of locks and activity while a migration runs."""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import db, queries
+
+if TYPE_CHECKING:
+    import pandas
+
+log = logging.getLogger(__name__)
+APPLICATION_NAME = "thorbis-runbook monitor"
+# The sampler must never become the thing that waits: its queries read only statistics views,
+# and these timeouts bound them if the server is struggling.
+_SESSION_SQL = "SET statement_timeout = '2s'; SET lock_timeout = '100ms'"
+SAMPLE_COLUMNS = (
+    "at", "elapsed_s", "connections", "active", "idle", "idle_in_transaction", "waiting",
+    "max_wait_ms", "longest_pid", "longest_ms", "longest_query", "deadlocks",
+)  # fmt: skip
+WAIT_COLUMNS = ("at", "elapsed_s", "pid", "blockers", "relation", "mode", "wait_ms", "query")
+
+
+@dataclass(frozen=True)
+class LockWait:
+    """A session waiting for a lock at one sample: who, behind whom, on what, for how long."""
+
+    at: datetime
+    elapsed_s: float
+    pid: int
+    blockers: tuple[int, ...]
+    relation: str | None
+    mode: str | None
+    wait_ms: int
+    query: str
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in WAIT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of the database's activity (``deadlocks`` is the increase since the last one)."""
+
+    at: datetime
+    elapsed_s: float
+    connections: int
+    active: int
+    idle: int
+    idle_in_transaction: int
+    waiting: int
+    max_wait_ms: int
+    longest_pid: int | None
+    longest_ms: int | None
+    longest_query: str | None
+    deadlocks: int
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in SAMPLE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """The time series a monitor recorded, with the lock waits it saw."""
+
+    target: str
+    interval_ms: int
+    blocked_warn_ms: int
+    samples: tuple[Sample, ...] = ()
+    waits: tuple[LockWait, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def max_blocked_ms(self) -> int:
+        """The longest any session was seen waiting for a lock (0 when none waited)."""
+        return max((w.wait_ms for w in self.waits), default=0)
+
+    @property
+    def deadlocks(self) -> int:
+        return sum(s.deadlocks for s in self.samples)
+
+    def lock_waits(self) -> pandas.DataFrame:
+        """Every lock wait seen, one row per waiting session per sample."""
+        import pandas as pd
+
+        return pd.DataFrame([w.as_tuple() for w in self.waits], columns=list(WAIT_COLUMNS))
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame([s.as_tuple() for s in self.samples], columns=list(SAMPLE_COLUMNS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "interval_ms": self.interval_ms,
+            "blocked_warn_ms": self.blocked_warn_ms, "max_blocked_ms": self.max_blocked_ms,
+            "deadlocks": self.deadlocks, "warnings": list(self.warnings), "error": self.error,
+            "samples": [asdict(s) for s in self.samples], "waits": [asdict(w) for w in self.waits],
+        }  # fmt: skip
+
+    def summary(self) -> str:
+        seconds = self.samples[-1].elapsed_s if self.samples else 0.0
+        peak = max((s.connections for s in self.samples), default=0)
+        return (
+            f"{len(self.samples)} samples over {seconds:.1f} s; longest lock wait "
+            f"{self.max_blocked_ms} ms (warn at {self.blocked_warn_ms} ms); peak connections "
+            f"{peak}; deadlocks {self.deadlocks}"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in w.as_tuple()) + "</tr>"
+            for w in self.waits[-20:]
+        )
+        head = "".join(f"<th>{c}</th>" for c in WAIT_COLUMNS)
+        waits = (
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>" if rows else ""
+        )
+        notes = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+        return (
+            f"<div class='runbook-monitor'><strong>monitor {html.escape(self.target)}</strong>: "
+            f"{html.escape(self.summary())}<ul>{notes}</ul>{waits}</div>"
+        )
+
+
+class Monitor:
+    """Sample locks and activity every ``interval_ms`` on a connection of its own.
+
+    Use as ``with Monitor(dsn, target_name=t.name) as monitor: ...`` then ``monitor.result()``.
+    A session blocked longer than ``blocked_warn_ms`` is logged as a WARNING as soon as a
+    sample sees it, once per waiting session and blocker set. A failing sample stops the
+    sampler and is kept in the result's ``error``; it never interrupts the work watched.
+    """
+
+    def __init__(
+        self, dsn: str, *, target_name: str, interval_ms: int = 250, blocked_warn_ms: int = 1_000
+    ) -> None:
+        self.dsn = dsn
+        self.target_name = target_name
+        self.interval_ms = interval_ms
+        self.blocked_warn_ms = blocked_warn_ms
+        self._samples: list[Sample] = []
+        self._waits: list[LockWait] = []
+        self._warnings: list[str] = []
+        self._warned: set[tuple[int, tuple[int, ...]]] = set()
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: db.Connection | None = None
+        self._lock = threading.Lock()
+        self._started = 0.0
+        self._last_deadlocks: int | None = None
+
+    def start(self) -> Monitor:
+        """Connect and start sampling; raise ConnectionFailed when the connection fails."""
+        if self._thread is not None:
+            return self
+        self._conn = db.connect(
+            self.dsn, target_name=self.target_name, application_name=APPLICATION_NAME
+        )
+        db.execute(self._conn, _SESSION_SQL)
+        self._started = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, name="thorbis-runbook-monitor", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> MonitorResult:
+        """Take a last sample, stop the thread, close the connection; return the result."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        return self.result()
+
+    def result(self) -> MonitorResult:
+        """The samples so far (callable while running)."""
+        with self._lock:
+            return MonitorResult(
+                self.target_name, self.interval_ms, self.blocked_warn_ms,
+                tuple(self._samples), tuple(self._waits), tuple(self._warnings), self._error,
+            )  # fmt: skip
+
+    def __enter__(self) -> Monitor:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        interval = self.interval_ms / 1000
+        while True:
+            began = time.monotonic()
+            try:
+                self._sample()
+            except Exception as exc:  # the monitor must never break the apply it watches
+                with self._lock:
+                    self._error = f"{type(exc).__name__}: {db.error_message(exc)}"
+                log.warning(
+                    "monitor on target %s stopped sampling: %s", self.target_name, self._error
+                )
+                return
+            if self._stop.wait(max(0.0, interval - (time.monotonic() - began))):
+                self._sample_quietly()  # the last picture, right at the end of the work
+                return
+
+    def _sample_quietly(self) -> None:
+        try:
+            self._sample()
+        except Exception:  # best effort on the way out
+            log.debug("monitor: the final sample failed", exc_info=True)
+
+    def _sample(self) -> None:
+        assert self._conn is not None
+        row = db.fetch_all(self._conn, queries.load("monitor_sample"))[0]
+        (
+            at,
+            connections,
+            active,
+            idle,
+            idle_tx,
+            longest_pid,
+            longest_ms,
+            longest_q,
+            deadlocks,
+            raw,
+        ) = row
+        elapsed = round(time.monotonic() - self._started, 3)
+        waits = [
+            LockWait(
+                at,
+                elapsed,
+                int(w["pid"]),
+                tuple(w["blockers"] or ()),
+                w["relation"],
+                w["mode"],
+                int(w["wait_ms"] or 0),
+                str(w["query"] or ""),
+            )
+            for w in raw
+        ]
+        delta = 0 if self._last_deadlocks is None else max(0, int(deadlocks) - self._last_deadlocks)
+        self._last_deadlocks = int(deadlocks)
+        sample = Sample(
+            at, elapsed, int(connections), int(active), int(idle), int(idle_tx), len(waits),
+            max((w.wait_ms for w in waits), default=0), longest_pid, longest_ms, longest_q, delta,
+        )  # fmt: skip
+        with self._lock:
+            self._samples.append(sample)
+            self._waits.extend(waits)
+        if delta:
+            self._warn(f"{delta} deadlock(s) detected in database of target {self.target_name}")
+        for wait in waits:
+            key = (wait.pid, wait.blockers)
+            if wait.wait_ms >= self.blocked_warn_ms and key not in self._warned:
+                self._warned.add(key)
+                self._warn(
+                    f"pid {wait.pid} has been blocked for {wait.wait_ms} ms (over "
+                    f"{self.blocked_warn_ms} ms) waiting for {wait.mode} on "
+                    f"{wait.relation or 'a non-relation lock'}, blocked by pid "
+                    f"{', '.join(map(str, wait.blockers))}: {wait.query[:120]}"
+                )
+
+    def _warn(self, message: str) -> None:
+        log.warning("monitor %s: %s", self.target_name, message)
+        with self._lock:
+            self._warnings.append(message)
