@@ -80,6 +80,7 @@ class Run:
         self.migrations: list[dict[str, str]] = []
         self.figures: dict[str, Any] = {}
         self.baseline_path: Path | None = None
+        self.rls_report: Any = None
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
@@ -113,10 +114,13 @@ class Run:
                 statement_timeout_ms=_duration(statement_timeout, "statement_timeout"),
                 run_id=self.run_id, operator=self.operator,
             )  # fmt: skip
+            before = None if dry_run else self._rls_snapshot()
             with _live_log():
                 result = commands.apply(self.settings, request)
             if result.failure is not None:
                 self._fail("apply", result.failure)
+            if before is not None:
+                self.rls_report = self._rls_compare(before, result)
             return result
 
         return self._step("apply", run, record=self._record_apply)
@@ -143,6 +147,37 @@ class Run:
                     return Notice("skipped", exc.message)
 
         return self._step("demo data", run, record=lambda step, result: None)
+
+    def rls_preserved(self) -> Any:
+        """Policies and RLS flags after apply against the snapshot taken just before it."""
+        if self.rls_report is None:
+            return Notice("skipped", "no live apply ran in this run, so nothing was compared")
+        return self.rls_report
+
+    def _rls_snapshot(self) -> Any:
+        from . import db, rls
+
+        with db.connection(
+            db.resolve_dsn(self.settings, self.target), target_name=self.target.name
+        ) as conn:
+            return rls.snapshot_rls(conn)
+
+    def _rls_compare(self, before: Any, result: Any) -> Any:
+        """Fail the run when a policy was dropped or changed, or RLS switched off, unless allowed."""
+        from . import rls
+        from .checks import CheckReport
+        from .migrations import discover
+
+        ran = {s.version for s in result.steps if s.status == "applied"}
+        applied = [m for m in discover(self.settings.migrations_dir) if m.version in ran]
+        report = CheckReport.of(
+            "row-level security preserved",
+            rls.compare_rls(before, self._rls_snapshot(), applied=applied),
+        )
+        if not report.ok:
+            self._fail_checks(report)
+        self.figures["rls_checks"] = report.counts()
+        return report
 
     def chart_apply(self) -> Any:
         """Time per migration of this run's apply step (nothing to draw: a note instead)."""
@@ -338,11 +373,7 @@ class Run:
             self._fail(report.title, exc)
 
     def _record_checks(self, step: StepRecord, report: Any) -> None:
-        step.data["checks"] = [
-            {"report": report.title, "name": c.name, "status": c.status, "observed": c.observed,
-             "threshold": c.threshold, "detail": c.detail}
-            for c in report.checks
-        ]  # fmt: skip
+        step.data["checks"] = _check_rows(report)
         counts = report.counts()
         step.detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         self.figures[f"{step.name}_checks"] = counts
@@ -389,7 +420,7 @@ class Run:
             if result.dry_run
             else f"{len(applied)} migration(s) applied"
         )
-        step.data["checks"] = []
+        step.data["checks"] = _check_rows(self.rls_report) if self.rls_report is not None else []
         self.figures["applied"] = len(applied)
         self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
         self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
@@ -425,6 +456,14 @@ def start(
         run_id=run_id or commands.new_run_id(), operator=operator or commands.operator_name(),
         report_dir=Path(report_dir) if report_dir else None,
     )  # fmt: skip
+
+
+def _check_rows(report: Any) -> list[dict[str, Any]]:
+    return [
+        {"report": report.title, "name": c.name, "status": c.status, "observed": c.observed,
+         "threshold": c.threshold, "detail": c.detail}
+        for c in report.checks
+    ]  # fmt: skip
 
 
 def _expect_bools(**values: Any) -> None:
