@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pandas
 
     from .monitor import MonitorResult
+    from .rollback import RollbackResult
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class ApplyResult:
     failure: MigrationFailed | None = None
     script: str = ""
     monitor: MonitorResult | None = None  # locks and sessions sampled while the migrations ran
+    rollback: RollbackResult | None = None  # what on_failure = "rollback_run" undid
 
     @property
     def ok(self) -> bool:
@@ -117,6 +119,8 @@ class ApplyResult:
         ]
         if self.failure is not None:
             parts.append(failure_box(self.failure))
+        if self.rollback is not None:
+            parts.append(self.rollback._repr_html_())
         if self.monitor is not None:
             parts.append(self.monitor._repr_html_())
         if self.script:

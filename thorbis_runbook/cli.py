@@ -109,12 +109,16 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         allow_out_of_order=args.allow_out_of_order, allow_missing=args.allow_missing,
         lock_timeout_ms=_duration(args.lock_timeout, "--lock-timeout"),
         statement_timeout_ms=_duration(args.statement_timeout, "--statement-timeout"),
+        backup=args.backup,
     )  # fmt: skip
     with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
         result = commands.apply(settings, request, progress=bar.update)
     if args.dry_run:
         print(result.script)
     _report_apply(result, as_json=args.json)
+    if result.rollback is not None:
+        undone = ", ".join(result.rollback.undone) or "nothing"
+        print(f"on_failure = rollback_run undid: {undone} ({'ok' if result.rollback.ok else 'FAILED'})")
     result.raise_for_failure()
     return 0
 
@@ -504,6 +508,10 @@ def _parser() -> argparse.ArgumentParser:
     apply_cmd.add_argument(
         "--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"'
     )
+    apply_cmd.add_argument(
+        "--backup", choices=("full", "schema", "none"),
+        help="what to save before applying (default: the target's backup_before_apply, full)",
+    )  # fmt: skip
     apply_cmd.set_defaults(handler=_apply)
 
     new_cmd = sub.add_parser(

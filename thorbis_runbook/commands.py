@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import db, history
-from .apply import ApplyResult, ProgressCallback, apply_plan
+from .apply import ApplyResult, ProgressCallback, StepResult, apply_plan
 from .config import Settings, Target
 from .errors import ConfigError, ConfirmationRequired, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
@@ -26,6 +26,8 @@ from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
+
+    from .rollback import RollbackResult
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class ApplyRequest:
     run_id: str | None = None  # given by a runbook notebook, so its report and history agree
     operator: str | None = None
     monitor: bool = True  # sample locks and activity on a second connection while applying
+    backup: str | None = None  # full, schema or none: overrides the target's backup_before_apply
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -151,6 +154,10 @@ def apply(
                 allow_out_of_order=request.allow_out_of_order,
                 allow_missing=request.allow_missing,
             )
+            if plan.pending and not request.dry_run:
+                _save_before_apply(
+                    settings, target, run_id, request.backup or target.backup_before_apply
+                )
             watch = request.monitor and not request.dry_run and bool(plan.pending)
             with _monitoring(settings, target, dsn, enabled=watch) as monitor:
                 steps, failure = apply_plan(
@@ -160,7 +167,12 @@ def apply(
             _finish_run(conn, executor, run_id, "failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
     watched = monitor.result() if monitor is not None else None
-    return ApplyResult(run_id, target.name, request.dry_run, steps, failure, script, watched)
+    undone = None
+    if failure is not None and target.on_failure == "rollback_run" and not request.dry_run:
+        undone = _rollback_run(settings, target, run_id, steps)
+    return ApplyResult(
+        run_id, target.name, request.dry_run, steps, failure, script, watched, undone
+    )
 
 
 def baseline(
@@ -284,6 +296,45 @@ def _locked_run(
             )
         elif not conn.closed:
             history.release_lock(conn)
+
+
+def _save_before_apply(settings: Settings, target: Target, run_id: str, mode: str) -> None:
+    """Take what the rollback strategies need, under the migration lock, before any change.
+
+    Raises BackupFailed (and so stops apply) when the backup cannot be taken or verified:
+    migrating without the way back that the target asks for is not an option.
+    """
+    if mode == "none":
+        log.info("no backup before apply (backup_before_apply = none)")
+        return
+    from . import backup
+
+    log.info(
+        "saving the %s before apply",
+        "schema snapshot and a verified backup" if mode == "full" else "schema snapshot",
+    )
+    saved = backup.before_apply(settings, target, run_id=run_id, full_backup=mode == "full")
+    if saved.backup is not None:
+        log.info("backup %s verified", saved.backup.manifest.backup_id)
+
+
+def _rollback_run(
+    settings: Settings, target: Target, run_id: str, steps: tuple[StepResult, ...]
+) -> RollbackResult | None:
+    """on_failure = "rollback_run": undo this run's applied migrations with their down scripts."""
+    if not any(step.status == "applied" for step in steps):
+        log.info(
+            "on_failure = rollback_run: this run applied nothing before the failure, nothing to undo"
+        )
+        return None
+    from . import rollback
+
+    log.warning("on_failure = rollback_run: undoing the migrations run %s applied", run_id)
+    try:
+        return rollback.rollback_run(settings, target, run_id)
+    except RunbookError as exc:
+        log.error("the rollback after the failure failed too: %s (%s)", exc.message, exc.hint)
+        return None
 
 
 @contextmanager

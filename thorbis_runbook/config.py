@@ -19,8 +19,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
-    "lock_retries", "retry_backoff", "lock_wait", "on_failure",
+    "lock_retries", "retry_backoff", "lock_wait", "on_failure", "backup_before_apply",
 }  # fmt: skip
+BACKUP_MODES = ("full", "schema", "none")
 # Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
 # read by the module that owns them, which reports its own errors.
 _TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
@@ -41,6 +42,9 @@ class Target:
     retry_backoff_ms: int = 1_000
     lock_wait_ms: int = 30_000
     on_failure: str = "stop"
+    # What apply saves before it changes anything: a verified pg_dump plus the schema snapshot
+    # (full), the schema snapshot alone (schema: enough for schema_only rollback), or nothing.
+    backup_before_apply: str = "full"
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
@@ -94,7 +98,9 @@ def load_settings(
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path.name} is not valid TOML: {exc}", "fix the file") from None
-    return dataclasses.replace(settings_from_mapping(data, root=path.parent, env=env), config_path=path)
+    return dataclasses.replace(
+        settings_from_mapping(data, root=path.parent, env=env), config_path=path
+    )
 
 
 def settings_from_mapping(
@@ -164,6 +170,11 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
     on_failure = values.get("on_failure", "stop")
     if on_failure not in ("stop", "rollback_run"):
         raise ConfigError(f"{where}.on_failure = {on_failure!r}", 'use "stop" or "rollback_run"')
+    backup_mode = values.get("backup_before_apply", "full")
+    if backup_mode not in BACKUP_MODES:
+        raise ConfigError(
+            f"{where}.backup_before_apply = {backup_mode!r}", 'use "full", "schema" or "none"'
+        )
     retries = values.get("lock_retries", 3)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError(f"{where}.lock_retries = {retries!r}", "use a whole number, 0 or more")
@@ -193,6 +204,7 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         ),
         lock_wait_ms=parse_duration_ms(values.get("lock_wait", "30s"), what=f"{where}.lock_wait"),
         on_failure=on_failure,
+        backup_before_apply=backup_mode,
         options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
 

@@ -46,6 +46,12 @@ class EmbeddedStatus:
         return Path(_pgserver().utils.POSTGRES_VERSIONS[self.version or 18])
 
 
+def bundled_bin_dir() -> Path:
+    """The newest client tools shipped with the embedded server (pg_dump of any older server)."""
+    versions = _pgserver().utils.POSTGRES_VERSIONS
+    return Path(versions[max(versions)])
+
+
 def pgdata_path(state_dir: Path) -> Path:
     return state_dir / "pgdata"
 

@@ -210,7 +210,7 @@ def test_lock_timeouts_are_retried_with_backoff(
     folder = write_migrations(tmp_path / "m", {T1: "ALTER TABLE busy ADD COLUMN note text;"})
     blocker = psycopg2.connect(pg_database)
     blocker.cursor().execute("LOCK TABLE busy IN ACCESS SHARE MODE")  # an open transaction
-    releaser = threading.Timer(0.5, blocker.rollback)
+    releaser = threading.Timer(1.5, blocker.rollback)
     releaser.start()
     try:
         result = commands.apply(

@@ -1,0 +1,538 @@
+"""Backups: pg_dump directory archives with a manifest, always verified; pre-apply schema snapshots."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import db, pgtools, queries
+from .checks import Check, CheckReport, failed, passed
+from .config import Settings, Target
+from .errors import RunbookError
+from .tables import html_table
+
+if TYPE_CHECKING:
+    import pandas
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DEFAULT_JOBS = 2
+BACKUP_COLUMNS = ("backup_id", "run_id", "created_at", "size_bytes", "tables", "rows", "verified")
+
+
+class BackupFailed(RunbookError):
+    """A backup could not be taken, or does not verify."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class BackupManifest:
+    """What a backup holds and how to trust it: written beside the archive as manifest.json."""
+
+    backup_id: str
+    target: str
+    database: str
+    created_at: str  # ISO 8601, UTC
+    server_version: str
+    lsn: str
+    snapshot_at: str  # server clock when the dump's snapshot was taken
+    size_bytes: int
+    row_counts: Mapping[str, int]
+    files: Mapping[str, str]  # relative path -> SHA-256
+    path: str
+    run_id: str | None = None
+    jobs: int = DEFAULT_JOBS
+    verified: bool = False
+    verified_at: str | None = None
+    deep_verified_at: str | None = None
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.created_at)
+
+    def as_row(self) -> tuple[object, ...]:
+        total = sum(self.row_counts.values())
+        return (self.backup_id, self.run_id or "", self.created_at, self.size_bytes,
+                len(self.row_counts), total, self.verified)  # fmt: skip
+
+    @classmethod
+    def read(cls, folder: Path) -> BackupManifest:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        return cls(**{**data, "path": str(folder)})
+
+    def write(self) -> None:
+        folder = Path(self.path)
+        temporary = folder / f".{MANIFEST}.tmp"
+        temporary.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        temporary.replace(folder / MANIFEST)  # atomic: a reader never sees half a manifest
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A backup (or a re-verification of one): its manifest, the verification checks, timings."""
+
+    manifest: BackupManifest
+    checks: CheckReport
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.checks.ok
+
+    def raise_for_failures(self) -> None:
+        self.checks.raise_for_failures()
+
+    def to_frame(self) -> pandas.DataFrame:
+        return self.checks.to_frame()
+
+    def _repr_html_(self) -> str:
+        m = self.manifest
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        head = html_table(
+            ("backup_id", "target", "database", "created_at", "lsn", "size_bytes", "timings"),
+            [(m.backup_id, m.target, m.database, m.created_at, m.lsn, m.size_bytes, timings)],
+            title=f"backup {m.backup_id}",
+        )
+        return head + self.checks._repr_html_()
+
+
+@dataclass(frozen=True)
+class BackupCatalog:
+    """Every backup of a target, oldest first, with its verified status."""
+
+    target: str
+    backups: tuple[BackupManifest, ...]
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return [m.as_row() for m in self.backups]
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(BACKUP_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        return html_table(BACKUP_COLUMNS, self.rows(), title=f"backups of target {self.target}")
+
+
+@dataclass(frozen=True)
+class SchemaSnapshot:
+    """The normalized schema (pg_dump --schema-only) of a target at one moment."""
+
+    snapshot_id: str
+    target: str
+    created_at: str
+    schema: str
+    run_id: str | None = None
+
+
+# -- backups --------------------------------------------------------------------------------
+def backup_root(settings: Settings, target: Target) -> Path:
+    """Return ``<backup_dir>/<target>``: the target's backup_dir option or <state_dir>/backups."""
+    option = target.options.get("backup_dir")
+    base = (settings.root / str(option)).resolve() if option else settings.state_dir / "backups"
+    return base / target.name
+
+
+def take_backup(
+    settings: Settings,
+    target: Target,
+    *,
+    run_id: str | None = None,
+    deep: bool = False,
+    jobs: int = DEFAULT_JOBS,
+) -> BackupResult:
+    """Dump the target with pg_dump -Fd -j, write the manifest and verify the archive.
+
+    Raises BackupFailed when pg_dump fails or the fresh archive does not verify, ConfigError when
+    the client tools are missing or older than the server.
+    """
+    started = time.monotonic()
+    dsn = db.resolve_dsn(settings, target)
+    backup_id = new_backup_id()
+    folder = backup_root(settings, target) / backup_id
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with db.connection(
+        dsn, target_name=target.name, application_name="thorbis-runbook backup"
+    ) as conn:
+        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
+        version, lsn, snapshot_at, database = db.fetch_all(
+            conn, queries.load("backup_server_state")
+        )[0]
+        # pg_dump --snapshot makes the dump see exactly what this REPEATABLE READ transaction
+        # sees, so the row counts below (taken in the same transaction while pg_dump runs) are
+        # the archive's own counts, however much the application writes meanwhile.
+        with _exported_snapshot(conn) as snapshot:
+            process, password = pgtools.start_background(
+                tools, "pg_dump",
+                ["-Fd", "-j", str(jobs), f"--snapshot={snapshot}", "-f", str(folder)], dsn=dsn,
+            )  # fmt: skip
+            try:
+                counts = row_counts(conn)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            pgtools.finish_background(
+                process, password, tool="pg_dump", what=f"backup of {target.name}"
+            )
+    dumped = time.monotonic()
+    files = checksum_files(folder)
+    manifest = BackupManifest(
+        backup_id=backup_id, target=target.name, database=database,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), server_version=version,
+        lsn=lsn, snapshot_at=snapshot_at.astimezone(UTC).isoformat(), run_id=run_id,
+        size_bytes=sum((folder / name).stat().st_size for name in files), row_counts=counts,
+        files=files, path=str(folder), jobs=jobs,
+    )  # fmt: skip
+    manifest.write()
+    log.info(
+        "backup %s of %s: %d bytes in %.1f s",
+        backup_id,
+        target.name,
+        manifest.size_bytes,
+        dumped - started,
+    )
+    result = _verify(settings, target, manifest, tools, dsn=dsn, deep=deep)
+    timings = {"dump": dumped - started, **result.timings, "total": time.monotonic() - started}
+    result = replace(result, timings=timings)
+    if not result.ok:
+        raise BackupFailed(
+            f"backup {backup_id} of target {target.name} does not verify: "
+            + "; ".join(c.detail or c.name for c in result.checks.failures()),
+            f"the archive in {folder} is unusable; check the disk and take the backup again",
+        )
+    return result
+
+
+def verify_backup(
+    settings: Settings, target: Target, backup_id: str, *, deep: bool = False
+) -> BackupResult:
+    """Verify an existing backup again (checksums, pg_restore --list; with deep, a test restore)."""
+    manifest = find_backup(settings, target, backup_id)
+    dsn = db.resolve_dsn(settings, target)
+    with db.connection(dsn, target_name=target.name) as conn:
+        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
+    return _verify(settings, target, manifest, tools, dsn=dsn, deep=deep)
+
+
+def list_backups(settings: Settings, target: Target) -> BackupCatalog:
+    """Return every backup of the target that has a readable manifest, oldest first."""
+    root = backup_root(settings, target)
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if (folder / MANIFEST).is_file():
+            try:
+                found.append(BackupManifest.read(folder))
+            except (ValueError, TypeError) as exc:
+                log.warning("ignoring backup %s: unreadable manifest (%s)", folder.name, exc)
+    found.sort(key=lambda m: m.created_at)
+    return BackupCatalog(target.name, tuple(found))
+
+
+def find_backup(settings: Settings, target: Target, backup_id: str) -> BackupManifest:
+    """Return the manifest of one backup; raise BackupFailed when there is none."""
+    for manifest in list_backups(settings, target).backups:
+        if manifest.backup_id == backup_id:
+            return manifest
+    raise BackupFailed(
+        f"target {target.name} has no backup {backup_id} in {backup_root(settings, target)}",
+        "list them with thorbis-runbook backups --target " + target.name,
+    )
+
+
+def backup_before(
+    settings: Settings, target: Target, *, run_id: str | None, before: datetime | None
+) -> BackupManifest | None:
+    """Return the backup taken for ``run_id``, else the newest verified one taken before ``before``."""
+    backups = list_backups(settings, target).backups
+    for manifest in backups:
+        if run_id and manifest.run_id == run_id and manifest.verified:
+            return manifest
+    earlier = [m for m in backups if m.verified and (before is None or m.created <= before)]
+    return earlier[-1] if earlier else None
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def row_counts(conn: db.Connection) -> dict[str, int]:
+    """Exact row count of every user table (in the connection's current snapshot)."""
+    count_query = str(db.fetch_all(conn, queries.load("backup_count_query"))[0][0])
+    return {name: int(count) for name, count in db.fetch_all(conn, count_query)}
+
+
+def checksum_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of an archive (the manifest aside), hashed in parallel threads."""
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith((MANIFEST, f".{MANIFEST}"))
+    )
+    with ThreadPoolExecutor(max_workers=DEFAULT_JOBS) as pool:
+        digests = list(pool.map(_sha256, paths))
+    return {str(p.relative_to(folder)): d for p, d in zip(paths, digests, strict=True)}
+
+
+def restore_into(
+    tools: pgtools.PgTools, manifest: BackupManifest, dsn: str, *, jobs: int, what: str
+) -> None:
+    """pg_restore -j the archive into an existing empty database; stop at the first error."""
+    pgtools.run(
+        tools, "pg_restore", ["-j", str(jobs), "--exit-on-error", "--no-password", manifest.path],
+        dsn=dsn, what=what,
+    )  # fmt: skip
+
+
+@contextmanager
+def scratch_database(
+    dsn: str, *, target_name: str, prefix: str, template: str = "template0"
+) -> Iterator[str]:
+    """Create a uniquely named database on the target's server, yield its DSN, drop it after."""
+    name = f"{prefix}_{secrets.token_hex(4)}"[:63]
+    admin = pgtools.with_database(dsn, "postgres")
+    with db.connection(admin, target_name=target_name) as conn:
+        db.execute(conn, identifier_sql(conn, "CREATE DATABASE %I TEMPLATE %I", name, template))
+    try:
+        yield pgtools.with_database(dsn, name)
+    finally:
+        with db.connection(admin, target_name=target_name) as conn:
+            db.execute(conn, identifier_sql(conn, "DROP DATABASE IF EXISTS %I WITH (FORCE)", name))
+
+
+def identifier_sql(conn: db.Connection, template: str, *names: str) -> str:
+    """Compose a utility statement (CREATE/DROP/ALTER DATABASE) with names quoted by format('%I')."""
+    return str(
+        db.fetch_all(conn, "SELECT format(%s, VARIADIC %s::text[])", (template, list(names)))[0][0]
+    )
+
+
+# -- verification ---------------------------------------------------------------------------
+def _verify(
+    settings: Settings,
+    target: Target,
+    manifest: BackupManifest,
+    tools: pgtools.PgTools,
+    *,
+    dsn: str,
+    deep: bool,
+) -> BackupResult:
+    started = time.monotonic()
+    checks = [_check_checksums(manifest), _check_listing(tools, manifest)]
+    timings = {"verify": time.monotonic() - started}
+    if deep and checks[0].status == "pass" and checks[1].status == "pass":
+        deep_started = time.monotonic()
+        checks.append(_check_deep(tools, target, manifest, dsn))
+        timings["deep_verify"] = time.monotonic() - deep_started
+    report = CheckReport.of(f"verification of backup {manifest.backup_id}", checks)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    updated = replace(
+        manifest,
+        verified=report.ok,
+        verified_at=now if report.ok else manifest.verified_at,
+        deep_verified_at=now if deep and report.ok else manifest.deep_verified_at,
+    )
+    updated.write()
+    return BackupResult(updated, report, timings)
+
+
+def _check_checksums(manifest: BackupManifest) -> Check:
+    actual = checksum_files(Path(manifest.path))
+    changed = sorted(n for n, d in manifest.files.items() if actual.get(n, "missing") != d)
+    extra = sorted(set(actual) - set(manifest.files))
+    if changed or extra:
+        names = ", ".join(changed + [f"{n} (not in the manifest)" for n in extra])
+        return failed("archive checksums", f"{len(changed) + len(extra)} file(s) differ",
+                      f"{len(manifest.files)} files match", f"changed or missing on disk: {names}")  # fmt: skip
+    return passed("archive checksums", f"{len(actual)} files match", "SHA-256 of every file")
+
+
+def _check_listing(tools: pgtools.PgTools, manifest: BackupManifest) -> Check:
+    try:
+        listing = pgtools.run(
+            tools, "pg_restore", ["--list", manifest.path], dsn=None, what="pg_restore --list"
+        )
+    except pgtools.ToolFailed as exc:
+        return failed("archive readable", "pg_restore --list failed", "reads", exc.message)
+    entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
+    return passed("archive readable", f"{entries} TOC entries", "pg_restore --list reads it")
+
+
+def _check_deep(
+    tools: pgtools.PgTools, target: Target, manifest: BackupManifest, dsn: str
+) -> Check:
+    """Restore into a scratch database on the same server and compare every table's row count."""
+    with scratch_database(
+        dsn, target_name=target.name, prefix=f"{manifest.database}_verify"
+    ) as scratch:
+        try:
+            restore_into(tools, manifest, scratch, jobs=manifest.jobs, what="deep verification")
+        except pgtools.ToolFailed as exc:
+            return failed("test restore", "pg_restore failed", "restores", exc.message)
+        with db.connection(scratch, target_name=target.name) as conn:
+            counts = row_counts(conn)
+    return compare_counts("test restore row counts", manifest.row_counts, counts)
+
+
+def compare_counts(name: str, expected: Mapping[str, int], actual: Mapping[str, int]) -> Check:
+    """One check: every table of the manifest has the same row count (extra tables are named)."""
+    wrong = [
+        f"{t}: {actual.get(t, 'missing')} != {n}"
+        for t, n in sorted(expected.items())
+        if actual.get(t) != n
+    ]
+    wrong += [f"{t}: not in the backup" for t in sorted(set(actual) - set(expected))]
+    total = sum(expected.values())
+    if wrong:
+        return failed(
+            name,
+            f"{len(wrong)} table(s) differ",
+            f"{len(expected)} tables, {total} rows",
+            "; ".join(wrong[:10]),
+        )
+    return passed(name, f"{len(expected)} tables, {total} rows", "equal to the manifest")
+
+
+# -- schema snapshots -----------------------------------------------------------------------
+def dump_schema(tools: pgtools.PgTools, dsn: str) -> str:
+    """Return the normalized schema of a database (the runbook's own schema left out)."""
+    text = pgtools.run(
+        tools, "pg_dump", ["--schema-only", "--exclude-schema=runbook", "--no-password"],
+        dsn=dsn, what="schema snapshot",
+    )  # fmt: skip
+    return normalize_schema(text)
+
+
+def normalize_schema(text: str) -> str:
+    """Drop what differs between two dumps of the same schema: comments, SETs, blank lines.
+
+    pg_dump 17.6+ also writes ``\\restrict KEY`` lines with a random key, so every psql
+    meta-command line goes too.
+    """
+    kept = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("--", "\\")):
+            continue
+        if stripped.startswith("SET ") or stripped.startswith("SELECT pg_catalog.set_config("):
+            continue
+        kept.append(line.rstrip())
+    return "\n".join(kept) + "\n"
+
+
+def schema_diff(before: str, after: str, *, limit: int = 40) -> list[str]:
+    """Return the differing lines ('-' only before, '+' only after), each with its statement."""
+    old, new = before.splitlines(), after.splitlines()
+    lines = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(
+        None, old, new, autojunk=False
+    ).get_opcodes():
+        if tag in ("replace", "delete"):
+            lines += [f"- {_in_statement(old, i)}" for i in range(i1, i2)]
+        if tag in ("replace", "insert"):
+            lines += [f"+ {_in_statement(new, j)}" for j in range(j1, j2)]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def take_snapshot(
+    settings: Settings, target: Target, *, run_id: str | None = None
+) -> SchemaSnapshot:
+    """Dump and store the target's normalized schema (the schema_only rollback compares with it)."""
+    dsn = db.resolve_dsn(settings, target)
+    with db.connection(dsn, target_name=target.name) as conn:
+        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
+    now = datetime.now(UTC)
+    snapshot = SchemaSnapshot(
+        new_backup_id(now), target.name, now.isoformat(), dump_schema(tools, dsn), run_id
+    )
+    folder = settings.state_dir / "snapshots" / target.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{snapshot.snapshot_id}.json").write_text(
+        json.dumps(asdict(snapshot)), encoding="utf-8"
+    )
+    return snapshot
+
+
+def snapshot_before(
+    settings: Settings, target: Target, *, run_id: str | None, before: datetime | None
+) -> SchemaSnapshot | None:
+    """Return the snapshot taken for ``run_id``, else the newest one taken before ``before``."""
+    folder = settings.state_dir / "snapshots" / target.name
+    snapshots = [
+        SchemaSnapshot(**json.loads(p.read_text(encoding="utf-8")))
+        for p in sorted(folder.glob("*.json")) if folder.is_dir()
+    ]  # fmt: skip
+    for snapshot in snapshots:
+        if run_id and snapshot.run_id == run_id:
+            return snapshot
+    earlier = [
+        s for s in snapshots if before is None or datetime.fromisoformat(s.created_at) <= before
+    ]
+    return max(earlier, key=lambda s: s.created_at) if earlier else None
+
+
+@dataclass(frozen=True)
+class PreApply:
+    """What was saved before a run's apply: the schema snapshot and (optionally) a backup."""
+
+    snapshot: SchemaSnapshot
+    backup: BackupResult | None
+
+
+def before_apply(
+    settings: Settings, target: Target, *, run_id: str, full_backup: bool = True
+) -> PreApply:
+    """Save what the three rollback strategies need before apply changes anything."""
+    snapshot = take_snapshot(settings, target, run_id=run_id)
+    result = take_backup(settings, target, run_id=run_id) if full_backup else None
+    return PreApply(snapshot, result)
+
+
+def _in_statement(lines: list[str], index: int) -> str:
+    """A line with the statement it belongs to, so 'loyalty_tier text' names its table."""
+    line = lines[index]
+    if not line[:1].isspace():
+        return line.strip()
+    for back in range(index - 1, -1, -1):
+        if not lines[back][:1].isspace():
+            return f"{line.strip().rstrip(',')} (in {lines[back].strip().rstrip('(').strip()})"
+    return line.strip()
+
+
+@contextmanager
+def _exported_snapshot(conn: db.Connection) -> Iterator[str]:
+    db.execute(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    try:
+        yield str(db.fetch_all(conn, "SELECT pg_export_snapshot()")[0][0])
+    finally:
+        if not conn.closed:
+            db.execute(conn, "COMMIT")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_backup(manifest: BackupManifest) -> None:
+    """Delete a backup folder (benchmarks and tests clean up after themselves)."""
+    shutil.rmtree(manifest.path, ignore_errors=True)
