@@ -145,7 +145,8 @@ def write_config(path: Path, migrations_dir: Path, state_dir: Path) -> dict[str,
             "migrations_dir": str(migrations_dir), "state_dir": str(state_dir),
             "default_target": "bench",
         },
-        "targets": {"bench": {"dsn_env": DSN_ENV}},
+        # The floors take no backup, so neither does the tool here: this measures the apply path.
+        "targets": {"bench": {"dsn_env": DSN_ENV, "backup_before_apply": "none"}},
     }  # fmt: skip
     path.write_text(
         "[runbook]\n"
@@ -153,7 +154,8 @@ def write_config(path: Path, migrations_dir: Path, state_dir: Path) -> dict[str,
         f'state_dir = "{state_dir}"\n'
         'default_target = "bench"\n\n'
         "[targets.bench]\n"
-        f'dsn_env = "{DSN_ENV}"\n',
+        f'dsn_env = "{DSN_ENV}"\n'
+        'backup_before_apply = "none"\n',
         encoding="utf-8",
     )
     return data

@@ -275,3 +275,20 @@ def test_apply_carries_the_monitor_time_series_of_a_lock_wait(tmp_path: Path, se
     assert result.monitor.max_blocked_ms >= 800, result.monitor.summary()
     assert any("ALTER TABLE busy" in w.query for w in result.monitor.waits)
     assert result.monitor.samples and result.monitor.to_frame().shape[0] == len(result.monitor.samples)
+
+
+def test_on_failure_rollback_run_undoes_what_the_run_applied(tmp_path: Path, settings_for, conn) -> None:  # type: ignore[no-untyped-def]
+    folder = write_migrations(tmp_path / "m", {
+        T1: "CREATE TABLE items (id int);",
+        "20250101000000_create_items.down.sql": "DROP TABLE items;",
+        T2: "ALTER TABLE items ADD COLUMN price numeric;",
+        "20250102000000_add_price.down.sql": "ALTER TABLE items DROP COLUMN price;",
+        "20250103000000_broken.sql": "SELECT * FROM nowhere;",
+    })  # fmt: skip
+    settings = settings_for(folder, on_failure="rollback_run", backup_before_apply="schema")
+    result = commands.apply(settings, ApplyRequest())
+    assert result.failure is not None and result.rollback is not None
+    assert result.rollback.ok and list(result.rollback.undone) == ["20250102000000", "20250101000000"]
+    assert "public.items" not in _tables(conn)
+    states = {r.version: r.state for r in commands.status(settings).plan.rows}
+    assert states == {"20250101000000": "pending", "20250102000000": "pending", "20250103000000": "failed"}
