@@ -16,15 +16,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: start the embedded PostgreSQL, apply the Thorbis migrations, load demo data, show status
+## demo: the main job on the embedded PostgreSQL: precheck, a rollback rehearsal, apply (with
+## demo data) and validate of the Thorbis migrations, each archived as a report
 demo: $(STAMP)
 	$(RUNBOOK) db start
-	$(RUNBOOK) apply
-	$(RUNBOOK) seed --businesses $(DEMO_BUSINESSES) --if-empty
-	$(RUNBOOK) status
+	$(RUNBOOK) run precheck rollback apply validate --target local \
+		-p rollback.strategy=rehearse -p apply.demo_businesses=$(DEMO_BUSINESSES)
 	@echo
-	@echo "The local database is running; connect with: psql \"$$($(RUNBOOK) db url --target local)\""
-	@echo "Stop it with: $(RUNBOOK) db stop"
+	@echo "Reports for auditors: $(CURDIR)/reports/index.html"
+	@echo "The local database keeps running: psql \"$$($(RUNBOOK) db url --target local)\" (stop: $(RUNBOOK) db stop)"
 
 ## test: the whole suite against a throwaway embedded PostgreSQL
 test: $(STAMP)

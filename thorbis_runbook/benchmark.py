@@ -106,6 +106,8 @@ class BenchmarkResult:
     target: str
     taken_at: str
     queries: tuple[QueryTiming, ...] = field(default_factory=tuple)
+    # Queries whose tables do not exist yet (a precheck before the first migration): not timed.
+    missing: tuple[str, ...] = field(default_factory=tuple)
 
     def __iter__(self) -> Iterator[QueryTiming]:
         return iter(self.queries)
@@ -121,7 +123,9 @@ class BenchmarkResult:
         timings = tuple(
             QueryTiming(**{**q, "scans": tuple(q["scans"])}) for q in data.get("queries", [])
         )
-        return cls(str(data["target"]), str(data["taken_at"]), timings)
+        return cls(
+            str(data["target"]), str(data["taken_at"]), timings, tuple(data.get("missing", ()))
+        )
 
     def save(self, path: Path | str) -> Path:
         """Write the result as JSON; return the path."""
@@ -166,8 +170,19 @@ class BenchmarkResult:
         return (
             f"<div class='runbook-benchmark'><strong>benchmark {html.escape(self.target)}</strong>"
             f" <span>({html.escape(self.taken_at)})</span><table style='border-collapse:collapse'>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{self._missing_note()}</div>"
         )
+
+    def _missing_note(self) -> str:
+        if not self.missing:
+            return ""
+        names = html.escape(", ".join(self.missing))
+        return f"<p>Not timed, their tables do not exist yet: {names}.</p>"
+
+
+# undefined_table, undefined_column, undefined_function, invalid_schema_name: the schema the
+# query reads is not there yet, which is normal before the first migration.
+_NOT_THERE_YET = {"42P01", "42703", "42883", "3F000"}
 
 
 def run_queries(
@@ -180,19 +195,30 @@ def run_queries(
 ) -> BenchmarkResult:
     """Time every query (``warmup`` untimed runs, then ``runs`` timed) and read its plan."""
     timings = []
+    missing = []
     for query in queries:
-        with read_only(conn):
-            plan = db.fetch_all(conn, f"EXPLAIN (FORMAT JSON) {query.sql}")[0][0]
-            for _ in range(warmup):
-                db.fetch_all(conn, query.sql)
-            samples = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                db.fetch_all(conn, query.sql)
-                samples.append((time.perf_counter() - started) * 1000)
+        try:
+            with read_only(conn):
+                plan = db.fetch_all(conn, f"EXPLAIN (FORMAT JSON) {query.sql}")[0][0]
+                for _ in range(warmup):
+                    db.fetch_all(conn, query.sql)
+                samples = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    db.fetch_all(conn, query.sql)
+                    samples.append((time.perf_counter() - started) * 1000)
+        except db.DatabaseError as exc:
+            if db.sqlstate(exc) in _NOT_THERE_YET:
+                missing.append(query.name)
+                continue
+            raise ConfigError(
+                f"benchmark query {query.name!r} failed: {db.error_message(exc)} [SQLSTATE {db.sqlstate(exc)}]",
+                "fix its sql in [[benchmark.queries]] of runbook.toml",
+            ) from None
         top, scans = plan_nodes(plan if isinstance(plan, list) else json.loads(plan))
         timings.append(_timing(query, samples, top, scans))
-    return BenchmarkResult(target, datetime.now(UTC).isoformat(timespec="seconds"), tuple(timings))
+    taken = datetime.now(UTC).isoformat(timespec="seconds")
+    return BenchmarkResult(target, taken, tuple(timings), tuple(missing))
 
 
 def benchmark(

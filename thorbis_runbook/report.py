@@ -153,20 +153,9 @@ def run_pipeline(
         pending = []
         runs.append(run)
         if run.status != "succeeded":
-            if name == "apply" and target.on_failure == "rollback_run":
-                # Undo what this run's earlier migrations did, and archive that too.
-                rollback = {"strategy": "schema_only", "rollback_run": run.run_id}
-                notifier = _notifier(target, [], rolled_back=True)
-                runs.append(
-                    execute(
-                        settings,
-                        "rollback",
-                        target=target,
-                        parameters=rollback,
-                        progress=progress,
-                        notifications=notifier,
-                    )
-                )
+            # A failed apply on a target with on_failure = "rollback_run" has already undone
+            # its run's migrations (commands.apply does it, whichever way apply was started);
+            # its report shows what was undone.
             break
     index = write_index(settings)
     return PipelineResult(tuple(runs), index)
@@ -189,7 +178,11 @@ def _notifier(
         deliveries = list(already)
         if summary.get("status") != "succeeded":
             deliveries += notify.notify(target, "failed", payload)
-        elif rolled_back:
+            if summary.get("figures", {}).get("rolled_back"):
+                deliveries += notify.notify(
+                    target, "rolled_back", {**payload, "undone": summary["figures"]["rolled_back"]}
+                )
+        elif summary.get("runbook") == "rollback":
             deliveries += notify.notify(target, "rolled_back", payload)
         elif finish:
             deliveries += notify.notify(target, "finished", payload)

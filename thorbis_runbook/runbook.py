@@ -84,11 +84,13 @@ class Run:
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
-        """Show every migration's state on the target (read-only)."""
+        """Show every migration's state on the target (read-only, so it runs even after a
+        failure: the DBA needs to see the state the database is in)."""
         return self._step(
             "status",
             lambda: commands.status(self.settings, target=self.target.name),
             record=self._record_status,
+            always=True,
         )
 
     def apply(
@@ -298,6 +300,57 @@ class Run:
         threshold = BenchmarkSettings.parse(self.settings.sections.get("benchmark")).threshold
         return charts.benchmark_comparison(before, step.data["result"], threshold=threshold)
 
+    def rollback(
+        self, *, strategy: str = "schema_only", rollback_run: str = "", to_version: str = "",
+        to_time: str = "", confirm_production: bool = False,
+    ) -> Any:  # fmt: skip
+        """Roll back with one of the three strategies (the result times the recovery), or with
+        strategy "rehearse" only rehearse apply / roll back / apply on a scratch copy."""
+        from . import rollback
+
+        if strategy == "rehearse":
+            return self.rehearse()
+
+        def run() -> Any:
+            _expect_bools(confirm_production=confirm_production)
+            moment = _timestamp(to_time) if to_time else None
+            request = rollback.RollbackRequest(
+                strategy=strategy, target=self.target.name, run_id=rollback_run or None,
+                to_version=to_version or None, to_time=moment, confirm_production=confirm_production,
+            )  # fmt: skip
+            with _live_log():
+                result = rollback.rollback(self.settings, request)
+            if not result.ok:
+                self._fail_checks(result.checks)
+            return result
+
+        return self._step("rollback", run, record=self._record_rollback)
+
+    def rehearse(self) -> Any:
+        """Apply, roll back and apply again on a scratch copy of the target (never the target)."""
+        from . import rehearse
+
+        def run() -> Any:
+            with _live_log():
+                result = rehearse.rehearse(self.settings, self.target)
+            if not result.ok:
+                self._fail_checks(result.checks)
+            return result
+
+        return self._step(
+            "rehearsal", run, record=lambda step, result: self._record_checks(step, result.checks)
+        )
+
+    def backups(self) -> Any:
+        """The target's backups, newest last, with their verification."""
+        from . import backup
+
+        return self._step(
+            "backups",
+            lambda: backup.list_backups(self.settings, self.target),
+            record=lambda s, r: None,
+        )
+
     # -- the end -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The machine-readable record of the run (the report's summary.json)."""
@@ -343,11 +396,18 @@ class Run:
 
     # -- internals -----------------------------------------------------------------------
     def _step(
-        self, name: str, action: Callable[[], Any], *, record: Callable[[StepRecord, Any], None]
+        self,
+        name: str,
+        action: Callable[[], Any],
+        *,
+        record: Callable[[StepRecord, Any], None],
+        always: bool = False,
     ) -> Any:
-        if self.failure is not None:
+        """Run one step; ``always`` for read-only steps that still run after a failure."""
+        failed_before = self.failure is not None
+        if failed_before and not always:
             self.steps.append(
-                StepRecord(name, "skipped", f"an earlier step failed: {self.failure.message}")
+                StepRecord(name, "skipped", f"an earlier step failed: {self.failure.message}")  # type: ignore[union-attr]
             )
             return Notice("skipped", f"{name} was not run because an earlier step failed")
         try:
@@ -356,7 +416,8 @@ class Run:
             self._fail(name, exc)
             self.steps.append(StepRecord(name, "failed", exc.message))
             return Notice("failed", exc.message, exc.hint)
-        step = StepRecord(name, "failed" if self.failure else "succeeded")
+        failed_now = self.failure is not None and not failed_before
+        step = StepRecord(name, "failed" if failed_now else "succeeded")
         record(step, result)
         self.steps.append(step)
         return result
@@ -401,6 +462,12 @@ class Run:
             return path
         return ledger.latest_file(root, self.target.name, BENCHMARK_FILE, exclude_run=self.run_id)
 
+    def _record_rollback(self, step: StepRecord, result: Any) -> None:
+        self._record_checks(step, result.checks)
+        step.detail = f"{result.strategy}: undid {', '.join(result.undone) or 'nothing'}"
+        self.figures["recovery_seconds"] = result.timings.get("total")
+        self.figures["undone"] = list(result.undone)
+
     def _record_troubleshoot(self, step: StepRecord, report: Any) -> None:
         self._record_checks(step, report.checks)
         step.detail += f"; {len(report.actions)} suggested action(s)"
@@ -424,6 +491,11 @@ class Run:
         self.figures["applied"] = len(applied)
         self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
         self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
+        if result.rollback is not None:
+            self.figures["rolled_back"] = list(result.rollback.undone)
+            step.detail += (
+                f"; on_failure rolled back {', '.join(result.rollback.undone) or 'nothing'}"
+            )
         if result.monitor is not None:
             self.figures["max_lock_wait_ms"] = result.monitor.max_blocked_ms
             self.figures["deadlocks"] = result.monitor.deadlocks
@@ -473,6 +545,16 @@ def _expect_bools(**values: Any) -> None:
             raise ConfigError(
                 f"parameter {name} must be True or False, got {value!r}", f"pass -p {name} True"
             )
+
+
+def _timestamp(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"to_time {value!r} is not an ISO timestamp", 'write it as "2026-11-30T14:05:00+00:00"'
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _duration(value: str, what: str) -> int | None:
