@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 GOOD = {
     "20250101000000_create_items.sql": "CREATE TABLE items (id int PRIMARY KEY);",
     "20250101000000_create_items.verify.sql": "SELECT 1;",
+    "20250101000000_create_items.down.sql": "DROP TABLE items;",
     "20250102000000_index_items.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_id_ix ON items (id);",
+    "20250102000000_index_items.down.sql": "DROP INDEX CONCURRENTLY IF EXISTS items_id_ix;",
 }
 
 
@@ -146,13 +148,25 @@ def test_bad_parameters_are_refused_before_anything_runs(project) -> None:  # ty
     assert not reports.exists()
 
 
-def test_the_notebook_runs_under_nbval(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_all_four_notebooks_run_under_nbval(project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Each runbook executes cell by cell as a DBA would, in the order of a migration day."""
     config, _, _, dsn = project
     env = {**os.environ, "THORBIS_TEST_DSN": dsn, "THORBIS_CONFIG": str(config)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         str(REPO / "notebooks" / "apply.ipynb")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"\d+ passed", result.stdout)
+    for runbook in ("precheck", "apply", "validate", "rollback"):
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+             str(REPO / "notebooks" / f"{runbook}.ipynb")],
+            env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{runbook}:\n{result.stdout[-3000:]}"
+        assert re.search(r"\d+ passed", result.stdout)
+    owner = psycopg2.connect(dsn)
+    with owner.cursor() as cur:
+        cur.execute("SELECT version, status FROM runbook.migration_history ORDER BY version")
+        assert cur.fetchall() == [
+            ("20250101000000", "rolled_back"),
+            ("20250102000000", "rolled_back"),
+        ]
+        cur.execute("SELECT to_regclass('public.items')")
+        assert cur.fetchone() == (None,), "the rollback runbook undid the apply runbook's run"
+    owner.close()
