@@ -8,7 +8,7 @@ On one throwaway embedded PostgreSQL, the Thorbis schema is seeded with 1,000,00
   dump's snapshot, SHA-256 of every file, manifest, and verification (checksums re-read,
   ``pg_restore --list``).
 - ``raw_restore``: ``pg_restore -j2`` of a raw dump into a fresh empty database.
-- ``full_restore``: ``thorbis_runbook.rollback.full_restore(...)`` of a backup: checksums
+- ``full_restore``: ``thorbis_runbook.restore.full_restore(...)`` of a backup: checksums
   re-verified, maintenance mode, ``pg_restore -j2`` into a new database, row counts compared
   with the manifest, ANALYZE, swap by rename.
 
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from thorbis_runbook import backup, commands, db, embedded, pitr, rollback, seed
+from thorbis_runbook import backup, commands, db, embedded, pitr, restore, rollback, seed
 from thorbis_runbook.config import Settings, settings_from_mapping
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def _our_full_restore(settings: Settings) -> float:
     manifest = backup.take_backup(settings, target, run_id=run_id).manifest  # untimed
     commands.apply(settings, commands.ApplyRequest(run_id=run_id, to_version="20250131000008"))
     started = time.monotonic()
-    result = rollback.full_restore(settings, target, run_id=run_id)
+    result = restore.full_restore(settings, target, run_id=run_id)
     seconds = time.monotonic() - started
     _LAST_RESTORE_PHASES.clear()
     _LAST_RESTORE_PHASES.update(result.timings)

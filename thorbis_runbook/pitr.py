@@ -18,7 +18,7 @@ from . import commands, db, embedded, pgtools, queries
 from .checks import CheckReport, failed, passed
 from .config import Settings, Target
 from .errors import RunbookError
-from .rollback import RollbackFailed, RollbackResult, _run_row
+from .rollback import RollbackFailed, RollbackResult, run_row
 from .tables import html_table
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def point_in_time(
     dsn = db.resolve_dsn(settings, target)
     wal_dir = settings.state_dir / "wal" / target.name
     with db.connection(dsn, target_name=target.name) as conn:
-        run = None if to_time else _run_row(conn, run_id, target)
+        run = None if to_time else run_row(conn, run_id, target)
         # Just before the run started: recovery_target_inclusive = off stops before the first
         # commit at or after this moment, and the run's own first commit (its runs row) is one.
         point = to_time or (run[1] if run else datetime.now(UTC))

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from . import backup, commands, db, history, pgtools, queries
@@ -185,6 +185,8 @@ def rollback(settings: Settings, request: RollbackRequest) -> RollbackResult:
     if request.strategy == "schema_only":
         return schema_only(settings, target, run_id=request.run_id, to_version=request.to_version)
     if request.strategy == "full_restore":
+        from .restore import full_restore  # restore.py builds on this module's result types
+
         return full_restore(settings, target, run_id=request.run_id)
     from . import pitr
 
@@ -225,7 +227,7 @@ def schema_only(
     ) as conn:
         history.acquire_lock(conn, wait_ms=target.lock_wait_ms)
         try:
-            run = None if to_version else _run_row(conn, run_id, target)
+            run = None if to_version else run_row(conn, run_id, target)
             rows = _chosen_migrations(conn, run[0] if run else None, to_version)
             chosen = [_down_of(files, row[0], row[1]) for row in rows]
             if to_version:
@@ -258,7 +260,7 @@ def schema_only(
     )  # fmt: skip
 
 
-def _run_row(conn: db.Connection, run_id: str | None, target: Target) -> tuple[str, datetime]:
+def run_row(conn: db.Connection, run_id: str | None, target: Target) -> tuple[str, datetime]:
     rows = (
         db.fetch_all(conn, queries.load("rollback_run_row"), {"run_id": run_id})
         if history.schema_exists(conn)
@@ -291,7 +293,7 @@ def _whole_run_above(
         return None
     run_id = rows[-1][4]
     below = db.fetch_all(conn, WHOLE_RUN_SQL, {"run_id": run_id, "version": to_version})[0][0]
-    return _run_row(conn, run_id, target) if int(below) == 0 else None
+    return run_row(conn, run_id, target) if int(below) == 0 else None
 
 
 def _down_of(files: Mapping[str, Migration], version: str, name: str) -> Migration:
@@ -464,153 +466,3 @@ def _quiet_rollback(conn: db.Connection) -> None:
     if not conn.closed:
         with contextlib.suppress(db.DatabaseError):
             db.execute(conn, "ROLLBACK")
-
-
-# -- full_restore ---------------------------------------------------------------------------
-def full_restore(
-    settings: Settings,
-    target: Target,
-    *,
-    run_id: str | None = None,
-    jobs: int = backup.DEFAULT_JOBS,
-) -> RollbackResult:
-    """Restore the backup taken before a run (default: the latest apply run).
-
-    Restores into a new database and swaps it in by renaming, so a failed restore can never
-    leave a half-restored database behind under the real name: the original stays untouched
-    until the restored copy is complete and its row counts equal the manifest. Connections are
-    refused and the application's sessions ended first (reported); ANALYZE runs before the
-    swap, so the first queries get good plans. The previous database is kept, renamed.
-    """
-    started = time.monotonic()
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
-        run = _run_row(conn, run_id, target)
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
-        database = str(db.fetch_all(conn, "SELECT current_database()")[0][0])
-    manifest = backup.backup_before(settings, target, run_id=run[0], before=run[1])
-    if manifest is None:
-        raise RollbackFailed(
-            f"target {target.name} has no verified backup taken before run {run[0]} "
-            f"(started {run[1]:%Y-%m-%d %H:%M:%S %Z})",
-            "full_restore needs the pre-apply backup (thorbis-runbook backup before apply); "
-            "use --strategy schema_only instead",
-        )
-    recheck = backup.verify_backup(settings, target, manifest.backup_id)
-    if not recheck.ok:
-        raise RollbackFailed(
-            f"backup {manifest.backup_id} no longer verifies: "
-            + "; ".join(c.detail or c.name for c in recheck.checks.failures()),
-            "nothing was changed; restore from another copy of the backup, or use schema_only",
-        )
-    timings: dict[str, float] = {"verify_backup": time.monotonic() - started}
-    rollback_id = commands.new_run_id()
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    restored_name = f"{database[:40]}_restore_{stamp}"
-    kept_name = f"{database[:40]}_before_restore_{stamp}"
-    admin = pgtools.with_database(dsn, "postgres")
-    with db.connection(
-        admin, target_name=target.name, application_name=f"thorbis-runbook {rollback_id}"
-    ) as conn:
-        try:
-            phase = time.monotonic()
-            sessions = _enter_maintenance(conn, database)
-            timings["maintenance"] = time.monotonic() - phase
-            owner = str(
-                db.fetch_all(
-                    conn,
-                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
-                    (database,),
-                )[0][0]
-            )
-            db.execute(
-                conn,
-                backup.identifier_sql(
-                    conn, "CREATE DATABASE %I TEMPLATE template0 OWNER %I", restored_name, owner
-                ),
-            )
-            restored_dsn = pgtools.with_database(dsn, restored_name)
-            phase = time.monotonic()
-            backup.restore_into(
-                tools, manifest, restored_dsn, jobs=jobs, what=f"full restore of {target.name}"
-            )
-            timings["restore"] = time.monotonic() - phase
-            phase = time.monotonic()
-            with db.connection(restored_dsn, target_name=target.name) as restored:
-                counts_check = backup.compare_counts(
-                    "row counts equal the manifest",
-                    manifest.row_counts,
-                    backup.row_counts(restored),
-                )
-                if counts_check.status == "fail":
-                    raise RollbackFailed(
-                        f"the restored copy of {database} does not match backup {manifest.backup_id}: {counts_check.detail}",
-                        "",
-                    )
-                db.execute(restored, "ANALYZE")
-            timings["check_and_analyze"] = time.monotonic() - phase
-            phase = time.monotonic()
-            sessions += _end_sessions(conn, database)
-            db.execute(
-                conn,
-                backup.identifier_sql(conn, "ALTER DATABASE %I RENAME TO %I", database, kept_name),
-            )
-            db.execute(
-                conn,
-                backup.identifier_sql(
-                    conn, "ALTER DATABASE %I RENAME TO %I", restored_name, database
-                ),
-            )
-            timings["swap"] = time.monotonic() - phase
-        except (RunbookError, db.DatabaseError) as exc:
-            _abort_restore(conn, database, restored_name)
-            message = exc.message if isinstance(exc, RunbookError) else db.error_message(exc)
-            raise RollbackFailed(
-                f"full restore of target {target.name} failed before the swap: {message}",
-                f"database {database} is unchanged and open again; fix the cause and run again",
-            ) from None
-    timings["total"] = time.monotonic() - started
-    notes = (
-        f"restored backup {manifest.backup_id} (taken {manifest.created_at}, LSN {manifest.lsn})",
-        f"the previous database is kept as {kept_name} (connections refused); "
-        f"DROP DATABASE {kept_name} when you no longer need its data",
-    )
-    return RollbackResult(
-        target.name, "full_restore", rollback_id, run[0], (),
-        CheckReport.of("full_restore rollback", [counts_check]), timings, tuple(sessions), notes=notes,
-    )  # fmt: skip
-
-
-def _enter_maintenance(conn: db.Connection, database: str) -> tuple[Session, ...]:
-    """Refuse new connections, then end the sessions already there (and say whose they were)."""
-    db.execute(
-        conn, backup.identifier_sql(conn, "ALTER DATABASE %I ALLOW_CONNECTIONS false", database)
-    )
-    return _end_sessions(conn, database)
-
-
-def _end_sessions(conn: db.Connection, database: str) -> tuple[Session, ...]:
-    sessions = tuple(
-        Session(*row)
-        for row in db.fetch_all(conn, queries.load("rollback_sessions"), {"database": database})
-    )
-    for session in sessions:
-        log.warning(
-            "ending session pid %d (user %s, %s)",
-            session.pid,
-            session.user,
-            session.application_name or "no application_name",
-        )
-        db.fetch_all(conn, "SELECT pg_terminate_backend(%s, 5000)", (session.pid,))
-    return sessions
-
-
-def _abort_restore(conn: db.Connection, database: str, restored_name: str) -> None:
-    if conn.closed:
-        return
-    db.execute(
-        conn, backup.identifier_sql(conn, "DROP DATABASE IF EXISTS %I WITH (FORCE)", restored_name)
-    )
-    db.execute(
-        conn, backup.identifier_sql(conn, "ALTER DATABASE %I ALLOW_CONNECTIONS true", database)
-    )
