@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import html
 import logging
@@ -56,6 +57,7 @@ class StepResult:
     duration_ms: int = 0
     resumed_after: int = 0  # statements skipped because an earlier run completed them
     error: str | None = None
+    cleaned_up: tuple[str, ...] = ()  # INVALID indexes dropped after a failed concurrent build
 
     def as_tuple(self) -> tuple[object, ...]:
         mode = "transaction" if self.transactional else "no transaction"
@@ -185,6 +187,9 @@ def apply_plan(
         else:
             resumable = previous is not None and previous.status in ("failed", "running")
             step, failure = runner.apply_non_transactional(migration, resumable=resumable)
+        if runner.cleaned:
+            step = dataclasses.replace(step, cleaned_up=tuple(runner.cleaned))
+            runner.cleaned.clear()
         steps.append(step)
         if progress:
             progress("done", migration, step.status)
@@ -204,6 +209,7 @@ class _Runner:
         self.executor = executor
         self.run_id = run_id
         self.operator = operator
+        self.cleaned: list[str] = []
         self.reset_session_sql = f"{RESET_SESSION_SQL}\n{db.session_defaults_sql(conn)}".rstrip()
 
     # -- transactional -------------------------------------------------------------------
@@ -431,6 +437,7 @@ class _Runner:
         rows = db.fetch_all(self.conn, "SELECT to_regclass(%s)", (index_name,))
         if rows[0][0] is not None:
             db.drop_index_concurrently(self.conn, index_name)
+            self.cleaned.append(index_name)
 
     def _completed_statements(self, migration: Migration) -> list[str]:
         rows = db.fetch_all(self.conn, PROGRESS_ROWS_SQL, {"version": migration.version})

@@ -298,9 +298,17 @@ def summary_banner(summary: Mapping[str, Any]) -> str:
         f"{html.escape(status)}</h2>"
     ]
     if error:
+        context = "".join(f"<li>{html.escape(str(line))}</li>" for line in error.get("context", []))
+        next_step = error.get("next")
         parts.append(
             f"<p><strong>error:</strong> {html.escape(str(error.get('message', '')))}<br>"
             f"<strong>hint:</strong> {html.escape(str(error.get('hint', '')))}</p>"
+            + (f"<ul>{context}</ul>" if context else "")
+            + (
+                f"<p><strong>next:</strong> <code>{html.escape(str(next_step))}</code></p>"
+                if next_step
+                else ""
+            )
         )
     parts.append("</div>")
     parts.append(html_table(("", "value"), rows))

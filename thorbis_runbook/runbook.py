@@ -81,6 +81,7 @@ class Run:
         self.figures: dict[str, Any] = {}
         self.baseline_path: Path | None = None
         self.rls_report: Any = None
+        self.context: list[str] = []  # what a reader of a failed run needs beside the error
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
@@ -363,7 +364,22 @@ class Run:
             "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
             "checks": [c for s in self.steps for c in s.data.get("checks", [])],
             "figures": self.figures,
-            "error": {"message": self.failure.message, "hint": self.failure.hint} if self.failure else None,
+            "error": self._error_summary() if self.failure else None,
+        }  # fmt: skip
+
+    def _error_summary(self) -> dict[str, Any]:
+        """The failure with what surrounds it: blockers, clean-up, the state now, what to run next."""
+        assert self.failure is not None
+        context = list(self.context)
+        try:
+            now = commands.status(self.settings, target=self.target.name)
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(now.plan.counts().items()))
+            context.append(f"state now: schema version {now.current_version or 'none'} ({counts})")
+        except RunbookError as exc:
+            context.append(f"state now: unknown ({exc.message})")
+        return {
+            "message": self.failure.message, "hint": self.failure.hint, "context": context,
+            "next": f"thorbis-runbook run {self.runbook} --target {self.target.name}  (after the fix above)",
         }  # fmt: skip
 
     def finish(self) -> Notice:
@@ -491,6 +507,18 @@ class Run:
         self.figures["applied"] = len(applied)
         self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
         self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
+        cleaned = [name for s in result.steps for name in s.cleaned_up]
+        if cleaned:
+            self.context.append(
+                f"cleaned up: dropped INVALID index(es) {', '.join(cleaned)} left by the failed build"
+            )
+        if result.failure is not None and result.monitor is not None and result.monitor.waits:
+            last = result.monitor.waits[-1]
+            self.context.append(
+                f"blocking at that moment (monitor): pid {last.pid} waited {last.wait_ms} ms for "
+                f"{last.mode or 'a lock'} on {last.relation or 'an object'}, blocked by pid(s) "
+                f"{', '.join(map(str, last.blockers)) or 'unknown'}"
+            )
         if result.rollback is not None:
             self.figures["rolled_back"] = list(result.rollback.undone)
             step.detail += (

@@ -47,6 +47,7 @@ def test_a_failed_concurrent_build_leaves_no_invalid_index_and_resumes(
     failure = result.failure
     assert failure is not None and failure.sqlstate == "23505" and failure.line == 2
     assert _invalid_indexes(conn) == [], "the INVALID index of the failed build was dropped"
+    assert result.steps[-1].cleaned_up == ("public.items_code_key",), "and the result says so"
     assert _indexes(conn) == {"items_id_ix"}, "the first statement stays applied"
     assert commands.status(settings).plan.rows[1].state == "failed"
 
