@@ -118,7 +118,9 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
     _report_apply(result, as_json=args.json)
     if result.rollback is not None:
         undone = ", ".join(result.rollback.undone) or "nothing"
-        print(f"on_failure = rollback_run undid: {undone} ({'ok' if result.rollback.ok else 'FAILED'})")
+        print(
+            f"on_failure = rollback_run undid: {undone} ({'ok' if result.rollback.ok else 'FAILED'})"
+        )
     result.raise_for_failure()
     return 0
 
@@ -229,8 +231,11 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import precheck
+    from . import backup, precheck
 
+    if args.backup:
+        taken = backup.take_backup(settings, settings.target(args.target))
+        print(f"backup {taken.manifest.backup_id} taken and verified", file=sys.stderr)
     return _print_checks(precheck.precheck(settings, target=args.target), as_json=args.json)
 
 
@@ -263,9 +268,15 @@ def _print_checks(report: Any, *, as_json: bool) -> int:
 
 
 def _validate(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import validate
+    from . import ledger, validate
 
-    report = validate.validate(settings, target=args.target, baseline=args.baseline)
+    name = settings.target(args.target).name
+    baseline = (
+        None if args.no_baseline else ledger.benchmark_baseline(settings, name, args.baseline)
+    )
+    if baseline is not None:
+        print(f"benchmark baseline: {baseline}", file=sys.stderr)
+    report = validate.validate(settings, target=args.target, baseline=baseline)
     return _print_checks(report, as_json=args.json)
 
 
@@ -578,6 +589,11 @@ def _parser() -> argparse.ArgumentParser:
 
     precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
     _common(precheck_cmd)
+    precheck_cmd.add_argument(
+        "--backup",
+        action="store_true",
+        help="take a verified backup first, so the backup check passes",
+    )
     precheck_cmd.set_defaults(handler=_precheck)
 
     troubleshoot_cmd = sub.add_parser(
@@ -592,9 +608,13 @@ def _parser() -> argparse.ArgumentParser:
     _common(validate_cmd)
     validate_cmd.add_argument(
         "--baseline",
-        metavar="PATH",
-        help="compare the benchmark queries with a saved result (benchmark --save PATH); "
-        "run ids of archived runs are not accepted yet, pass the file",
+        metavar="RUN_ID|PATH",
+        default="",
+        help="compare the benchmark queries with an archived run's benchmark (a run id), a saved "
+        "file (benchmark --save PATH), or by default the newest archived benchmark of the target",
+    )
+    validate_cmd.add_argument(
+        "--no-baseline", action="store_true", help="skip the benchmark comparison"
     )
     validate_cmd.set_defaults(handler=_validate)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .checks import Check, CheckReport, failed, passed
 from .config import Settings
+from .errors import ConfigError
 
 LEDGER_FILE = "ledger.jsonl"
 GENESIS = "0" * 64
@@ -42,6 +43,35 @@ def latest_file(root: Path, target: str, name: str, *, exclude_run: str = "") ->
         if path.exists():
             return path
     return None
+
+
+def benchmark_baseline(
+    settings: Settings,
+    target: str,
+    given: str,
+    *,
+    exclude_run: str = "",
+    name: str = "benchmark.json",
+) -> Path | None:
+    """Resolve a benchmark baseline: a saved file, a run id in the archive, or (empty) the newest
+    archived benchmark of the target (usually the precheck before the migration).
+
+    Raises ConfigError when ``given`` is neither an existing file nor an archived run holding one.
+    """
+    root = reports_root(settings)
+    if given and Path(given).is_file():
+        return Path(given)
+    if given:
+        path = root / target / given / name
+        if not path.exists():
+            raise ConfigError(
+                f"baseline {given!r} is neither a saved benchmark file nor an archived run of "
+                f"target {target} with {name}",
+                "give a run id from thorbis-runbook reports list (a precheck or validate run), "
+                "a file from benchmark --save, or nothing for the newest archived benchmark",
+            )
+        return path
+    return latest_file(root, target, name, exclude_run=exclude_run)
 
 
 def sha256_file(path: Path) -> str:

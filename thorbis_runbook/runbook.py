@@ -461,22 +461,11 @@ class Run:
         step.detail = f"{len(result.queries)} queries timed"
 
     def _baseline(self, given: str) -> Path | None:
-        """Resolve a baseline: a file path, a run id in the archive, or the newest archived one."""
         from . import ledger
 
-        root = ledger.reports_root(self.settings)
-        if given and Path(given).exists():
-            return Path(given)
-        if given:
-            path = root / self.target.name / given / BENCHMARK_FILE
-            if not path.exists():
-                raise ConfigError(
-                    f"baseline {given!r} is neither a saved benchmark file nor an archived run of "
-                    f"target {self.target.name} with {BENCHMARK_FILE}",
-                    "give a run id from thorbis-runbook reports list (a precheck or validate run), or leave it empty",
-                )
-            return path
-        return ledger.latest_file(root, self.target.name, BENCHMARK_FILE, exclude_run=self.run_id)
+        return ledger.benchmark_baseline(
+            self.settings, self.target.name, given, exclude_run=self.run_id
+        )
 
     def _record_rollback(self, step: StepRecord, result: Any) -> None:
         self._record_checks(step, result.checks)

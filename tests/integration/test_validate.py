@@ -411,4 +411,4 @@ def test_cli_validate_and_benchmark_round_trip(
         cli.main(["--config", str(config), "validate", "--baseline", str(tmp_path / "none.json")])
         == 2
     )
-    assert "benchmark --save PATH" in capsys.readouterr().err
+    assert "benchmark --save" in capsys.readouterr().err
