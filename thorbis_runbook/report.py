@@ -223,6 +223,7 @@ def execute(
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {_first_line(exc.evalue)}"
     summary = _summary(folder, runbook, run_id, target, injected, started, error)
+    summary["cell_seconds"] = cell_timings(output)
     if notifications is not None:
         summary["notifications"] = [asdict(d) for d in notifications(summary)]
     (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
@@ -235,6 +236,22 @@ def execute(
     }  # fmt: skip
     ledger.append(root, entry)
     return RunbookRun(runbook, run_id, target.name, str(summary["status"]), folder, summary)
+
+
+def cell_timings(path: Path) -> list[dict[str, Any]]:
+    """Per-cell timings as papermill recorded them in the executed notebook's metadata."""
+    import nbformat
+
+    if not path.exists():
+        return []
+    notebook = nbformat.read(str(path), as_version=4)
+    return [
+        {"cell": index, "first_line": (cell.source.splitlines() or [""])[0][:80],
+         "seconds": cell.metadata.get("papermill", {}).get("duration"),
+         "status": cell.metadata.get("papermill", {}).get("status")}
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+    ]  # fmt: skip
 
 
 def scrub_notebook(path: Path) -> None:

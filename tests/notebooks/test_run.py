@@ -89,6 +89,8 @@ def test_a_good_run_is_archived_verified_and_never_shows_the_password(project) -
         ("20250101000000", "applied"), ("20250102000000", "applied"),
     ]  # fmt: skip
     assert all(len(m["checksum"]) == 64 for m in summary["migrations"])
+    timed = [c for c in summary["cell_seconds"] if c["first_line"].startswith("rb.apply(")]
+    assert timed and timed[0]["seconds"] > 0, "per-cell timings come from papermill's metadata"
     full = (folder / "apply.html").read_text()
     audit = (folder / "apply.audit.html").read_text()
     code = 'class="highlight hl-ipython3"'
