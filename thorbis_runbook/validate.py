@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import db, queries
 from .benchmark import BenchmarkResult, BenchmarkSettings, compare, run_queries
@@ -33,69 +32,15 @@ from .integrity import (
 from .migrations import MigrationSet, discover
 from .plan import DONE, build_plan
 from .rls import RlsSettings, isolation_checks
+from .thresholds import Thresholds, load_thresholds
 
 log = logging.getLogger(__name__)
 
-_KEYS = {"schemas", "workers", "tables", "references", "rules", "formats", "rls", "thresholds"}
+_KEYS = {"schemas", "workers", "tables", "references", "rules", "formats", "rls"}
 _SYSTEM_SCHEMAS_SQL = (
     "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname NOT LIKE 'pg\\_%'"
     " AND nspname NOT IN ('information_schema', 'runbook') ORDER BY 1"
 )
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """System-metric limits of validate.
-
-    Merged in order: these defaults, the shared top-level [thresholds], [validate.thresholds],
-    then the target's own ``thresholds`` table. [validate.thresholds] holds only these keys (an
-    unknown one is an error); from the two shared tables validate takes the keys it knows and
-    leaves the rest to thresholds.py, which checks them. connections_warn_pct/fail_pct mean the
-    same as precheck's.
-    """
-
-    database_size_warn_gb: float = 500.0
-    database_size_fail_gb: float = 2000.0
-    connections_warn_pct: float = 80.0
-    connections_fail_pct: float = 95.0
-    cache_hit_warn: float = 0.99
-    cache_hit_fail: float = 0.90
-    # Below this many block reads since the statistics reset the ratio says nothing yet.
-    cache_hit_min_blocks: int = 10_000
-
-    @classmethod
-    def parse(
-        cls, strict: object = None, *, shared: tuple[object, ...] = (), target: object = None
-    ) -> Thresholds:
-        """Merge shared tables, then ``strict`` ([validate.thresholds]), then the target's table.
-
-        Raises ConfigError for an unknown key in ``strict`` or a value that is not a number.
-        """
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for layer, where in [
-            *((s, "[thresholds]") for s in shared),
-            (strict, "[validate.thresholds]"),
-            (target, "the target's thresholds"),
-        ]:
-            if layer is None:
-                continue
-            if not isinstance(layer, Mapping):
-                raise ConfigError(
-                    f"{where} must be a table", f"use keys: {', '.join(sorted(known))}"
-                )
-            unknown = sorted(set(layer) - known)
-            if unknown and layer is strict:
-                raise ConfigError(
-                    f"[validate.thresholds] has unknown key(s): {', '.join(unknown)}",
-                    f"use only: {', '.join(sorted(known))}",
-                )
-            for key in known & set(layer):
-                value = layer[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    raise ConfigError(f"{where}: {key} = {value!r}", "write a number, 0 or more")
-                values[key] = value
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -142,11 +87,8 @@ class ValidateSettings:
             rules=parse_rules(section.get("rules")),
             formats=parse_formats(section.get("formats")),
             rls=RlsSettings.parse(section.get("rls")),
-            thresholds=Thresholds.parse(
-                section.get("thresholds"),
-                shared=(settings.sections.get("thresholds"),),
-                target=target.options.get("thresholds"),
-            ),
+            # One [thresholds] table (and the target's own) serves every check.
+            thresholds=load_thresholds(settings, target),
         )
 
 

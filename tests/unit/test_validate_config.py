@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from thorbis_runbook.benchmark import (
@@ -11,10 +13,11 @@ from thorbis_runbook.benchmark import (
     compare,
     plan_nodes,
 )
+from thorbis_runbook.config import settings_from_mapping
 from thorbis_runbook.errors import ConfigError
 from thorbis_runbook.integrity import parse_formats, parse_references, parse_rules
 from thorbis_runbook.rls import RlsSnapshot, compare_rls
-from thorbis_runbook.validate import Thresholds
+from thorbis_runbook.validate import ValidateSettings
 
 
 def _timing(median: float, scans: tuple[str, ...] = ("Seq Scan on t",)) -> QueryTiming:
@@ -96,7 +99,6 @@ def test_benchmark_result_round_trips_through_json(tmp_path) -> None:  # type: i
             {"queries": [{"name": "q", "sql": "SELECT 1"}], "repeat": 3},
             "unknown key",
         ),
-        (Thresholds.parse, {"cache_hit": 0.9}, "unknown key"),
     ],
 )
 def test_wrong_configuration_names_the_entry(parse, value, message) -> None:  # type: ignore[no-untyped-def]
@@ -104,19 +106,25 @@ def test_wrong_configuration_names_the_entry(parse, value, message) -> None:  # 
         parse(value)
 
 
-def test_thresholds_merge_shared_strict_and_target_tables() -> None:
-    merged = Thresholds.parse(
-        {"cache_hit_warn": 0.95},
-        shared=(
-            {"connections_warn_pct": 70, "long_query_warn": "1min"},
-        ),  # precheck's keys ignored
-        target={"cache_hit_warn": 0.9, "backup_max_age": "1h"},
-    )
+def test_validate_reads_the_one_thresholds_table_and_the_targets() -> None:
+    settings = settings_from_mapping(
+        {"thresholds": {"connections_warn_pct": 70, "cache_hit_warn": 0.95, "long_query_warn": "1min"},
+         "targets": {"t": {"thresholds": {"cache_hit_warn": 0.9}}}},
+        root=Path("/tmp"), env={},
+    )  # fmt: skip
+    merged = ValidateSettings.from_settings(settings, settings.target("t")).thresholds
     assert (merged.connections_warn_pct, merged.cache_hit_warn, merged.cache_hit_fail) == (
         70,
         0.9,
         0.90,
     )
+    with pytest.raises(ConfigError, match="unknown threshold"):
+        ValidateSettings.from_settings(
+            settings_from_mapping(
+                {"thresholds": {"cache_hit": 0.9}, "targets": {"t": {}}}, root=Path("/tmp"), env={}
+            ),
+            settings.target("t"),
+        )
 
 
 def test_rls_compare_ignores_added_policies_and_enabled_rls() -> None:
