@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db, history
+from . import db, history, queries
 from .apply import ApplyResult, ProgressCallback, StepResult, apply_plan
 from .config import Settings, Target
 from .errors import ConfigError, ConfirmationRequired, RunbookError
@@ -204,7 +204,7 @@ def baseline(
                 if migration.version in existing:
                     already.append(migration.filename)
                     continue
-                db.execute(conn, db.mogrify(conn, _baseline_sql(), {
+                db.execute(conn, db.mogrify(conn, queries.load("upsert_history"), {
                     "version": migration.version, "name": migration.name, "checksum": migration.checksum,
                     "status": "baselined", "transactional": migration.transactional, "operator": operator,
                     "run_id": run_id, "duration_ms": 0, "attempts": 0, "error": None, "error_line": None,
@@ -241,12 +241,6 @@ def new_migration(settings: Settings, name: str, *, now: datetime | None = None)
         path.write_text(text.format(version=version, name=name), encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def _baseline_sql() -> str:
-    from . import queries
-
-    return queries.load("upsert_history")
 
 
 def _confirm(target: Target, confirmed: bool, dry_run: bool, verb: str) -> None:
