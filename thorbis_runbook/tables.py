@@ -47,7 +47,9 @@ def html_table(
     status_column: str | None = None,
 ) -> str:
     """Render rows as an HTML table; rows are coloured by the value of ``status_column``."""
-    status_at = list(columns).index(status_column) if status_column and status_column in columns else None
+    status_at = (
+        list(columns).index(status_column) if status_column and status_column in columns else None
+    )
     head = "".join(f"<th style='{_CELL}'>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in rows:
@@ -59,7 +61,9 @@ def html_table(
         body.append(f"<tr{style}>{cells}</tr>")
     caption = ""
     if title:
-        extra = f" <span style='font-weight:normal'>({html.escape(summary)})</span>" if summary else ""
+        extra = (
+            f" <span style='font-weight:normal'>({html.escape(summary)})</span>" if summary else ""
+        )
         caption = f"<div style='font-weight:bold;margin:6px 0'>{html.escape(title)}{extra}</div>"
     return (
         f"<div class='runbook-table'>{caption}<table style='border-collapse:collapse'>"

@@ -259,7 +259,9 @@ def test_baseline_records_without_running(tmp_path: Path, settings_for, conn) ->
     assert [s.version for s in applied.steps] == ["20250102000000"]
 
 
-def test_apply_carries_the_monitor_time_series_of_a_lock_wait(tmp_path: Path, settings_for, conn, pg_database) -> None:  # type: ignore[no-untyped-def]
+def test_apply_carries_the_monitor_time_series_of_a_lock_wait(
+    tmp_path: Path, settings_for, conn, pg_database
+) -> None:  # type: ignore[no-untyped-def]
     conn.cursor().execute("CREATE TABLE busy (id int)")
     folder = write_migrations(tmp_path / "m", {T1: "ALTER TABLE busy ADD COLUMN note text;"})
     blocker = psycopg2.connect(pg_database)
@@ -274,10 +276,14 @@ def test_apply_carries_the_monitor_time_series_of_a_lock_wait(tmp_path: Path, se
     assert result.ok and result.monitor is not None
     assert result.monitor.max_blocked_ms >= 800, result.monitor.summary()
     assert any("ALTER TABLE busy" in w.query for w in result.monitor.waits)
-    assert result.monitor.samples and result.monitor.to_frame().shape[0] == len(result.monitor.samples)
+    assert result.monitor.samples and result.monitor.to_frame().shape[0] == len(
+        result.monitor.samples
+    )
 
 
-def test_on_failure_rollback_run_undoes_what_the_run_applied(tmp_path: Path, settings_for, conn) -> None:  # type: ignore[no-untyped-def]
+def test_on_failure_rollback_run_undoes_what_the_run_applied(
+    tmp_path: Path, settings_for, conn
+) -> None:  # type: ignore[no-untyped-def]
     folder = write_migrations(tmp_path / "m", {
         T1: "CREATE TABLE items (id int);",
         "20250101000000_create_items.down.sql": "DROP TABLE items;",
@@ -288,7 +294,14 @@ def test_on_failure_rollback_run_undoes_what_the_run_applied(tmp_path: Path, set
     settings = settings_for(folder, on_failure="rollback_run", backup_before_apply="schema")
     result = commands.apply(settings, ApplyRequest())
     assert result.failure is not None and result.rollback is not None
-    assert result.rollback.ok and list(result.rollback.undone) == ["20250102000000", "20250101000000"]
+    assert result.rollback.ok and list(result.rollback.undone) == [
+        "20250102000000",
+        "20250101000000",
+    ]
     assert "public.items" not in _tables(conn)
     states = {r.version: r.state for r in commands.status(settings).plan.rows}
-    assert states == {"20250101000000": "pending", "20250102000000": "pending", "20250103000000": "failed"}
+    assert states == {
+        "20250101000000": "pending",
+        "20250102000000": "pending",
+        "20250103000000": "failed",
+    }
