@@ -325,12 +325,14 @@ def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from . import rollback
 
     try:
         to_time = datetime.fromisoformat(args.to_time) if args.to_time else None
+        if to_time is not None and to_time.tzinfo is None:
+            to_time = to_time.replace(tzinfo=UTC)  # a time without a zone is read as UTC
     except ValueError:
         raise ConfigError(
             f"--to-time {args.to_time!r} is not an ISO 8601 time",
