@@ -24,6 +24,7 @@ from .checks import Check, CheckReport, failed, passed, skipped, warned
 from .config import Settings
 from .errors import ConfigError
 from .integrity import read_only, single_select
+from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -160,18 +161,10 @@ class BenchmarkResult:
         return pd.DataFrame(self.rows(), columns=list(COLUMNS))
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left;padding:4px 8px'>{c}</th>" for c in COLUMNS)
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td style='padding:4px 8px'>{html.escape(str(v))}</td>" for v in row)
-            + "</tr>"
-            for row in self.rows()
+        table = html_table(
+            COLUMNS, self.rows(), title=f"benchmark {self.target}", summary=self.taken_at
         )
-        return (
-            f"<div class='runbook-benchmark'><strong>benchmark {html.escape(self.target)}</strong>"
-            f" <span>({html.escape(self.taken_at)})</span><table style='border-collapse:collapse'>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{self._missing_note()}</div>"
-        )
+        return f"<div class='runbook-benchmark'>{table}{self._missing_note()}</div>"
 
     def _missing_note(self) -> str:
         if not self.missing:

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import db, queries
+from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -116,14 +117,8 @@ class MonitorResult:
         )
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in w.as_tuple()) + "</tr>"
-            for w in self.waits[-20:]
-        )
-        head = "".join(f"<th>{c}</th>" for c in WAIT_COLUMNS)
-        waits = (
-            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>" if rows else ""
-        )
+        recent = [w.as_tuple() for w in self.waits[-20:]]
+        waits = html_table(WAIT_COLUMNS, recent, title="latest lock waits") if recent else ""
         notes = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
         return (
             f"<div class='runbook-monitor'><strong>monitor {html.escape(self.target)}</strong>: "
