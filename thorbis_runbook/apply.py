@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import html
@@ -450,11 +449,7 @@ class _Runner:
 
     # -- shared ------------------------------------------------------------------------
     def _timeouts(self, *, local: bool) -> str:
-        scope = "SET LOCAL" if local else "SET"
-        return (
-            f"{scope} lock_timeout = {int(self.target.lock_timeout_ms)};\n"
-            f"{scope} statement_timeout = {int(self.target.statement_timeout_ms)};"
-        )
+        return timeouts_sql(self.target, local=local)
 
     def _history_sql(
         self,
@@ -475,19 +470,7 @@ class _Runner:
         return db.mogrify(self.conn, queries.load("upsert_history"), params)
 
     def _should_retry(self, exc: db.DatabaseError, attempt: int, migration: Migration) -> bool:
-        if db.sqlstate(exc) != db.LOCK_NOT_AVAILABLE or attempt > self.target.lock_retries:
-            return False
-        delay_ms = self.target.retry_backoff_ms * 2 ** (attempt - 1)
-        log.warning(
-            "%s: lock_timeout (%d ms) reached on attempt %d of %d; retrying in %d ms",
-            migration.filename,
-            self.target.lock_timeout_ms,
-            attempt,
-            self.target.lock_retries + 1,
-            delay_ms,
-        )
-        time.sleep(delay_ms / 1000)
-        return True
+        return wait_to_retry(self.target, exc, attempt, what=migration.filename)
 
     def _failure(
         self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None
@@ -559,13 +542,34 @@ class _Runner:
             )
 
     def _rollback(self) -> None:
-        if not self.executor.dry_run and not self.conn.closed:
-            with contextlib.suppress(db.DatabaseError):
-                db.execute(self.conn, "ROLLBACK")
+        if not self.executor.dry_run:
+            db.rollback_quietly(self.conn)
 
     def _reset_session(self) -> None:
         if not self.executor.dry_run and not self.conn.closed:
             db.execute(self.conn, self.reset_session_sql)
+
+
+def timeouts_sql(target: Target, *, local: bool) -> str:
+    """The target's lock and statement timeouts, for one transaction (local) or the session."""
+    scope = "SET LOCAL" if local else "SET"
+    return (
+        f"{scope} lock_timeout = {int(target.lock_timeout_ms)};\n"
+        f"{scope} statement_timeout = {int(target.statement_timeout_ms)};"
+    )
+
+
+def wait_to_retry(target: Target, exc: db.DatabaseError, attempt: int, *, what: str) -> bool:
+    """After a lock timeout, wait the backoff and say to try again, while retries remain."""
+    if db.sqlstate(exc) != db.LOCK_NOT_AVAILABLE or attempt > target.lock_retries:
+        return False
+    delay_ms = target.retry_backoff_ms * 2 ** (attempt - 1)
+    log.warning(
+        "%s: lock_timeout (%d ms) reached on attempt %d of %d; retrying in %d ms",
+        what, target.lock_timeout_ms, attempt, target.lock_retries + 1, delay_ms,
+    )  # fmt: skip
+    time.sleep(delay_ms / 1000)
+    return True
 
 
 def failure_box(failure: RunbookError) -> str:

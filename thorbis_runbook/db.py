@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -117,6 +118,13 @@ def mogrify(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str,
     with conn.cursor() as cur:
         text: bytes = cur.mogrify(query, params)
     return text.decode("utf-8")
+
+
+def rollback_quietly(conn: Connection) -> None:
+    """End a failed transaction block; a connection already gone has nothing to roll back."""
+    if not conn.closed:
+        with contextlib.suppress(psycopg2.Error):
+            execute(conn, "ROLLBACK")
 
 
 def sqlstate(exc: BaseException) -> str:

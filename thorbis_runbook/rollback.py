@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from . import backup, commands, db, history, pgtools, queries
+from .apply import timeouts_sql, wait_to_retry
 from .checks import Check, CheckReport, failed, passed, warned
 from .config import Settings, Target
 from .errors import ConfigError, ConfirmationRequired, RunbookError
@@ -362,7 +362,7 @@ def _down_in_transaction(
     conn: db.Connection, target: Target, down_sql: str, mark: str, migration: Migration
 ) -> None:
     """One round trip: the down script and its history mark commit together, or neither does."""
-    batch = f"BEGIN;\n{_timeouts(target, local=True)}\n{down_sql}\n;\n{mark};\nCOMMIT;"
+    batch = f"BEGIN;\n{timeouts_sql(target, local=True)}\n{down_sql}\n;\n{mark};\nCOMMIT;"
     attempt = 0
     while True:
         attempt += 1
@@ -370,31 +370,23 @@ def _down_in_transaction(
             db.execute(conn, batch)
             return
         except db.DatabaseError as exc:
-            _quiet_rollback(conn)
-            if db.sqlstate(exc) != db.LOCK_NOT_AVAILABLE or attempt > target.lock_retries:
+            db.rollback_quietly(conn)
+            if not wait_to_retry(target, exc, attempt, what=str(migration.down_path)):
                 raise
-            delay_ms = target.retry_backoff_ms * 2 ** (attempt - 1)
-            log.warning(
-                "%s: lock_timeout on attempt %d; retrying in %d ms",
-                migration.down_path,
-                attempt,
-                delay_ms,
-            )
-            time.sleep(delay_ms / 1000)
 
 
 def _down_statement_by_statement(
     conn: db.Connection, target: Target, statements: list[str], mark: str
 ) -> None:
     """DROP INDEX CONCURRENTLY and friends: autocommit, one statement at a time, then the mark."""
-    db.execute(conn, _timeouts(target, local=False))
+    db.execute(conn, timeouts_sql(target, local=False))
     try:
         for statement in statements:
             db.execute(conn, statement)
         db.execute(conn, f"BEGIN;\n{mark};\nCOMMIT;")
     finally:
         if not conn.closed:
-            _quiet_rollback(conn)
+            db.rollback_quietly(conn)
             db.execute(conn, RESET_SQL)
 
 
@@ -452,17 +444,3 @@ def _log_failure(
         log.error(
             "could not log the failed rollback of %s: %s", migration.filename, db.error_message(exc)
         )
-
-
-def _timeouts(target: Target, *, local: bool) -> str:
-    scope = "SET LOCAL" if local else "SET"
-    return (
-        f"{scope} lock_timeout = {int(target.lock_timeout_ms)};\n"
-        f"{scope} statement_timeout = {int(target.statement_timeout_ms)};"
-    )
-
-
-def _quiet_rollback(conn: db.Connection) -> None:
-    if not conn.closed:
-        with contextlib.suppress(db.DatabaseError):
-            db.execute(conn, "ROLLBACK")
