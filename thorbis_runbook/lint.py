@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from .checks import Check, CheckReport, Status, passed
 from .errors import MigrationFileError
-from .migrations import is_snake_case, parse_filename
-from .statements import Node, SqlSyntaxError, line_of, parse
+from .migrations import SIBLING_SUFFIXES, is_snake_case, parse_filename
+from .statements import TRANSACTION_CONTROL_KINDS, Node, SqlSyntaxError, line_of, parse
 from .thresholds import Thresholds
 
 Level = Literal["warn", "fail"]
@@ -48,11 +48,6 @@ RULES: dict[str, str] = {
 FILE_RULES = {"file-name", "missing-down", "missing-verify", "no-lock-timeout", "parse-error"}
 BUSINESS_SCHEMA_PREFIX = "business_"
 _ALLOW = re.compile(r"--\s*runbook:allow\b[ \t]*(?P<rule>[\w-]*)[ \t]*(?P<reason>[^\n]*)")
-_TRANSACTION_KINDS = {
-    "TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK",
-    "TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
-}  # fmt: skip
-_SIBLINGS = (".down.sql", ".verify.sql")
 
 
 @dataclass(frozen=True)
@@ -166,7 +161,9 @@ def lint(
     ``table_stats`` (rows, bytes per "schema.table") and ``indexed_columns`` come from the target
     when lint runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
     """
-    files = sorted((p for p in paths if not p.name.endswith(_SIBLINGS)), key=lambda p: p.name)
+    files = sorted(
+        (p for p in paths if not p.name.endswith(SIBLING_SUFFIXES)), key=lambda p: p.name
+    )
     findings = lint_findings(
         files,
         table_stats=table_stats,
@@ -304,7 +301,7 @@ def _allowed(finding: LintFinding, reason: str) -> LintFinding:
 
 # -- statements ----------------------------------------------------------------------------
 def _statement_rules(kind: str, body: Node, where: tuple[str, int], ctx: _Context) -> None:
-    if kind == "TransactionStmt" and body.get("kind") in _TRANSACTION_KINDS:
+    if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
         word = body["kind"].removeprefix("TRANS_STMT_")
         ctx.add("transaction-control", "fail", where, f"{word} inside a migration file")
     elif kind == "CreateStmt":

@@ -23,7 +23,7 @@ from .statements import (
 EXPECTED_FORM = "YYYYMMDDHHMMSS_descriptive_name.sql, for example 20250131000001_initial_schema.sql"
 _FORWARD_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[^.\s/]+)\.sql$")
 _SNAKE_CASE = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
-_SIBLING_SUFFIXES = (".down.sql", ".verify.sql")
+SIBLING_SUFFIXES = (".down.sql", ".verify.sql")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _forward_paths(directory: Path) -> tuple[list[Path], list[str]]:
     for path in sorted(directory.iterdir()):
         if not path.is_file() or path.suffix != ".sql":
             continue
-        if path.name.endswith(_SIBLING_SUFFIXES):
+        if path.name.endswith(SIBLING_SUFFIXES):
             continue
         version, name = parse_filename(path.name)
         if version in seen:
@@ -166,7 +166,7 @@ def _forward_paths(directory: Path) -> tuple[list[Path], list[str]]:
             )
         forward.append(path)
     for path in sorted(directory.glob("*.sql")):
-        if path.name.endswith(_SIBLING_SUFFIXES):
+        if path.name.endswith(SIBLING_SUFFIXES):
             base = path.name.rsplit(".", 2)[0] + ".sql"
             if not (directory / base).exists():
                 warnings.append(f"{path.name} has no forward migration {base}; it is ignored")

@@ -15,7 +15,7 @@ from pglast.parser import ParseError
 # (a CALL of a procedure defined elsewhere that commits, say).
 NO_TRANSACTION_HEADER = re.compile(r"^\s*--\s*runbook:no-transaction\b", re.MULTILINE)
 
-_FORBIDDEN_TRANSACTION_KINDS = {
+TRANSACTION_CONTROL_KINDS = {
     "TRANS_STMT_BEGIN",
     "TRANS_STMT_START",
     "TRANS_STMT_COMMIT",
@@ -117,7 +117,7 @@ def split_statements(text: str, *, committing_procedures: Iterable[str] = ()) ->
             index_name=_concurrent_index_name(kind, body),
             node=node,
         )
-        if kind == "TransactionStmt" and body.get("kind") in _FORBIDDEN_TRANSACTION_KINDS:
+        if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
             raise TransactionControlError(statement)
         statements.append(statement)
     return statements
