@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
 CONFIG_FILENAME = "runbook.toml"
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 _TARGET_KEYS = {
@@ -155,6 +156,43 @@ def redact_dsn(dsn: str) -> str:
         )
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def split_password(dsn: str) -> tuple[str, str | None]:
+    """Return the DSN without its password, and the password (URI or key=value form)."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        password = None
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                user, password = userinfo.split(":", 1)
+                password = unquote(password)
+                userinfo = user
+            netloc = f"{userinfo}@{host}"
+        query = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "password":
+                password = value
+            else:
+                query.append((key, value))
+        bare = urlunsplit(
+            (parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment)
+        )
+        return bare, password
+    match = _KV_PASSWORD.search(dsn)
+    if not match:
+        return dsn, None
+    raw = match[1]
+    password = raw[1:-1].replace("\\'", "'").replace("\\\\", "\\") if raw[0] == "'" else raw
+    bare = (dsn[: match.start()] + dsn[match.end() :]).strip()
+    return bare, password
+
+
+def scrub_password(message: str, password: str | None) -> str:
+    """Remove a password from a tool's or driver's message, even if it ever echoes one."""
+    return message.replace(password, "***") if password else message
 
 
 def _target(name: str, values: Mapping[str, Any]) -> Target:

@@ -14,7 +14,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from . import embedded
-from .config import Settings, Target, redact_dsn
+from .config import Settings, Target, redact_dsn, scrub_password, split_password
 from .errors import ConfigError, ConnectionFailed
 
 Connection = psycopg2.extensions.connection
@@ -172,8 +172,9 @@ def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
 
 
 def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> ConnectionFailed:
-    reason = _scrub(
-        str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__, dsn
+    reason = scrub_password(
+        str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
+        split_password(dsn)[1] if dsn else None,
     )
     where = redact_dsn(dsn) if dsn else "libpq defaults (PG* variables)"
     code = sqlstate(exc)
@@ -185,12 +186,3 @@ def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> Conne
     else:
         hint = "check that the server is running and that host and port are right"
     return ConnectionFailed(f"cannot connect to target {target_name} at {where}: {reason}", hint)
-
-
-def _scrub(message: str, dsn: str) -> str:
-    """Remove a password from a driver message even if libpq ever echoes it."""
-    try:
-        password = psycopg2.extensions.parse_dsn(dsn).get("password") if dsn else None
-    except psycopg2.Error:
-        password = None
-    return message.replace(password, "***") if password else message

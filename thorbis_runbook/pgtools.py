@@ -10,16 +10,15 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from . import embedded
-from .config import Settings, Target, redact_dsn
+from .config import Settings, Target, redact_dsn, scrub_password, split_password
 from .errors import ConfigError, RunbookError
 
 log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
-_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 class ToolFailed(RunbookError):
@@ -107,38 +106,6 @@ def client_version(executable: str) -> int:
     return int(match[1])
 
 
-def split_password(dsn: str) -> tuple[str, str | None]:
-    """Return the DSN without its password, and the password (URI or key=value form)."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        password = None
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                user, password = userinfo.split(":", 1)
-                password = unquote(password)
-                userinfo = user
-            netloc = f"{userinfo}@{host}"
-        query = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "password":
-                password = value
-            else:
-                query.append((key, value))
-        bare = urlunsplit(
-            (parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment)
-        )
-        return bare, password
-    match = _KV_PASSWORD.search(dsn)
-    if not match:
-        return dsn, None
-    raw = match[1]
-    password = raw[1:-1].replace("\\'", "'").replace("\\\\", "\\") if raw[0] == "'" else raw
-    bare = (dsn[: match.start()] + dsn[match.end() :]).strip()
-    return bare, password
-
-
 def with_database(dsn: str, database: str) -> str:
     """Return the same connection string pointed at another database on the same server."""
     if "://" in dsn:
@@ -208,7 +175,7 @@ def run(
             f"{what}: {tool} did not finish within {timeout:.0f} s", "see the server log"
         ) from None
     if done.returncode != 0:
-        message = _scrub(done.stderr.strip() or done.stdout.strip(), password)
+        message = scrub_password(done.stderr.strip() or done.stdout.strip(), password)
         last = message.splitlines()[-3:] if message else [f"exit code {done.returncode}"]
         raise ToolFailed(
             f"{what}: {tool} failed: {' / '.join(last)}",
@@ -239,7 +206,7 @@ def finish_background(
     """Wait for a tool started with start_background; raise ToolFailed when it failed."""
     _, stderr = process.communicate()
     if process.returncode != 0:
-        message = _scrub(stderr.strip(), password)
+        message = scrub_password(stderr.strip(), password)
         raise ToolFailed(
             f"{what}: {tool} failed: {' / '.join(message.splitlines()[-3:])}",
             "read the message above; run again with -v for the full command (password hidden)",
@@ -248,10 +215,6 @@ def finish_background(
 
 def _shown(arg: str) -> str:
     return "--dbname=" + redact_dsn(arg[len("--dbname=") :]) if arg.startswith("--dbname=") else arg
-
-
-def _scrub(message: str, password: str | None) -> str:
-    return message.replace(password, "***") if password else message
 
 
 def _running_as_root() -> bool:
