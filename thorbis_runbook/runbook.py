@@ -13,7 +13,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from typing import Any
 
 from . import commands, config
 from .errors import AlreadySeeded, ConfigError, RunbookError
+from .migrations import Migration, discover
 from .tables import html_table
 
 log = logging.getLogger("thorbis_runbook")
@@ -82,6 +83,7 @@ class Run:
         self.baseline_path: Path | None = None
         self.rls_report: Any = None
         self.context: list[str] = []  # what a reader of a failed run needs beside the error
+        self.files: Sequence[Migration] = ()  # the migration files as the apply step read them
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
@@ -122,6 +124,8 @@ class Run:
                 result = commands.apply(self.settings, request)
             if result.failure is not None:
                 self._fail("apply", result.failure)
+            # Read the files once for both the RLS allowances and the summary's checksums.
+            self.files = discover(self.settings.migrations_dir).migrations
             if before is not None:
                 self.rls_report = self._rls_compare(before, result)
             return result
@@ -169,10 +173,9 @@ class Run:
         """Fail the run when a policy was dropped or changed, or RLS switched off, unless allowed."""
         from . import rls
         from .checks import CheckReport
-        from .migrations import discover
 
         ran = {s.version for s in result.steps if s.status == "applied"}
-        applied = [m for m in discover(self.settings.migrations_dir) if m.version in ran]
+        applied = [m for m in self.files if m.version in ran]
         report = CheckReport.of(
             "row-level security preserved",
             rls.compare_rls(before, self._rls_snapshot(), applied=applied),
@@ -519,9 +522,7 @@ class Run:
         self._attach_checksums(result)
 
     def _attach_checksums(self, result: Any) -> None:
-        from .migrations import discover
-
-        files = {m.version: m for m in discover(self.settings.migrations_dir)}
+        files = {m.version: m for m in self.files}
         ran = {s.version: s.status for s in result.steps}
         self.migrations = [
             {"version": v, "name": m.name, "checksum": m.checksum, "this_run": ran.get(v, "")}
