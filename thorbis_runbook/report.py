@@ -222,13 +222,18 @@ def execute(
         )  # fmt: skip
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {_first_line(exc.evalue)}"
+    import nbformat
+
+    # Read the executed notebook once: timings, scrubbing and both HTML views come from it.
+    notebook = nbformat.read(str(output), as_version=4)
     summary = _summary(folder, runbook, run_id, target, injected, started, error)
-    summary["cell_seconds"] = cell_timings(output)
+    summary["cell_seconds"] = cell_timings(notebook)
     if notifications is not None:
         summary["notifications"] = [asdict(d) for d in notifications(summary)]
     (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    scrub_notebook(output)
-    export_html(output, summary)
+    scrub_notebook(notebook)
+    nbformat.write(notebook, str(output))
+    export_html(notebook, output, summary)
     entry = {
         "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary["status"],
         "operator": summary.get("operator"), "started": summary.get("started"),
@@ -238,13 +243,8 @@ def execute(
     return RunbookRun(runbook, run_id, target.name, str(summary["status"]), folder, summary)
 
 
-def cell_timings(path: Path) -> list[dict[str, Any]]:
+def cell_timings(notebook: Any) -> list[dict[str, Any]]:
     """Per-cell timings as papermill recorded them in the executed notebook's metadata."""
-    import nbformat
-
-    if not path.exists():
-        return []
-    notebook = nbformat.read(str(path), as_version=4)
     return [
         {"cell": index, "first_line": (cell.source.splitlines() or [""])[0][:80],
          "seconds": cell.metadata.get("papermill", {}).get("duration"),
@@ -254,11 +254,8 @@ def cell_timings(path: Path) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def scrub_notebook(path: Path) -> None:
+def scrub_notebook(notebook: Any) -> None:
     """Blank anything that looks like a credential in the injected parameters (defence in depth)."""
-    import nbformat
-
-    notebook = nbformat.read(str(path), as_version=4)
     parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
     for name, value in list(parameters.items()):
         if _looks_secret(name, value):
@@ -266,16 +263,16 @@ def scrub_notebook(path: Path) -> None:
     for cell in notebook.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.source = "\n".join(_scrub_line(line) for line in cell.source.splitlines())
-    nbformat.write(notebook, str(path))
 
 
-def export_html(path: Path, summary: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write the full report and the auditor's view (code hidden by tag), both offline-safe."""
-    import nbformat
+def export_html(notebook: Any, path: Path, summary: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write the full report and the auditor's view (code hidden by tag), both offline-safe.
+
+    ``path`` is the executed notebook's; the views are written beside it.
+    """
     from nbconvert import HTMLExporter
     from traitlets.config import Config
 
-    notebook = nbformat.read(str(path), as_version=4)
     templates = str(resources.files(__package__).joinpath("templates"))
     banner = summary_banner(summary)
     written = []
