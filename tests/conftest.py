@@ -7,6 +7,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -37,18 +38,37 @@ def pg_server() -> Iterator[embedded.EmbeddedStatus]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+@contextmanager
+def database(
+    server: embedded.EmbeddedStatus, *, prefix: str = "t", template: str = "template0"
+) -> Iterator[str]:
+    """Create a database (a copy of ``template``), yield its DSN, drop it afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    create = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
+    run_sql(server.uri("postgres"), create.format(sql.Identifier(name), sql.Identifier(template)))
+    try:
+        yield server.uri(name)
+    finally:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        run_sql(server.uri("postgres"), drop)
+
+
+def run_sql(dsn: str, statement: str | sql.Composable) -> None:
+    """Run SQL in autocommit on a connection of its own, for arranging a test."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def pg_database(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
-    """Create an empty database for one test and yield its DSN; drop it afterwards."""
-    name = f"t_{secrets.token_hex(6)}"
-    _admin(pg_server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    try:
-        yield pg_server.uri(name)
-    finally:
-        _admin(
-            pg_server,
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-        )
+    """An empty database for one test; its DSN."""
+    with database(pg_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -119,13 +139,7 @@ def apply_migrations(dsn: str, migrations_dir: Path = MIGRATIONS, **request: obj
 
 
 def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:
-    connection = psycopg2.connect(server.uri("postgres"))
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        connection.close()
+    run_sql(server.uri("postgres"), statement)
 
 
 def _require_password_for(server: embedded.EmbeddedStatus, role: str, password: str) -> None:
@@ -155,10 +169,7 @@ def thorbis_dsn(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
     """
     from thorbis_runbook.seed import seed
 
-    name = f"thorbis_{secrets.token_hex(4)}"
-    _admin(pg_server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    dsn = pg_server.uri(name)
-    try:
+    with database(pg_server, prefix="thorbis") as dsn:
         apply_migrations(dsn)
         loader = psycopg2.connect(dsn)
         try:
@@ -166,11 +177,6 @@ def thorbis_dsn(pg_server: embedded.EmbeddedStatus) -> Iterator[str]:
         finally:
             loader.close()
         yield dsn
-    finally:
-        _admin(
-            pg_server,
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-        )
 
 
 @pytest.fixture(scope="session")
@@ -195,21 +201,12 @@ def seeded_settings(  # type: ignore[no-untyped-def]
     tmp_path: Path, pg_server: embedded.EmbeddedStatus, seeded_template: str, monkeypatch
 ):
     """Build Settings whose target `test` is a fresh copy of the seeded Thorbis database."""
-    name = f"s_{secrets.token_hex(6)}"
-    _admin(
-        pg_server,
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(seeded_template)
-        ),
-    )
-    monkeypatch.setenv("THORBIS_TEST_DSN", pg_server.uri(name))
-    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
 
     def build(migrations_dir: Path = MIGRATIONS, **target: object) -> Settings:
         options: dict[str, object] = {"pg_bin_dir": str(pg_server.bin_dir()), **target}
         return make_settings(tmp_path, migrations_dir, **options)
 
-    yield build
-    _admin(
-        pg_server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    )
+    with database(pg_server, prefix="s", template=seeded_template) as dsn:
+        monkeypatch.setenv("THORBIS_TEST_DSN", dsn)
+        monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
+        yield build

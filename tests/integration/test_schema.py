@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from pglast import ast, parse_sql, parser
 from psycopg2 import sql
 
-from tests.conftest import apply_migrations
+from tests.conftest import apply_migrations, database
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 FORWARD = sorted(
@@ -242,24 +241,15 @@ ANN = "a1000000-0000-4000-8000-000000000000"
 @pytest.fixture(scope="module")
 def tenants_dsn(pg_server) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """One database per module, migrated and holding two businesses, Acme and Bravo."""
-    name = f"schema_{secrets.token_hex(6)}"
-    _admin(
-        pg_server.uri("postgres"),
-        sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)),
-    )
-    dsn: str = pg_server.uri(name)
-    conn = psycopg2.connect(dsn)
-    try:
-        _apply_files(conn)
-        with conn.cursor() as cur:
-            cur.execute(_TENANTS)
-    finally:
-        conn.close()
-    yield dsn
-    _admin(
-        pg_server.uri("postgres"),
-        sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)),
-    )
+    with database(pg_server, prefix="schema") as dsn:
+        conn = psycopg2.connect(dsn)
+        try:
+            _apply_files(conn)
+            with conn.cursor() as cur:
+                cur.execute(_TENANTS)
+        finally:
+            conn.close()
+        yield dsn
 
 
 @pytest.fixture
@@ -271,16 +261,6 @@ def tenants(tenants_dsn: str) -> Iterator[Conn]:
         yield conn
     finally:
         conn.rollback()
-        conn.close()
-
-
-def _admin(dsn: str, statement: sql.Composable) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
         conn.close()
 
 

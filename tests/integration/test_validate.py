@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import secrets
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
-from tests.conftest import MIGRATIONS, REPO, write_migrations
+from tests.conftest import MIGRATIONS, REPO, database, run_sql, write_migrations
 from thorbis_runbook import cli, embedded, rls
 from thorbis_runbook.benchmark import (
     BenchmarkQuery,
@@ -41,30 +39,8 @@ SCHEMAS = SECTIONS["validate"]["schemas"]
 def copy_dsn(pg_server: embedded.EmbeddedStatus, thorbis_dsn: str) -> Iterator[str]:
     """A writable copy of the module's migrated, seeded database (CREATE DATABASE ... TEMPLATE)."""
     template = psycopg2.extensions.parse_dsn(thorbis_dsn)["dbname"]
-    name = f"v_{secrets.token_hex(5)}"
-    _admin(
-        pg_server,
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
-        ),
-    )
-    try:
-        yield pg_server.uri(name)
-    finally:
-        _admin(
-            pg_server,
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)),
-        )
-
-
-def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:
-    conn = psycopg2.connect(server.uri("postgres"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+    with database(pg_server, prefix="v", template=template) as dsn:
+        yield dsn
 
 
 def _settings(
@@ -82,16 +58,6 @@ def _settings(
         **SECTIONS,
     }
     return settings_from_mapping(data, root=tmp_path, env={})
-
-
-def _run(dsn: str, statements: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statements)
-    finally:
-        conn.close()
 
 
 def _scalar(dsn: str, query: str) -> int:
@@ -183,7 +149,7 @@ def test_count_query_can_use_parallel_workers(thorbis_dsn: str) -> None:
 
 # -- injected faults -------------------------------------------------------------------------
 def test_orphans_injected_with_replication_role_are_counted_with_samples(copy_dsn: str) -> None:
-    _run(
+    run_sql(
         copy_dsn,
         """
         SET session_replication_role = replica;
@@ -213,7 +179,7 @@ def test_orphans_injected_with_replication_role_are_counted_with_samples(copy_ds
 
 
 def test_not_valid_keys_follow_match_simple_and_match_full(copy_dsn: str) -> None:
-    _run(
+    run_sql(
         copy_dsn,
         """
         CREATE TABLE business_core.visits (id int PRIMARY KEY, business_id uuid, customer_id uuid);
@@ -241,7 +207,7 @@ def test_not_valid_keys_follow_match_simple_and_match_full(copy_dsn: str) -> Non
 
 
 def test_rules_and_formats_count_violations(copy_dsn: str) -> None:
-    _run(
+    run_sql(
         copy_dsn,
         """
         ALTER TABLE business_core.invoices DROP CONSTRAINT invoices_total_check;
@@ -269,7 +235,7 @@ def test_rules_and_formats_count_violations(copy_dsn: str) -> None:
 def test_a_leaking_policy_fails_isolation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_dsn: str
 ) -> None:
-    _run(
+    run_sql(
         copy_dsn,
         """
         DROP POLICY tenant_isolation ON business_core.customers;
@@ -361,7 +327,7 @@ def test_dropped_index_shows_as_a_plan_change(tmp_path: Path, copy_dsn: str) -> 
 def test_verify_failure_and_drift_fail_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copy_dsn: str
 ) -> None:
-    _run(copy_dsn, "DROP INDEX business_core.customers_search_idx")
+    run_sql(copy_dsn, "DROP INDEX business_core.customers_search_idx")
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     for path in MIGRATIONS.iterdir():
