@@ -228,18 +228,9 @@ class _Runner:
                     continue
                 elapsed = _ms_since(started)
                 failure = self._failure(migration, exc, self._locate_failure(migration, batch, exc))
-                self._record_failure(migration, failure, elapsed, attempt)
-                step = StepResult(
-                    migration.version,
-                    migration.name,
-                    "failed",
-                    True,
-                    attempt,
-                    elapsed,
-                    0,
-                    failure.message,
+                return self._give_up(
+                    migration, failure, attempts=attempt, elapsed=elapsed, counted=attempt
                 )
-                return step, failure
             status = "planned" if self.executor.dry_run else "applied"
             return StepResult(
                 migration.version, migration.name, status, True, attempt, _ms_since(started)
@@ -319,20 +310,14 @@ class _Runner:
             failure, tries = self._run_alone(migration, statement)
             attempts = max(attempts, tries)
             if failure is not None:
-                elapsed = _ms_since(started)
                 self._reset_session()
-                self._record_failure(migration, failure, elapsed, 0)
-                step = StepResult(
-                    migration.version,
-                    migration.name,
-                    "failed",
-                    False,
-                    attempts,
-                    elapsed,
-                    skipped,
-                    failure.message,
+                return self._give_up(
+                    migration,
+                    failure,
+                    attempts=attempts,
+                    elapsed=_ms_since(started),
+                    skipped=skipped,
                 )
-                return step, failure
             self.executor.run(
                 db.mogrify(
                     self.conn,
@@ -381,18 +366,9 @@ class _Runner:
             self._rollback()
             self._reset_session()
             failure = self._failure(migration, exc, batch.locate(db.error_position(exc)))
-            self._record_failure(migration, failure, elapsed, 0)
-            step = StepResult(
-                migration.version,
-                migration.name,
-                "failed",
-                False,
-                attempts,
-                elapsed,
-                skipped,
-                failure.message,
+            return self._give_up(
+                migration, failure, attempts=attempts, elapsed=elapsed, skipped=skipped
             )
-            return step, failure
         status = "planned" if self.executor.dry_run else "applied"
         return StepResult(
             migration.version, migration.name, status, False, attempts, elapsed, skipped
@@ -514,6 +490,22 @@ class _Runner:
             sqlstate=code,
             line=line,
         )
+
+    def _give_up(
+        self, migration: Migration, failure: MigrationFailed, *, attempts: int, elapsed: int,
+        skipped: int = 0, counted: int = 0,
+    ) -> tuple[StepResult, MigrationFailed]:  # fmt: skip
+        """Record the failure in the history and report the step as failed.
+
+        ``counted`` is how many attempts the history adds (a resumable migration's attempt was
+        counted when it started).
+        """
+        self._record_failure(migration, failure, elapsed, counted)
+        step = StepResult(
+            migration.version, migration.name, "failed", migration.transactional, attempts,
+            elapsed, skipped, failure.message,
+        )  # fmt: skip
+        return step, failure
 
     def _record_failure(
         self, migration: Migration, failure: MigrationFailed, elapsed_ms: int, attempts: int
