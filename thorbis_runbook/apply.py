@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from . import db, history, queries
 from .config import Target
+from .display import html_table, message_box
 from .errors import MigrationFailed, RunbookError
 from .executor import Executor
 from .migrations import Migration
 from .plan import Plan
 from .statements import Statement, line_of
-from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -566,11 +566,7 @@ def wait_to_retry(target: Target, exc: db.DatabaseError, attempt: int, *, what: 
 
 def failure_box(failure: RunbookError) -> str:
     """A red box stating what failed and the fix, for the top of a report."""
-    return (
-        "<div style='border:2px solid #a94442;background:#f8d7da;color:#721c24;padding:8px;margin:6px 0'>"
-        f"<strong>error:</strong> {html.escape(failure.message)}<br>"
-        f"<strong>hint:</strong> {html.escape(failure.hint)}</div>"
-    )
+    return message_box("failed", failure.message, hint=failure.hint, label="error")
 
 
 def _sha(text: str) -> str:

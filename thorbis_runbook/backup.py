@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 from . import db, pgtools, queries
 from .checks import Check, CheckReport, failed, passed
 from .config import Settings, Target
-from .errors import RunbookError
-from .tables import html_table
+from .display import html_table
+from .dsn import with_database
+from .errors import BackupFailed, ToolFailed
 
 if TYPE_CHECKING:
     import pandas
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 DEFAULT_JOBS = 2
 BACKUP_COLUMNS = ("backup_id", "run_id", "created_at", "size_bytes", "tables", "rows", "verified")
-
-
-class BackupFailed(RunbookError):
-    """A backup could not be taken, or does not verify."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -306,11 +301,11 @@ def scratch_database(
 ) -> Iterator[str]:
     """Create a uniquely named database on the target's server, yield its DSN, drop it after."""
     name = f"{prefix}_{secrets.token_hex(4)}"[:63]
-    admin = pgtools.with_database(dsn, "postgres")
+    admin = with_database(dsn, "postgres")
     with db.connection(admin, target_name=target_name) as conn:
         db.execute(conn, identifier_sql(conn, "CREATE DATABASE %I TEMPLATE %I", name, template))
     try:
-        yield pgtools.with_database(dsn, name)
+        yield with_database(dsn, name)
     finally:
         with db.connection(admin, target_name=target_name) as conn:
             db.execute(conn, identifier_sql(conn, "DROP DATABASE IF EXISTS %I WITH (FORCE)", name))
@@ -368,7 +363,7 @@ def _check_listing(tools: pgtools.PgTools, manifest: BackupManifest) -> Check:
         listing = pgtools.run(
             tools, "pg_restore", ["--list", manifest.path], dsn=None, what="pg_restore --list"
         )
-    except pgtools.ToolFailed as exc:
+    except ToolFailed as exc:
         return failed("archive readable", "pg_restore --list failed", "reads", exc.message)
     entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
     return passed("archive readable", f"{entries} TOC entries", "pg_restore --list reads it")
@@ -383,7 +378,7 @@ def _check_deep(
     ) as scratch:
         try:
             restore_into(tools, manifest, scratch, jobs=manifest.jobs, what="deep verification")
-        except pgtools.ToolFailed as exc:
+        except ToolFailed as exc:
             return failed("test restore", "pg_restore failed", "restores", exc.message)
         with db.connection(scratch, target_name=target.name) as conn:
             counts = row_counts(conn)

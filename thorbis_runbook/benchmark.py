@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import db
 from .checks import Check, CheckReport, failed, passed, skipped, warned
-from .config import Settings
+from .config import Settings, reject_unknown_keys
+from .display import html_table
 from .errors import ConfigError
 from .integrity import read_only, single_select
-from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -62,12 +62,7 @@ class BenchmarkSettings:
             return cls()
         if not isinstance(value, Mapping):
             raise ConfigError("[benchmark] must be a table", "see runbook.toml's [benchmark]")
-        unknown = sorted(set(value) - _SETTINGS_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"[benchmark] has unknown key(s): {', '.join(unknown)}",
-                f"use only: {', '.join(sorted(_SETTINGS_KEYS))}",
-            )
+        reject_unknown_keys(value, _SETTINGS_KEYS, where="[benchmark]")
         numbers = {k: value[k] for k in _SETTINGS_KEYS - {"queries"} if k in value}
         for key, number in numbers.items():
             if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
@@ -340,12 +335,11 @@ def _parse_queries(value: object) -> tuple[BenchmarkQuery, ...]:
     result = []
     for i, item in enumerate(value):
         where = f"benchmark.queries[{i}]"
-        unknown = sorted(set(item) - {"name", "sql", "description"})
+        reject_unknown_keys(item, {"name", "sql", "description"}, where=where)
         name, text = item.get("name"), item.get("sql")
-        if unknown or not isinstance(name, str) or not isinstance(text, str):
+        if not isinstance(name, str) or not isinstance(text, str):
             raise ConfigError(
-                f"{where} needs a name and sql (strings) and nothing else"
-                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                f"{where} needs a name and sql, both strings",
                 'write name = "business list" and sql = "SELECT ..."',
             )
         result.append(

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .display import CHART
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -51,7 +53,7 @@ def apply_durations(
 
     labels = [f"{s.version}\n{s.name[:28]}" for s in steps]
     values = [max(s.duration_ms, 0) for s in steps]
-    colours = ["#c0392b" if s.status == "failed" else "#2e86c1" for s in steps]
+    colours = [CHART["failed"] if s.status == "failed" else CHART["series"] for s in steps]
     height = 1.2 + 0.45 * len(steps)
     figure = Figure(figsize=(8, min(height, 14)))
     axes = figure.add_subplot()
@@ -61,12 +63,12 @@ def apply_durations(
     axes.set_xlabel("duration (ms)")
     axes.set_title(f"Apply on {target}: time per migration (red = failed)")
     if 0 < lock_timeout_ms <= max([*values, 1]) * 2:
-        axes.axvline(lock_timeout_ms, color="#7f8c8d", linestyle="--", linewidth=1)
+        axes.axvline(lock_timeout_ms, color=CHART["limit"], linestyle="--", linewidth=1)
         axes.annotate(
             f"lock_timeout {lock_timeout_ms:,} ms",
             (lock_timeout_ms, 0),
             fontsize=8,
-            color="#7f8c8d",
+            color=CHART["limit"],
         )
     axes.tick_params(axis="y", labelsize=8)
     axes.margins(x=0.2)
@@ -91,19 +93,21 @@ def benchmark_comparison(
             [r - 0.2 for r in rows],
             [earlier[n].median_ms if n in earlier else 0 for n in names],
             height=0.4,
-            color="#95a5a6",
+            color=CHART["muted"],
             label="before (median)",
         )
         for r, n in zip(rows, names, strict=True):
             if n in earlier:
                 limit = earlier[n].median_ms * threshold
-                axes.plot([limit, limit], [r - 0.45, r + 0.45], color="#c0392b", linewidth=1.5)
-        axes.plot([], [], color="#c0392b", label=f"threshold ({threshold:g}x before)")
+                axes.plot(
+                    [limit, limit], [r - 0.45, r + 0.45], color=CHART["failed"], linewidth=1.5
+                )
+        axes.plot([], [], color=CHART["failed"], label=f"threshold ({threshold:g}x before)")
     axes.barh(
         [r + (0.2 if earlier else 0) for r in rows],
         [q.median_ms for q in after.queries],
         height=0.4,
-        color="#2e86c1",
+        color=CHART["series"],
         label="after (median)",
     )
     axes.set_yticks(list(rows), names, fontsize=8)
@@ -126,24 +130,26 @@ def monitor_timeline(result: MonitorResult) -> Chart | None:
     t = [s.elapsed_s for s in result.samples]
     figure = Figure(figsize=(8, 5))
     top, bottom = figure.subplots(2, 1, sharex=True)
-    top.plot(t, [s.connections for s in result.samples], label="connections", color="#2c3e50")
-    top.plot(t, [s.active for s in result.samples], label="active", color="#2e86c1")
+    top.plot(t, [s.connections for s in result.samples], label="connections", color=CHART["total"])
+    top.plot(t, [s.active for s in result.samples], label="active", color=CHART["series"])
     top.plot(
         t,
         [s.idle_in_transaction for s in result.samples],
         label="idle in transaction",
-        color="#d68910",
+        color=CHART["warn"],
     )
-    top.plot(t, [s.waiting for s in result.samples], label="waiting on a lock", color="#c0392b")
+    top.plot(
+        t, [s.waiting for s in result.samples], label="waiting on a lock", color=CHART["failed"]
+    )
     top.set_ylabel("sessions")
     top.set_title(f"While apply ran on {result.target}: sessions and lock waits")
     top.legend(fontsize=8, loc="upper right")
     bottom.plot(
-        t, [s.max_wait_ms for s in result.samples], color="#c0392b", label="longest lock wait"
+        t, [s.max_wait_ms for s in result.samples], color=CHART["failed"], label="longest lock wait"
     )
     bottom.axhline(
         result.blocked_warn_ms,
-        color="#7f8c8d",
+        color=CHART["limit"],
         linestyle="--",
         linewidth=1,
         label=f"warn at {result.blocked_warn_ms} ms",
@@ -162,21 +168,24 @@ def capacity(
 
     figure = Figure(figsize=(8, 3.2))
     left, right = figure.subplots(1, 2)
-    left.barh(["connections"], [cap.connections], color="#2e86c1")
+    left.barh(["connections"], [cap.connections], color=CHART["series"])
     left.set_xlim(0, cap.max_connections)
-    for pct, colour in ((connections_warn_pct, "#d68910"), (connections_fail_pct, "#c0392b")):
+    for pct, colour in (
+        (connections_warn_pct, CHART["warn"]),
+        (connections_fail_pct, CHART["failed"]),
+    ):
         left.axvline(cap.max_connections * pct / 100, color=colour, linestyle="--", linewidth=1)
     left.set_xlabel(f"connections (max_connections {cap.max_connections}; dashed: warn / fail)")
     left.set_title(f"{cap.connections} of {cap.max_connections} connections")
     gib = 1024**3
     if cap.disk_total and cap.disk_free is not None:
         used = (cap.disk_total - cap.disk_free) / gib
-        right.barh(["disk"], [used], color="#95a5a6", label="used")
+        right.barh(["disk"], [used], color=CHART["muted"], label="used")
         right.barh(
             ["disk"],
             [cap.database_bytes / gib],
             left=[used],
-            color="#2e86c1",
+            color=CHART["series"],
             label="a full backup",
         )
         right.set_xlim(0, cap.disk_total / gib)

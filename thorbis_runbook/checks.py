@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import RunbookError
-from .tables import html_table
+from .display import html_table
+from .errors import ChecksFailed
 
 if TYPE_CHECKING:
     import pandas
@@ -17,12 +17,6 @@ Status = Literal["pass", "warn", "fail", "skip"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip")
 COLUMNS = ("name", "status", "observed", "threshold", "detail")
 _SEVERITY = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
-
-
-class ChecksFailed(RunbookError):
-    """At least one check failed; the run must not go on."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

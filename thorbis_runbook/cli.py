@@ -13,10 +13,10 @@ from typing import Any
 
 from . import commands, config, embedded
 from .apply import STEP_COLUMNS, ApplyResult
+from .display import text_table
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
-from .tables import text_table
 
 log = logging.getLogger("thorbis_runbook")
 Handler = Callable[[argparse.Namespace, config.Settings], int]

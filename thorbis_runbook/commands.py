@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from . import db, history, queries
 from .apply import ApplyResult, ProgressCallback, StepResult, apply_plan
 from .config import Settings, Target
+from .display import html_table
 from .errors import ConfigError, ConfirmationRequired, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
 from .migrations import discover, is_snake_case
 from .monitor import Monitor
 from .plan import STATUS_COLUMNS, Plan, build_plan, check_to_version
-from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas

@@ -6,16 +6,14 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfirmationRequired
 
 CONFIG_FILENAME = "runbook.toml"
-_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 _TARGET_KEYS = {
@@ -140,70 +138,43 @@ def parse_duration_ms(value: object, *, what: str) -> int:
     return round(float(match[1]) * _UNIT_MS[match[2]])
 
 
-def redact_dsn(dsn: str) -> str:
-    """Return the DSN with any password replaced by ***, in URI or key=value form."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, True)],
-            safe="/*",
+def reject_unknown_keys(
+    table: Mapping[str, Any], allowed: Iterable[str], *, where: str, noun: str = "key(s)"
+) -> None:
+    """Raise ConfigError naming every key of a runbook.toml table that is not ``allowed``.
+
+    A misspelt key would otherwise be ignored silently and the setting the user meant not apply.
+    """
+    known = set(allowed)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown {noun}: {', '.join(unknown)}",
+            f"use only: {', '.join(sorted(known))}",
         )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
 
 
-def split_password(dsn: str) -> tuple[str, str | None]:
-    """Return the DSN without its password, and the password (URI or key=value form)."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        password = None
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                user, password = userinfo.split(":", 1)
-                password = unquote(password)
-                userinfo = user
-            netloc = f"{userinfo}@{host}"
-        query = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "password":
-                password = value
-            else:
-                query.append((key, value))
-        bare = urlunsplit(
-            (parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment)
+def guard_production(
+    target: Target, action: str, *, confirmed: bool = False, hint: str = ""
+) -> None:
+    """Refuse to change a production target unless the operator confirmed it explicitly.
+
+    ``hint`` says how to confirm (or, for what never runs on production, what to do instead).
+    Raises ConfirmationRequired.
+    """
+    if target.production and not confirmed:
+        raise ConfirmationRequired(
+            f"target {target.name} is marked production and {action}",
+            hint or "review the plan with --dry-run, then run again with --confirm-production",
         )
-        return bare, password
-    match = _KV_PASSWORD.search(dsn)
-    if not match:
-        return dsn, None
-    raw = match[1]
-    password = raw[1:-1].replace("\\'", "'").replace("\\\\", "\\") if raw[0] == "'" else raw
-    bare = (dsn[: match.start()] + dsn[match.end() :]).strip()
-    return bare, password
-
-
-def scrub_password(message: str, password: str | None) -> str:
-    """Remove a password from a tool's or driver's message, even if it ever echoes one."""
-    return message.replace(password, "***") if password else message
 
 
 def _target(name: str, values: Mapping[str, Any]) -> Target:
     if not isinstance(values, Mapping):
         raise ConfigError(f"[targets.{name}] must be a table", "see runbook.toml's local target")
-    unknown = sorted(set(values) - _TARGET_KEYS - _TARGET_OPTION_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"[targets.{name}] has unknown setting(s): {', '.join(unknown)}",
-            f"use only: {', '.join(sorted(_TARGET_KEYS | _TARGET_OPTION_KEYS))}",
-        )
+    reject_unknown_keys(
+        values, _TARGET_KEYS | _TARGET_OPTION_KEYS, where=f"[targets.{name}]", noun="setting(s)"
+    )
     where = f"targets.{name}"
     on_failure = values.get("on_failure", "stop")
     if on_failure not in ("stop", "rollback_run"):

@@ -14,7 +14,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from . import embedded
-from .config import Settings, Target, redact_dsn, scrub_password, split_password
+from .config import Settings, Target
+from .dsn import redact_dsn, scrub_password, split_password
 from .errors import ConfigError, ConnectionFailed
 
 Connection = psycopg2.extensions.connection

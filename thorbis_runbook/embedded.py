@@ -11,15 +11,9 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
 
-from .errors import RunbookError
+from .errors import EmbeddedServerError
 
 log = logging.getLogger(__name__)
-
-
-class EmbeddedServerError(RunbookError):
-    """The embedded server could not be started or stopped."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,48 @@ def _rebuild_migration_failed(
     return MigrationFailed(message, hint, version=version, sqlstate=sqlstate, line=line)
 
 
+class ChecksFailed(RunbookError):
+    """At least one check failed; the run must not go on."""
+
+    exit_code = 1
+
+
+class EmbeddedServerError(RunbookError):
+    """The embedded server could not be started or stopped."""
+
+    exit_code = 2
+
+
+class ToolFailed(RunbookError):
+    """A PostgreSQL client tool (pg_dump, pg_restore, pg_basebackup, pg_ctl) exited with an error."""
+
+    exit_code = 1
+
+
+class BackupFailed(RunbookError):
+    """A backup could not be taken, or does not verify."""
+
+    exit_code = 1
+
+
+class RollbackFailed(RunbookError):
+    """A rollback could not start, or did not bring the database back."""
+
+    exit_code = 1
+
+
+class PitrUnavailable(RunbookError):
+    """Point-in-time recovery needs the server's files, which this machine does not manage."""
+
+    exit_code = 2
+
+
+class RehearsalFailed(RunbookError):
+    """The rehearsal could not run, or a migration did not survive update-rollback-update."""
+
+    exit_code = 1
+
+
 class SeedError(RunbookError):
     """Demo data cannot be loaded into this database as asked."""
 

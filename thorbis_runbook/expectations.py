@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import db, queries
 from .checks import Check, failed, passed
+from .config import reject_unknown_keys
 from .errors import ConfigError
 
 _KEYS = {"columns", "rls", "policies"}
@@ -41,12 +42,7 @@ def parse_expectations(value: object) -> tuple[TableExpectation, ...]:
                 f"{where} must name schema.table and be a table",
                 'write [validate.tables."business_core.customers"]',
             )
-        unknown = sorted(set(spec) - _KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where} has unknown key(s): {', '.join(unknown)}",
-                f"use only: {', '.join(sorted(_KEYS))}",
-            )
+        reject_unknown_keys(spec, _KEYS, where=where)
         columns = spec.get("columns", [])
         rls = spec.get("rls")
         policies = spec.get("policies")

@@ -8,13 +8,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .tables import COLOURS
+from .display import AXIS, BACKGROUND, COLOURS, HEADER_BACKGROUND, RULE, TEXT, UNKNOWN
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;width:100%;font-size:14px}
-th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-th{background:#f4f6f8} select{margin-right:12px}
+_STYLE = f"""
+body{{font-family:system-ui,sans-serif;margin:24px;color:{TEXT}}}
+table{{border-collapse:collapse;width:100%;font-size:14px}}
+th,td{{padding:4px 8px;border-bottom:1px solid {RULE};text-align:left;vertical-align:top}}
+th{{background:{HEADER_BACKGROUND}}} select{{margin-right:12px}}
 """
 _FILTER_JS = """
 function filterRuns(){
@@ -56,7 +56,7 @@ def _select(element: str, label: str, values: Sequence[str]) -> str:
 def _row(root: Path, entry: dict[str, Any]) -> str:
     target, status = str(entry.get("target")), str(entry.get("status"))
     run_id, runbook = str(entry.get("run_id")), str(entry.get("runbook"))
-    background, colour = COLOURS.get(status, ("#fff", "#222"))
+    background, colour = COLOURS.get(status, (BACKGROUND, TEXT))
     base = f"{target}/{run_id}/{runbook}"
     links = " ".join(
         f"<a href='{html.escape(href)}'>{label}</a>"
@@ -121,7 +121,7 @@ def _chart(runs: Sequence[dict[str, Any]]) -> str:
     for i, (entry, value) in enumerate(zip(recent, values, strict=True)):
         h = max(2, int((height - 30) * value / top))
         x = 50 + i * (bar + 4)
-        fill = COLOURS.get(str(entry.get("status")), ("#ccc", "#555"))[1]
+        fill = COLOURS.get(str(entry.get("status")), UNKNOWN)[1]
         title = html.escape(
             f"{entry.get('runbook')} on {entry.get('target')}: {entry.get('status')}, {value:.1f} s"
         )
@@ -131,10 +131,10 @@ def _chart(runs: Sequence[dict[str, Any]]) -> str:
         )
     return (
         f"<svg role='img' aria-label='run durations' width='{width}' height='{height}' "
-        "style='border:1px solid #ddd;margin:8px 0'>"
+        f"style='border:1px solid {RULE};margin:8px 0'>"
         f"<text x='50' y='14' font-size='12'>Run duration, latest {len(recent)} runs (max {top:.1f} s); "
         "green succeeded, red failed</text>"
-        f"<line x1='45' y1='{height - 20}' x2='{width - 10}' y2='{height - 20}' stroke='#999'/>"
+        f"<line x1='45' y1='{height - 20}' x2='{width - 10}' y2='{height - 20}' stroke='{AXIS}'/>"
         f"<text x='4' y='{height - 22}' font-size='10'>0 s</text>"
         f"<text x='4' y='34' font-size='10'>{top:.0f} s</text>"
         f"{''.join(bars)}</svg>"

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from . import db, queries
 from .checks import Check, failed, passed, warned
+from .config import reject_unknown_keys
 from .errors import ConfigError
 from .statements import SqlSyntaxError, split_statements
 
@@ -88,7 +89,7 @@ def parse_references(value: object) -> tuple[Reference, ...]:
     result = []
     for i, item in enumerate(_tables(value, "validate.references")):
         where = f"validate.references[{i}]"
-        _only(item, allowed, where)
+        reject_unknown_keys(item, allowed, where=where)
         columns = _names(item.get("columns"), f"{where}.columns")
         referenced = _names(item.get("referenced_columns"), f"{where}.referenced_columns")
         if len(columns) != len(referenced):
@@ -117,7 +118,7 @@ def parse_rules(value: object) -> tuple[Rule, ...]:
     result = []
     for i, item in enumerate(_tables(value, "validate.rules")):
         where = f"validate.rules[{i}]"
-        _only(item, {"name", "sql", "description", "level"}, where)
+        reject_unknown_keys(item, {"name", "sql", "description", "level"}, where=where)
         name = _text(item, "name", where)
         result.append(
             Rule(
@@ -137,7 +138,7 @@ def parse_formats(value: object) -> tuple[FormatRule, ...]:
     result = []
     for i, item in enumerate(_tables(value, "validate.formats")):
         where = f"validate.formats[{i}]"
-        _only(item, {"column", "format", "where", "level"}, where)
+        reject_unknown_keys(item, {"column", "format", "where", "level"}, where=where)
         qualified = _text(item, "column", where)
         if qualified.count(".") != 2:
             raise ConfigError(
@@ -389,15 +390,6 @@ def _tables(value: object, where: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
         raise ConfigError(f"{where} must be an array of tables", f"write each entry as [[{where}]]")
     return value
-
-
-def _only(item: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(item) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where} has unknown key(s): {', '.join(unknown)}",
-            f"use only: {', '.join(sorted(allowed))}",
-        )
 
 
 def _text(item: Mapping[str, Any], key: str, where: str) -> str:

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import db, queries
-from .tables import html_table
+from .display import html_table
 
 if TYPE_CHECKING:
     import pandas

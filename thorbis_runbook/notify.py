@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
-from .config import Target
+from .config import Target, reject_unknown_keys
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,7 @@ def settings_for(target: Target) -> NotifySettings | None:
         raise ConfigError(
             f"targets.{target.name}.notify must be a table", "see notify.py for the keys"
         )
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"targets.{target.name}.notify has unknown key(s): {', '.join(unknown)}",
-            f"use only: {', '.join(sorted(_KEYS))}",
-        )
+    reject_unknown_keys(raw, _KEYS, where=f"targets.{target.name}.notify")
     events = tuple(raw.get("events", EVENTS))
     bad = sorted(set(events) - set(EVENTS))
     if bad:

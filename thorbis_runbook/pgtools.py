@@ -7,24 +7,18 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from . import embedded
-from .config import Settings, Target, redact_dsn, scrub_password, split_password
-from .errors import ConfigError, RunbookError
+from .config import Settings, Target
+from .dsn import redact_dsn, scrub_password, split_password
+from .errors import ConfigError, ToolFailed
 
 log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
-
-
-class ToolFailed(RunbookError):
-    """A PostgreSQL client tool exited with an error."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -104,33 +98,6 @@ def client_version(executable: str) -> int:
     if not match:
         raise ConfigError(f"cannot read the version of {executable} ({out.strip()!r})", "")
     return int(match[1])
-
-
-def with_database(dsn: str, database: str) -> str:
-    """Return the same connection string pointed at another database on the same server."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        return urlunsplit(
-            (parts.scheme, parts.netloc, "/" + quote(database), parts.query, parts.fragment)
-        )
-    escaped = database.replace("\\", "\\\\").replace("'", "\\'")
-    # libpq keeps the last value of a keyword given twice.
-    return f"{dsn} dbname='{escaped}'".strip()
-
-
-def database_of(dsn: str, env: Mapping[str, str] | None = None) -> str:
-    """Return the database name a DSN connects to (libpq defaults: PGDATABASE, then the user)."""
-    env = os.environ if env is None else env
-    if "://" in dsn:
-        name = unquote(urlsplit(dsn).path.lstrip("/"))
-        if name:
-            return name
-    else:
-        found = re.findall(r"(?:^|\s)dbname\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-        if found:
-            raw = str(found[-1])  # libpq keeps the last value of a keyword given twice
-            return raw[1:-1].replace("\\'", "'") if raw[0] == "'" else raw
-    return env.get("PGDATABASE") or env.get("PGUSER") or os.environ.get("USER", "postgres")
 
 
 def run(

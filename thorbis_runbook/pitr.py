@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from . import commands, db, embedded, pgtools, queries
 from .checks import CheckReport, failed, passed
 from .config import Settings, Target
-from .errors import RunbookError
-from .rollback import RollbackFailed, RollbackResult, run_row
-from .tables import html_table
+from .display import html_table
+from .errors import PitrUnavailable, RollbackFailed, RunbookError
+from .rollback import RollbackResult, run_row
 
 if TYPE_CHECKING:
     import pandas
@@ -30,12 +30,6 @@ DATA_LOSS_COLUMNS = ("table", "operation", "rows", "first_at", "last_at")
 BASE_META = "runbook-base.json"
 _RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action",
                       "recovery_target_inclusive")  # fmt: skip
-
-
-class PitrUnavailable(RunbookError):
-    """Point-in-time recovery needs the server's files, which this machine does not manage."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

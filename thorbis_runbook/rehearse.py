@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from . import backup, commands, db, history, pgtools
 from .checks import Check, CheckReport, failed, passed, skipped
 from .config import Settings, Target
-from .errors import RunbookError
+from .display import html_table
+from .dsn import database_of
+from .errors import RehearsalFailed
 from .migrations import Migration, discover
 from .plan import build_plan
 from .rollback import schema_only
-from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -29,12 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OBJECT_IN_USE = "55006"  # CREATE DATABASE ... TEMPLATE while others are connected to the source
-
-
-class RehearsalFailed(RunbookError):
-    """The rehearsal could not run, or a migration did not survive update-rollback-update."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -247,7 +242,7 @@ def _verify(dsn: str, target: Target, pending: tuple[Migration, ...]) -> list[Ch
 def _scratch_copy(
     settings: Settings, target: Target, dsn: str, tools: pgtools.PgTools, source: str
 ) -> Iterator[tuple[str, str]]:
-    database = pgtools.database_of(dsn)
+    database = database_of(dsn)
     prefix = f"{database[:40]}_rehearsal"
     with ExitStack() as stack:
         if source == "template" or (source == "auto" and not target.production):

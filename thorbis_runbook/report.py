@@ -16,10 +16,10 @@ from typing import Any
 from . import ledger, notify
 from .commands import new_run_id, operator_name
 from .config import Settings, Target
+from .display import COLOURS, html_table
 from .errors import ConfigError, RunbookError
 from .ledger import reports_root
 from .runbook import SUMMARY_FILE
-from .tables import html_table
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def export_html(notebook: Any, path: Path, summary: Mapping[str, Any]) -> tuple[
 def summary_banner(summary: Mapping[str, Any]) -> str:
     """The headline at the top of every report: outcome, where, who, and the failure with its fix."""
     status = str(summary.get("status", "unknown"))
-    colour = {"succeeded": ("#dff0d8", "#1e4620")}.get(status, ("#f8d7da", "#721c24"))
+    colour = COLOURS["succeeded" if status == "succeeded" else "failed"]
     rows = [
         ("status", status), ("runbook", summary.get("runbook")), ("target", summary.get("target")),
         ("run id", summary.get("run_id")), ("operator", summary.get("operator")),

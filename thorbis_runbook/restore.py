@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from . import backup, commands, db, pgtools, queries
 from .checks import CheckReport
 from .config import Settings, Target
-from .errors import RunbookError
-from .rollback import RollbackFailed, RollbackResult, Session, run_row
+from .dsn import with_database
+from .errors import RollbackFailed, RunbookError
+from .rollback import RollbackResult, Session, run_row
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def full_restore(
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     restored_name = f"{database[:40]}_restore_{stamp}"
     kept_name = f"{database[:40]}_before_restore_{stamp}"
-    admin = pgtools.with_database(dsn, "postgres")
+    admin = with_database(dsn, "postgres")
     with db.connection(
         admin, target_name=target.name, application_name=f"thorbis-runbook {rollback_id}"
     ) as conn:
@@ -77,7 +78,7 @@ def full_restore(
                     conn, "CREATE DATABASE %I TEMPLATE template0 OWNER %I", restored_name, owner
                 ),
             )
-            restored_dsn = pgtools.with_database(dsn, restored_name)
+            restored_dsn = with_database(dsn, restored_name)
             phase = time.monotonic()
             backup.restore_into(
                 tools, manifest, restored_dsn, jobs=jobs, what=f"full restore of {target.name}"

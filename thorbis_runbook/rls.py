@@ -22,6 +22,7 @@ from typing import Any
 
 from . import db, queries
 from .checks import Check, failed, passed, skipped, warned
+from .config import reject_unknown_keys
 from .errors import ConfigError
 from .migrations import Migration
 
@@ -47,12 +48,7 @@ class RlsSettings:
             raise ConfigError(
                 "[validate.rls] must be a table", 'write tenant_column = "business_id"'
             )
-        unknown = sorted(set(value) - {"tenant_column", "tenant_columns"})
-        if unknown:
-            raise ConfigError(
-                f"[validate.rls] has unknown key(s): {', '.join(unknown)}",
-                "use only: tenant_column, tenant_columns",
-            )
+        reject_unknown_keys(value, {"tenant_column", "tenant_columns"}, where="[validate.rls]")
         column = value.get("tenant_column", "business_id")
         overrides = value.get("tenant_columns", {})
         if not isinstance(column, str) or not isinstance(overrides, Mapping):

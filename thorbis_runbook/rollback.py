@@ -13,7 +13,8 @@ from . import backup, commands, db, history, pgtools, queries
 from .apply import timeouts_sql, wait_to_retry
 from .checks import Check, CheckReport, failed, passed, warned
 from .config import Settings, Target
-from .errors import ConfigError, ConfirmationRequired, RunbookError
+from .display import html_table
+from .errors import ConfigError, ConfirmationRequired, RollbackFailed
 from .migrations import Migration, discover
 from .statements import (
     NO_TRANSACTION_HEADER,
@@ -22,7 +23,6 @@ from .statements import (
     TransactionControlError,
     split_statements,
 )
-from .tables import html_table
 
 if TYPE_CHECKING:
     import pandas
@@ -40,12 +40,6 @@ WHOLE_RUN_SQL = (
     "SELECT count(*) FROM runbook.migration_history WHERE run_id = %(run_id)s "
     "AND version <= %(version)s AND status IN ('applied', 'baselined')"
 )
-
-
-class RollbackFailed(RunbookError):
-    """A rollback could not start, or did not bring the database back."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ that is not a RunbookError (a bug) propagates at once: papermill must see it.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import subprocess
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import commands, config
+from .display import html_table, message_box
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .migrations import Migration, discover
-from .tables import html_table
 
 log = logging.getLogger("thorbis_runbook")
 SUMMARY_FILE = "summary.json"
@@ -49,13 +48,7 @@ class Notice:
     hint: str = ""
 
     def _repr_html_(self) -> str:
-        colours = {"failed": ("#f8d7da", "#721c24"), "skipped": ("#e9ecef", "#495057")}
-        background, colour = colours.get(self.status, ("#dff0d8", "#1e4620"))
-        hint = f"<br><strong>hint:</strong> {html.escape(self.hint)}" if self.hint else ""
-        return (
-            f"<div style='background:{background};color:{colour};padding:8px;border-radius:4px'>"
-            f"<strong>{html.escape(self.status)}:</strong> {html.escape(self.text)}{hint}</div>"
-        )
+        return message_box(self.status, self.text, hint=self.hint)
 
     def __repr__(self) -> str:
         return f"{self.status}: {self.text}" + (f"\nhint: {self.hint}" if self.hint else "")

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import db, queries
 from .benchmark import BenchmarkResult, BenchmarkSettings, compare, run_queries
 from .checks import Check, CheckReport, at_most, failed, passed, skipped, warned
-from .config import Settings, Target
+from .config import Settings, Target, reject_unknown_keys
 from .errors import ConfigError
 from .expectations import TableExpectation, expectation_checks, parse_expectations
 from .history import read_history
@@ -62,12 +62,7 @@ class ValidateSettings:
         section = settings.sections.get("validate") or {}
         if not isinstance(section, Mapping):
             raise ConfigError("[validate] must be a table", "see runbook.toml's [validate] section")
-        unknown = sorted(set(section) - _KEYS)
-        if unknown:
-            raise ConfigError(
-                f"[validate] has unknown key(s): {', '.join(unknown)}",
-                f"use only: {', '.join(sorted(_KEYS))}",
-            )
+        reject_unknown_keys(section, _KEYS, where="[validate]")
         schemas = section.get("schemas")
         if schemas is not None and (
             not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas)

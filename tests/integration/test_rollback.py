@@ -12,8 +12,7 @@ import pytest
 
 from tests.conftest import MIGRATIONS
 from thorbis_runbook import backup, commands, rollback
-from thorbis_runbook.errors import ConfirmationRequired
-from thorbis_runbook.pitr import PitrUnavailable
+from thorbis_runbook.errors import ConfirmationRequired, PitrUnavailable, RollbackFailed
 
 LOYALTY = "20250301000000_customer_loyalty"
 TAGS = "20250301000001_work_order_tags"
@@ -123,7 +122,7 @@ def test_a_failing_down_script_stops_and_is_reported(seeded_settings, tmp_path: 
     result = rollback.rollback_run(settings, "test", run_id)
     assert [s.status for s in result.steps] == ["rolled_back", "failed"]
     assert "nope" in result.steps[1].error and "42703" in result.steps[1].error
-    with pytest.raises(rollback.RollbackFailed, match="customer_loyalty"):
+    with pytest.raises(RollbackFailed, match="customer_loyalty"):
         result.raise_for_failures()
     assert _state(os.environ["THORBIS_TEST_DSN"])[2]["20250301000000"] == "applied"
 
@@ -177,7 +176,7 @@ def test_a_down_script_that_does_not_parse_stops_before_anything_changes(
     (folder / f"{LOYALTY}.down.sql").write_text("ALTER TABLE business_core.customers DROP;\n")
     settings = seeded_settings(folder)
     run_id = _apply_run(settings)
-    with pytest.raises(rollback.RollbackFailed, match=f"{LOYALTY}.down.sql is not usable"):
+    with pytest.raises(RollbackFailed, match=f"{LOYALTY}.down.sql is not usable"):
         rollback.rollback_run(settings, "test", run_id)
     statuses = _state(os.environ["THORBIS_TEST_DSN"])[2]
     assert statuses["20250301000000"] == statuses["20250301000001"] == "applied"

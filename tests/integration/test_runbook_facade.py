@@ -10,8 +10,7 @@ import pytest
 
 from tests.conftest import MIGRATIONS, apply_migrations
 from thorbis_runbook import runbook
-from thorbis_runbook.checks import ChecksFailed
-from thorbis_runbook.errors import ConfigError
+from thorbis_runbook.errors import ChecksFailed, ConfigError
 
 DROP_POLICY = "DROP POLICY tenant_isolation ON business_hs.work_orders;\n"
 

@@ -10,9 +10,9 @@ from thorbis_runbook import queries
 from thorbis_runbook.config import (
     load_settings,
     parse_duration_ms,
-    redact_dsn,
     settings_from_mapping,
 )
+from thorbis_runbook.dsn import redact_dsn
 from thorbis_runbook.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from thorbis_runbook import backup, pgtools
+from thorbis_runbook.dsn import database_of, split_password, with_database
+from thorbis_runbook.errors import ToolFailed
 
 SECRET = "s3cr'et pass"
 
@@ -22,17 +24,17 @@ SECRET = "s3cr'et pass"
     ],
 )  # fmt: skip
 def test_split_password(dsn: str, bare: str, password: str | None) -> None:
-    assert pgtools.split_password(dsn) == (bare, password)
+    assert split_password(dsn) == (bare, password)
 
 
 def test_with_database_and_database_of() -> None:
-    uri = pgtools.with_database("postgresql://u@/thorbis?host=/tmp/s", "scratch db")
+    uri = with_database("postgresql://u@/thorbis?host=/tmp/s", "scratch db")
     assert (
         uri == "postgresql://u@/scratch%20db?host=/tmp/s"
-        and pgtools.database_of(uri) == "scratch db"
+        and database_of(uri) == "scratch db"
     )
-    kv = pgtools.with_database("host=db dbname=thorbis", "o'hare")
-    assert pgtools.database_of(kv) == "o'hare"
+    kv = with_database("host=db dbname=thorbis", "o'hare")
+    assert database_of(kv) == "o'hare"
 
 
 def _fake_tool(folder: Path, name: str, script: str) -> pgtools.PgTools:
@@ -59,7 +61,7 @@ def test_the_password_travels_in_the_environment_not_argv(tmp_path: Path) -> Non
 
 def test_a_failing_tool_error_is_scrubbed_of_the_password(tmp_path: Path) -> None:
     tools = _fake_tool(tmp_path / "bin", "pg_restore", 'echo "bad login $PGPASSWORD" >&2; exit 1\n')
-    with pytest.raises(pgtools.ToolFailed) as caught:
+    with pytest.raises(ToolFailed) as caught:
         pgtools.run(tools, "pg_restore", [], dsn="host=db password=hunter2", what="restore")
     assert "hunter2" not in str(caught.value) and "bad login ***" in caught.value.message
 

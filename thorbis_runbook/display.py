@@ -1,4 +1,8 @@
-"""HTML tables for notebooks and archived reports: self-contained, one colour scheme, no pandas."""
+"""What results look like: the one colour palette, HTML and text tables, message boxes.
+
+Self-contained HTML (inline styles, no pandas, no network), so archived reports render alike
+everywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-# Background and text colour per status, shared by check tables and step tables.
+# Background and text colour per status, shared by check tables, step tables and boxes.
 COLOURS: dict[str, tuple[str, str]] = {
     "pass": ("#dff0d8", "#1e4620"),
     "applied": ("#dff0d8", "#1e4620"),
@@ -24,8 +28,25 @@ COLOURS: dict[str, tuple[str, str]] = {
     "missing file": ("#f8d7da", "#721c24"),
     "skip": ("#e9ecef", "#495057"),
     "rolled_back": ("#e9ecef", "#495057"),
+    "skipped": ("#e9ecef", "#495057"),
 }
-_CELL = "padding:3px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #ddd"
+# Line and bar colours of the charts, by what they mean.
+CHART = {
+    "series": "#2e86c1",  # the measured value
+    "failed": "#c0392b",  # failures, fail thresholds, lock waits
+    "warn": "#d68910",  # warn thresholds, idle in transaction
+    "limit": "#7f8c8d",  # a configured limit (lock_timeout, warn line)
+    "muted": "#95a5a6",  # context: the baseline, used space
+    "total": "#2c3e50",  # totals (connections)
+}
+HEADER_BACKGROUND = "#f4f6f8"
+BACKGROUND = "#fff"
+UNKNOWN = ("#ccc", "#555")  # a status the palette has no colour for
+AXIS = "#999"
+TEXT = "#222"
+RULE = "#ddd"
+FAILURE_BORDER = "#a94442"
+_CELL = f"padding:3px 8px;text-align:left;vertical-align:top;border-bottom:1px solid {RULE}"
 
 
 def cell_text(value: Any, *, limit: int = 0) -> str:
@@ -80,3 +101,18 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, limit: 
     for row in cells:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def message_box(status: str, text: str, *, hint: str = "", label: str | None = None) -> str:
+    """A coloured box: a failure with its fix, a skipped step, a success (colours by status).
+
+    ``label`` is the word before the text (default: the status itself).
+    """
+    background, colour = COLOURS.get(status, COLOURS["succeeded"])
+    border = f"border:2px solid {FAILURE_BORDER};" if status in ("failed", "fail") else ""
+    shown = html.escape(label if label is not None else status)
+    extra = f"<br><strong>hint:</strong> {html.escape(hint)}" if hint else ""
+    return (
+        f"<div style='{border}background:{background};color:{colour};padding:8px;margin:6px 0;"
+        f"border-radius:4px'><strong>{shown}:</strong> {html.escape(text)}{extra}</div>"
+    )
