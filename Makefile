@@ -21,7 +21,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(RUNBOOK) db start
 	$(RUNBOOK) run precheck rollback apply validate --target local \
-		-p rollback.strategy=rehearse -p apply.demo_businesses=$(DEMO_BUSINESSES)
+		-p rollback.rehearsal=true -p apply.demo_businesses=$(DEMO_BUSINESSES)
 	@echo
 	@echo "Reports for auditors: $(CURDIR)/reports/index.html"
 	@echo "The local database keeps running: psql \"$$($(RUNBOOK) db url --target local)\" (stop: $(RUNBOOK) db stop)"

@@ -9,7 +9,7 @@ the same files are applied by:
 - ``psql_per_file``: one ``psql --single-transaction -f FILE -c INSERT...`` process per file.
 - ``cli``: ``thorbis-runbook --config runbook.toml apply``, as a user runs it (wall clock,
   Python start-up included).
-- ``in_process``: ``thorbis_runbook.commands.apply(...)`` called in this process (no start-up).
+- ``in_process``: ``thorbis_runbook.migrate.apply(...)`` called in this process (no start-up).
 - ``sql_replay``: the exact SQL thorbis-runbook sends (taken once from a dry run), replayed by a
   bare psycopg2 loop: the tool's server-side cost with no Python work around it.
 - ``cli_startup`` and ``python_startup``: ``python -c "import thorbis_runbook.cli"`` and
@@ -50,8 +50,9 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from thorbis_runbook import commands, embedded
+from thorbis_runbook import embedded, migrate
 from thorbis_runbook.config import settings_from_mapping
+from thorbis_runbook.endpoint import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -82,7 +83,7 @@ LABELS = {
     "psql_session": "psql, one session, all files (floor)",
     "psql_per_file": "psql --single-transaction per file",
     "cli": "thorbis-runbook apply (CLI, wall clock)",
-    "in_process": "commands.apply (in-process)",
+    "in_process": "migrate.apply (in-process)",
     "sql_replay": "thorbis-runbook's SQL replayed (psycopg2)",
     "cli_startup": 'python -c "import thorbis_runbook.cli"',
     "python_startup": "python -c pass",
@@ -261,7 +262,7 @@ def cli_apply(bench: Bench, uri: str) -> None:
 def in_process_apply(bench: Bench, uri: str) -> None:
     os.environ[DSN_ENV] = uri
     settings = settings_from_mapping(bench.config_data, root=bench.work, env={})
-    result = commands.apply(settings, commands.ApplyRequest(target="bench"))
+    result = migrate.apply(resolve(settings, "bench"), migrate.ApplyRequest())
     result.raise_for_failure()
 
 
@@ -269,7 +270,7 @@ def dry_run_chunks(bench: Bench, uri: str) -> list[str]:
     """Return, one string per round trip, the SQL a dry run says apply would send."""
     os.environ[DSN_ENV] = uri
     settings = settings_from_mapping(bench.config_data, root=bench.work, env={})
-    script = commands.apply(settings, commands.ApplyRequest(target="bench", dry_run=True)).script
+    script = migrate.apply(resolve(settings, "bench"), migrate.ApplyRequest(dry_run=True)).script
     chunks = re.split(r"^-- >>> .*\n", script, flags=re.MULTILINE)
     return [chunk.strip() for chunk in chunks if chunk.strip()]
 

@@ -4,11 +4,11 @@ On one throwaway embedded PostgreSQL, the Thorbis schema is seeded with 1,000,00
 (``seed(conn, businesses=1000)``). Then, round-robin in each of ``--repeats`` repeats (default 3):
 
 - ``raw_dump``: ``pg_dump -Fd -j2 -f DIR`` of the database (the server's own pg_dump).
-- ``backup``: ``thorbis_runbook.backup.take_backup(...)``: the same dump plus row counts in the
+- ``backup``: ``thorbis_runbook.recovery.backup.take_backup(...)``: the same dump plus row counts in the
   dump's snapshot, SHA-256 of every file, manifest, and verification (checksums re-read,
   ``pg_restore --list``).
 - ``raw_restore``: ``pg_restore -j2`` of a raw dump into a fresh empty database.
-- ``full_restore``: ``thorbis_runbook.restore.full_restore(...)`` of a backup: checksums
+- ``full_restore``: ``thorbis_runbook.recovery.restore.full_restore(...)`` of a backup: checksums
   re-verified, maintenance mode, ``pg_restore -j2`` into a new database, row counts compared
   with the manifest, ANALYZE, swap by rename.
 
@@ -36,8 +36,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from thorbis_runbook import backup, commands, db, embedded, pitr, restore, rollback, seed
+from thorbis_runbook import db, embedded, migrate, seed
 from thorbis_runbook.config import Settings, settings_from_mapping
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.recovery import backup, down_scripts, pitr, restore, rollback
+from thorbis_runbook.recovery.result import RollbackResult
+from thorbis_runbook.runs import new_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -67,8 +71,10 @@ def run(state: Path, *, repeats: int, businesses: int) -> dict[str, object]:
     target = settings.target()
     load_start = os.getloadavg()
     started = time.monotonic()
-    commands.apply(settings, commands.ApplyRequest(to_version="20250131000008")).raise_for_failure()
-    dsn = db.resolve_dsn(settings, target)
+    migrate.apply(
+        resolve(settings), migrate.ApplyRequest(to_version="20250131000008")
+    ).raise_for_failure()
+    dsn = resolve(settings, target).dsn
     with db.connection(dsn, target_name="bench") as conn:
         seeded = seed.seed(conn, businesses=businesses)
         db.execute(conn, "VACUUM ANALYZE")
@@ -169,7 +175,7 @@ def _raw_restore(bin_dir: Path, dsn: str, state: Path) -> float:
 def _our_backup(settings: Settings) -> float:
     target = settings.target()
     started = time.monotonic()
-    result = backup.take_backup(settings, target)
+    result = backup.take_backup(resolve(settings, target))
     seconds = time.monotonic() - started
     backup.remove_backup(result.manifest)
     return seconds
@@ -177,11 +183,13 @@ def _our_backup(settings: Settings) -> float:
 
 def _our_full_restore(settings: Settings) -> float:
     target = settings.target()
-    run_id = commands.new_run_id()
-    manifest = backup.take_backup(settings, target, run_id=run_id).manifest  # untimed
-    commands.apply(settings, commands.ApplyRequest(run_id=run_id, to_version="20250131000008"))
+    run_id = new_run_id()
+    manifest = backup.take_backup(resolve(settings, target), run_id=run_id).manifest  # untimed
+    migrate.apply(
+        resolve(settings), migrate.ApplyRequest(run_id=run_id, to_version="20250131000008")
+    )
     started = time.monotonic()
-    result = restore.full_restore(settings, target, run_id=run_id)
+    result = restore.full_restore(resolve(settings, target), run_id=run_id)
     seconds = time.monotonic() - started
     _LAST_RESTORE_PHASES.clear()
     _LAST_RESTORE_PHASES.update(result.timings)
@@ -190,9 +198,9 @@ def _our_full_restore(settings: Settings) -> float:
     return seconds
 
 
-def _drop_kept(settings: Settings, result: rollback.RollbackResult) -> None:
+def _drop_kept(settings: Settings, result: RollbackResult) -> None:
     kept = next(n for n in result.notes if "kept as" in n).split("kept as ")[1].split(" ")[0]
-    admin = db.resolve_dsn(settings, settings.target()).replace("/thorbis?", "/postgres?")
+    admin = resolve(settings).on_database("postgres").dsn
     with db.connection(admin, target_name="bench") as conn:
         db.execute(conn, f'DROP DATABASE "{kept}" WITH (FORCE)')
 
@@ -201,19 +209,19 @@ def _recovery_times(settings: Settings, full_restore_median: float) -> dict[str,
     """Time to undo one run with each strategy (the migration: a column and a concurrent index)."""
     target = settings.target()
     recovery = {"full_restore": full_restore_median}
-    run_id = commands.new_run_id()
-    backup.before_apply(settings, target, run_id=run_id, full_backup=False)
-    commands.apply(settings, commands.ApplyRequest(run_id=run_id)).raise_for_failure()
-    result = rollback.schema_only(settings, target, run_id=run_id)
+    run_id = new_run_id()
+    backup.before_apply(resolve(settings, target), run_id=run_id, full_backup=False)
+    migrate.apply(resolve(settings), migrate.ApplyRequest(run_id=run_id)).raise_for_failure()
+    result = down_scripts.schema_only(resolve(settings, target), run_id=run_id)
     result.raise_for_failures()
     recovery["schema_only"] = result.timings["total"]
-    setup = pitr.enable(settings, target)
+    setup = pitr.enable(resolve(settings, target))
     print(f"pitr enable: {setup.timings}")
     time.sleep(0.1)
-    run = commands.apply(settings, commands.ApplyRequest())
+    run = migrate.apply(resolve(settings), migrate.ApplyRequest())
     run.raise_for_failure()
     result = rollback.rollback(
-        settings, rollback.RollbackRequest("point_in_time", run_id=run.run_id)
+        resolve(settings), rollback.RollbackRequest("point_in_time", run_id=run.run_id)
     )
     result.raise_for_failures()
     print(f"point_in_time phases: {result.timings}")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from thorbis_runbook import embedded  # noqa: E402
 
-IMPORTS = "from thorbis_runbook import runbook\nimport thorbis_runbook.report, pandas, matplotlib"
+IMPORTS = "from thorbis_runbook import runbook\nimport thorbis_runbook.pipeline, pandas, matplotlib"
 STEP_PREFIX = "rb."
 NOT_DATABASE_WORK = ("rb.finish(", "rb.chart")
 

@@ -5,7 +5,7 @@ pgbench script (one UPDATE and one SELECT by primary key on that table, ``-c 4 -
 application. Three phases of ``--duration`` seconds each, in one run:
 
 - ``baseline``: the application alone;
-- ``plain``: ``commands.apply`` of ``CREATE INDEX ... ON pgbench_accounts (abalance)`` (SHARE
+- ``plain``: ``migrate.apply`` of ``CREATE INDEX ... ON pgbench_accounts (abalance)`` (SHARE
   lock: writers wait for the whole build), started ``--delay`` seconds into the traffic;
 - ``concurrent``: the same index with ``CREATE INDEX CONCURRENTLY`` (no write-blocking lock).
 
@@ -40,8 +40,9 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from thorbis_runbook import commands, embedded, queries
+from thorbis_runbook import embedded, migrate, queries
 from thorbis_runbook.config import settings_from_mapping
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.monitor import Monitor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,15 +93,15 @@ def settings_for(folder: Path, root: Path) -> Any:
 
 
 def apply_folder(folder: Path, root: Path, uri: str, *, monitored: bool) -> dict[str, Any]:
-    """commands.apply on ``uri``, optionally inside a Monitor; return timing and monitor figures."""
+    """migrate.apply on ``uri``, optionally inside a Monitor; return timing and monitor figures."""
     os.environ[DSN_ENV] = uri
     settings = settings_for(folder, root)
     started = time.perf_counter()
     if not monitored:
-        commands.apply(settings, commands.ApplyRequest()).raise_for_failure()
+        migrate.apply(resolve(settings), migrate.ApplyRequest()).raise_for_failure()
         return {"apply_s": time.perf_counter() - started}
     with Monitor(uri, target_name="bench", blocked_warn_ms=1_000) as monitor:
-        commands.apply(settings, commands.ApplyRequest()).raise_for_failure()
+        migrate.apply(resolve(settings), migrate.ApplyRequest()).raise_for_failure()
         elapsed = time.perf_counter() - started
     result = monitor.result()
     return {

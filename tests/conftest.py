@@ -14,9 +14,11 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from thorbis_runbook import commands, embedded
-from thorbis_runbook.apply import ApplyResult
+from thorbis_runbook import embedded, migrate
 from thorbis_runbook.config import Settings, settings_from_mapping
+from thorbis_runbook.endpoint import Endpoint, resolve
+from thorbis_runbook.migrate import ApplyResult
+from thorbis_runbook.status import StatusReport, status
 
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS = REPO / "migrations"
@@ -123,19 +125,16 @@ def write_migrations(folder: Path, files: dict[str, str]) -> Path:
 
 def apply_migrations(dsn: str, migrations_dir: Path = MIGRATIONS, **request: object) -> ApplyResult:
     """Apply a migrations folder to ``dsn`` with the engine; raise if a migration failed."""
-    variable = "THORBIS_TEST_APPLY_DSN"
-    settings = make_settings(Path(tempfile.gettempdir()), migrations_dir, dsn_env=variable)
-    previous = os.environ.get(variable)
-    os.environ[variable] = dsn
-    try:
-        result = commands.apply(settings, commands.ApplyRequest(**request))  # type: ignore[arg-type]
-    finally:
-        if previous is None:
-            os.environ.pop(variable, None)
-        else:
-            os.environ[variable] = previous
+    settings = make_settings(Path(tempfile.gettempdir()), migrations_dir)
+    endpoint = Endpoint(settings, settings.target(), dsn)
+    result = migrate.apply(endpoint, migrate.ApplyRequest(**request))  # type: ignore[arg-type]
     result.raise_for_failure()
     return result
+
+
+def status_of(settings: Settings, target: str | None = None) -> StatusReport:
+    """The status verb on a target of ``settings``."""
+    return status(resolve(settings, target))
 
 
 def _admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:

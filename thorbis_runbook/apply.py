@@ -1,30 +1,25 @@
-"""Apply: run a plan's migrations under the lock, with timeouts, retries, history and cleanup."""
+"""Apply: run a plan's pending migrations under the lock, with timeouts, retries, history and cleanup.
+
+The engine under the apply verb (migrate.py): it takes a plan and an executor and never reads
+files or resolves targets itself.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import html
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
-from . import db, history, queries
+from . import db, queries
 from .config import Target
-from .display import html_table, message_box
+from .display import message_box
 from .errors import MigrationFailed, RunbookError
-from .executor import Executor
+from .executor import Autocommit, Executor, reset_session_sql, timeouts_sql, wait_to_retry
 from .migrations import Migration
 from .plan import Plan
-from .statements import Statement, line_of
-
-if TYPE_CHECKING:
-    import pandas
-
-    from .monitor import MonitorResult
-    from .rollback import RollbackResult
+from .statements import Statement, line_of, split_statements
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +34,6 @@ PROGRESS_ROWS_SQL = (
     "WHERE version = %(version)s ORDER BY statement_index"
 )
 CLEAR_PROGRESS_SQL = "DELETE FROM runbook.statement_progress WHERE version = %(version)s"
-# A migration's own session-level SETs (search_path, role) must not leak into the next one.
-# RESET ALL skips role and session_authorization, so those are reset by name.
-RESET_SESSION_SQL = "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL;"
 
 
 @dataclass(frozen=True)
@@ -57,6 +49,7 @@ class StepResult:
     resumed_after: int = 0  # statements skipped because an earlier run completed them
     error: str | None = None
     cleaned_up: tuple[str, ...] = ()  # INVALID indexes dropped after a failed concurrent build
+    checksum: str = ""  # SHA-256 of the file as this run read it (the summary's evidence)
 
     def as_tuple(self) -> tuple[object, ...]:
         mode = "transaction" if self.transactional else "no transaction"
@@ -72,64 +65,6 @@ class StepResult:
 
 
 STEP_COLUMNS = ("version", "name", "status", "mode", "attempts", "duration_ms", "error")
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """The outcome of one apply run; ``failure`` is raised by ``raise_for_failure``."""
-
-    run_id: str
-    target: str
-    dry_run: bool
-    steps: tuple[StepResult, ...]
-    failure: MigrationFailed | None = None
-    script: str = ""
-    monitor: MonitorResult | None = None  # locks and sessions sampled while the migrations ran
-    rollback: RollbackResult | None = None  # what on_failure = "rollback_run" undid
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    def raise_for_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def rows(self) -> list[tuple[object, ...]]:
-        return [step.as_tuple() for step in self.steps]
-
-    def to_frame(self) -> pandas.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows(), columns=list(STEP_COLUMNS))
-
-    def _repr_html_(self) -> str:
-        verb = "dry run" if self.dry_run else "apply"
-        applied = sum(step.status == "applied" for step in self.steps)
-        summary = (
-            f"{len(self.steps)} step(s), {applied} applied" if self.steps else "nothing to apply"
-        )
-        parts = [
-            html_table(
-                STEP_COLUMNS,
-                self.rows(),
-                title=f"{verb} on {self.target}, run {self.run_id}",
-                summary=summary,
-                status_column="status",
-            )
-        ]
-        if self.failure is not None:
-            parts.append(failure_box(self.failure))
-        if self.rollback is not None:
-            parts.append(self.rollback._repr_html_())
-        if self.monitor is not None:
-            parts.append(self.monitor._repr_html_())
-        if self.script:
-            parts.append(
-                f"<details><summary>The exact SQL ({len(self.script.splitlines())} lines)</summary>"
-                f"<pre>{html.escape(self.script)}</pre></details>"
-            )
-        return "".join(parts)
 
 
 @dataclass
@@ -186,9 +121,10 @@ def apply_plan(
         else:
             resumable = previous is not None and previous.status in ("failed", "running")
             step, failure = runner.apply_non_transactional(migration, resumable=resumable)
-        if runner.cleaned:
-            step = dataclasses.replace(step, cleaned_up=tuple(runner.cleaned))
-            runner.cleaned.clear()
+        step = replace(
+            step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned)
+        )
+        runner.autocommit.cleaned.clear()
         steps.append(step)
         if progress:
             progress("done", migration, step.status)
@@ -208,8 +144,8 @@ class _Runner:
         self.executor = executor
         self.run_id = run_id
         self.operator = operator
-        self.cleaned: list[str] = []
-        self.reset_session_sql = f"{RESET_SESSION_SQL}\n{db.session_defaults_sql(conn)}".rstrip()
+        self.autocommit = Autocommit(conn, executor, target)
+        self.reset_session_sql = reset_session_sql(conn)
 
     # -- transactional -------------------------------------------------------------------
     def apply_transactional(
@@ -270,8 +206,6 @@ class _Runner:
             (migration.filename, s) for s in migration.statements
         ]
         if migration.verify_sql and migration.verify_path:
-            from .statements import split_statements
-
             sources += [
                 (migration.verify_path.name, s) for s in split_statements(migration.verify_sql)
             ]
@@ -377,42 +311,15 @@ class _Runner:
     def _run_alone(
         self, migration: Migration, statement: Statement
     ) -> tuple[MigrationFailed | None, int]:
-        """Run one statement in autocommit, cleaning INVALID indexes it leaves, retrying lock timeouts."""
-        attempt = 0
-        while True:
-            attempt += 1
-            before = set() if self.executor.dry_run else history.invalid_indexes(self.conn)
-            self._drop_leftover_index(statement, before)
-            try:
-                self.executor.run(
-                    statement.text,
-                    label=f"{migration.filename} statement {statement.index + 1}",
-                    transactional=False,
-                )
-                return None, attempt
-            except db.DatabaseError as exc:
-                if not self.conn.closed:
-                    for index_name in sorted(history.invalid_indexes(self.conn) - before):
-                        self._drop_invalid_index(index_name)
-                if self._should_retry(exc, attempt, migration):
-                    continue
-                return self._failure(migration, exc, (migration.filename, statement.line)), attempt
-
-    def _drop_leftover_index(self, statement: Statement, invalid: set[str]) -> None:
-        """Drop the INVALID index a killed earlier run left behind for this very statement."""
-        if not statement.index_name or self.executor.dry_run:
-            return
-        rows = db.fetch_all(self.conn, "SELECT to_regclass(%s)::text", (statement.index_name,))
-        found = rows[0][0]
-        if found and any(name == found or name.endswith("." + found) for name in invalid):
-            self._drop_invalid_index(found)
-
-    def _drop_invalid_index(self, index_name: str) -> None:
-        log.warning("dropping INVALID index %s left by a failed concurrent build", index_name)
-        rows = db.fetch_all(self.conn, "SELECT to_regclass(%s)", (index_name,))
-        if rows[0][0] is not None:
-            db.drop_index_concurrently(self.conn, index_name)
-            self.cleaned.append(index_name)
+        """Run one statement in autocommit (clean-up and lock-timeout retries included)."""
+        try:
+            attempts = self.autocommit.run(
+                statement, label=f"{migration.filename} statement {statement.index + 1}"
+            )
+        except db.DatabaseError as exc:
+            failure = self._failure(migration, exc, (migration.filename, statement.line))
+            return failure, self.autocommit.attempts
+        return None, attempts
 
     def _completed_statements(self, migration: Migration) -> list[str]:
         rows = db.fetch_all(self.conn, PROGRESS_ROWS_SQL, {"version": migration.version})
@@ -540,28 +447,6 @@ class _Runner:
     def _reset_session(self) -> None:
         if not self.executor.dry_run and not self.conn.closed:
             db.execute(self.conn, self.reset_session_sql)
-
-
-def timeouts_sql(target: Target, *, local: bool) -> str:
-    """The target's lock and statement timeouts, for one transaction (local) or the session."""
-    scope = "SET LOCAL" if local else "SET"
-    return (
-        f"{scope} lock_timeout = {int(target.lock_timeout_ms)};\n"
-        f"{scope} statement_timeout = {int(target.statement_timeout_ms)};"
-    )
-
-
-def wait_to_retry(target: Target, exc: db.DatabaseError, attempt: int, *, what: str) -> bool:
-    """After a lock timeout, wait the backoff and say to try again, while retries remain."""
-    if db.sqlstate(exc) != db.LOCK_NOT_AVAILABLE or attempt > target.lock_retries:
-        return False
-    delay_ms = target.retry_backoff_ms * 2 ** (attempt - 1)
-    log.warning(
-        "%s: lock_timeout (%d ms) reached on attempt %d of %d; retrying in %d ms",
-        what, target.lock_timeout_ms, attempt, target.lock_retries + 1, delay_ms,
-    )  # fmt: skip
-    time.sleep(delay_ms / 1000)
-    return True
 
 
 def failure_box(failure: RunbookError) -> str:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import db
 from .checks import Check, CheckReport, failed, passed, skipped, warned
-from .config import Settings, reject_unknown_keys
+from .config import reject_unknown_keys
 from .display import html_table
+from .endpoint import Endpoint
 from .errors import ConfigError
 from .integrity import read_only, single_select
 
@@ -209,15 +210,12 @@ def run_queries(
     return BenchmarkResult(target, taken, tuple(timings), tuple(missing))
 
 
-def benchmark(
-    settings: Settings, *, target: str | None = None, runs: int | None = None
-) -> BenchmarkResult:
+def benchmark(endpoint: Endpoint, *, runs: int | None = None) -> BenchmarkResult:
     """Run the [[benchmark.queries]] of runbook.toml against a target.
 
     Raises ConfigError (no queries, a wrong [benchmark] table) and ConnectionFailed.
     """
-    chosen = settings.target(target)
-    config = BenchmarkSettings.parse(settings.sections.get("benchmark"))
+    config = BenchmarkSettings.parse(endpoint.settings.sections.get("benchmark"))
     if not config.queries:
         raise ConfigError(
             "runbook.toml declares no [[benchmark.queries]]",
@@ -225,14 +223,11 @@ def benchmark(
         )
     if runs is not None and runs < 1:
         raise ConfigError(f"--runs {runs} must be 1 or more", "pass --runs 10, for example")
-    dsn = db.resolve_dsn(settings, chosen)
-    with db.connection(
-        dsn, target_name=chosen.name, application_name="thorbis-runbook benchmark"
-    ) as conn:
+    with endpoint.connection("thorbis-runbook benchmark") as conn:
         return run_queries(
             conn,
             config.queries,
-            target=chosen.name,
+            target=endpoint.name,
             runs=runs or config.runs,
             warmup=config.warmup,
         )

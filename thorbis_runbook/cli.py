@@ -8,15 +8,39 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import commands, config, embedded
-from .apply import STEP_COLUMNS, ApplyResult
+from . import (
+    baseline,
+    benchmark,
+    checks,
+    config,
+    embedded,
+    ledger,
+    lint,
+    migrate,
+    pipeline,
+    precheck,
+    rehearse,
+    scaffold,
+    seed,
+    status,
+    troubleshoot,
+    validate,
+)
+from .apply import STEP_COLUMNS
 from .display import text_table
+from .endpoint import Endpoint, resolve
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
+from .recovery import backup, pitr
+from .recovery import rollback as recovery
+from .recovery.result import DATA_LOSS_COLUMNS
+from .recovery.result import STEP_COLUMNS as ROLLBACK_STEP_COLUMNS
+from .sessions import SESSION_COLUMNS
 
 log = logging.getLogger("thorbis_runbook")
 Handler = Callable[[argparse.Namespace, config.Settings], int]
@@ -82,8 +106,13 @@ def _db(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def _endpoint(args: argparse.Namespace, settings: config.Settings) -> Endpoint:
+    """The verb's target, resolved once (--target, else the default target)."""
+    return resolve(settings, args.target)
+
+
 def _status(args: argparse.Namespace, settings: config.Settings) -> int:
-    report = commands.status(settings, target=args.target)
+    report = status.status(_endpoint(args, settings))
     plan = report.plan
     if args.json:
         _print_json({
@@ -103,8 +132,8 @@ def _status(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
-    request = commands.ApplyRequest(
-        target=args.target, to_version=args.to, dry_run=args.dry_run,
+    request = migrate.ApplyRequest(
+        to_version=args.to, dry_run=args.dry_run,
         confirm_production=args.confirm_production, allow_drift=args.allow_drift,
         allow_out_of_order=args.allow_out_of_order, allow_missing=args.allow_missing,
         lock_timeout_ms=_duration(args.lock_timeout, "--lock-timeout"),
@@ -112,7 +141,7 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         backup=args.backup,
     )  # fmt: skip
     with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
-        result = commands.apply(settings, request, progress=bar.update)
+        result = migrate.apply(_endpoint(args, settings), request, progress=bar.update)
     if args.dry_run:
         print(result.script)
     _report_apply(result, as_json=args.json)
@@ -126,8 +155,8 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
-    result = commands.baseline(
-        settings, to_version=args.to, target=args.target, confirm_production=args.confirm_production
+    result = baseline.baseline(
+        _endpoint(args, settings), to_version=args.to, confirm_production=args.confirm_production
     )
     if args.json:
         _print_json(asdict(result))
@@ -143,23 +172,19 @@ def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _new(args: argparse.Namespace, settings: config.Settings) -> int:
-    for path in commands.new_migration(settings, args.name):
+    for path in scaffold.new_migration(settings, args.name):
         print(path)
     return 0
 
 
 def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import db, seed
-
     target = settings.target(args.target)
-    if target.production:
-        raise ConfigError(
-            f"target {target.name} is marked production; seed writes demo data",
-            "seed a local or staging target instead",
-        )
+    config.guard_production(
+        target, "seed writes demo data", hint="seed a local or staging target instead"
+    )
     with (
         _SeedBar(enabled=sys.stderr.isatty()) as bar,
-        db.connection(db.resolve_dsn(settings, target), target_name=target.name) as conn,
+        resolve(settings, target).connection("thorbis-runbook seed") as conn,
     ):
         try:
             result = seed.seed(
@@ -180,11 +205,9 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import report
-
     target = settings.target(args.target)
-    given = report.distribute_parameters(settings, args.runbooks, args.parameter or [])
-    result = report.run_pipeline(
+    given = pipeline.distribute_parameters(settings, args.runbooks, args.parameter or [])
+    result = pipeline.run_pipeline(
         settings, args.runbooks, target=target, parameters=given, progress=sys.stderr.isatty()
     )
     rows = [(r.runbook, r.run_id, r.status, str(r.folder), r.error) for r in result.runs]
@@ -194,8 +217,6 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _reports(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import ledger
-
     root = ledger.reports_root(settings)
     if args.action == "verify":
         checks = ledger.verify(root)
@@ -215,34 +236,28 @@ def _reports(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import precheck
-
     files = [Path(f) for f in args.files]
-    report = precheck.lint_command(settings, files=files, target=args.target)
+    endpoint = _endpoint(args, settings) if args.target else None
+    report = precheck.lint_command(settings, files=files, endpoint=endpoint)
     code = _print_checks(report, as_json=args.json)
     rules = sorted({c.name.split()[0] for c in report if c.status in ("warn", "fail")})
     if rules and not args.json:
-        from .lint import RULES
-
         print("\nfixes:")
         for rule in rules:
-            print(f"  {rule}: {RULES.get(rule, '')}")
+            print(f"  {rule}: {lint.RULES.get(rule, '')}")
     return code
 
 
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import backup, precheck
-
+    endpoint = _endpoint(args, settings)
     if args.backup:
-        taken = backup.take_backup(settings, settings.target(args.target))
+        taken = backup.take_backup(endpoint)
         print(f"backup {taken.manifest.backup_id} taken and verified", file=sys.stderr)
-    return _print_checks(precheck.precheck(settings, target=args.target), as_json=args.json)
+    return _print_checks(precheck.precheck(endpoint), as_json=args.json)
 
 
 def _troubleshoot(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import troubleshoot
-
-    report = troubleshoot.troubleshoot(settings, target=args.target)
+    report = troubleshoot.troubleshoot(_endpoint(args, settings))
     if args.json:
         print(report.to_json())
         return 0 if report.ok else 1
@@ -259,31 +274,27 @@ def _print_checks(report: Any, *, as_json: bool) -> int:
     if as_json:
         print(report.to_json())
     else:
-        from .checks import COLUMNS
-
-        _print_table(COLUMNS, report.rows())
+        _print_table(checks.COLUMNS, report.rows())
         counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
         print(f"\n{report.title}: {report.status} ({counts or 'no checks'})")
     return 0 if report.ok else 1
 
 
 def _validate(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import ledger, validate
-
-    name = settings.target(args.target).name
-    baseline = (
-        None if args.no_baseline else ledger.benchmark_baseline(settings, name, args.baseline)
+    endpoint = _endpoint(args, settings)
+    before = (
+        None
+        if args.no_baseline
+        else ledger.benchmark_baseline(settings, endpoint.name, args.baseline)
     )
-    if baseline is not None:
-        print(f"benchmark baseline: {baseline}", file=sys.stderr)
-    report = validate.validate(settings, target=args.target, baseline=baseline)
+    if before is not None:
+        print(f"benchmark baseline: {before}", file=sys.stderr)
+    report = validate.validate(endpoint, baseline=before)
     return _print_checks(report, as_json=args.json)
 
 
 def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import benchmark
-
-    result = benchmark.benchmark(settings, target=args.target, runs=args.runs)
+    result = benchmark.benchmark(_endpoint(args, settings), runs=args.runs)
     if args.save:
         result.save(args.save)
     if args.json:
@@ -296,9 +307,7 @@ def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import backup
-
-    result = backup.take_backup(settings, settings.target(args.target), deep=args.deep)
+    result = backup.take_backup(_endpoint(args, settings), deep=args.deep)
     m = result.manifest
     if args.json:
         _print_json(
@@ -314,8 +323,6 @@ def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import backup
-
     catalog = backup.list_backups(settings, settings.target(args.target))
     if args.json:
         _print_json([asdict(m) for m in catalog.backups])
@@ -325,10 +332,6 @@ def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
-    from datetime import UTC, datetime
-
-    from . import rollback
-
     try:
         to_time = datetime.fromisoformat(args.to_time) if args.to_time else None
         if to_time is not None and to_time.tzinfo is None:
@@ -338,22 +341,20 @@ def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
             f"--to-time {args.to_time!r} is not an ISO 8601 time",
             'write e.g. "2025-02-01T12:00:00Z"',
         ) from None
-    result = rollback.rollback(settings, rollback.RollbackRequest(
-        strategy=args.strategy, target=args.target, run_id=args.run, to_version=args.to,
-        to_time=to_time, confirm_production=args.confirm_production,
+    result = recovery.rollback(_endpoint(args, settings), recovery.RollbackRequest(
+        strategy=args.strategy, run_id=args.run, to_version=args.to, to_time=to_time,
+        confirm_production=args.confirm_production,
     ))  # fmt: skip
     if args.json:
         _print_json(asdict(result))
         result.raise_for_failures()
         return 0
     if result.steps:
-        _print_table(rollback.STEP_COLUMNS, [s.as_tuple() for s in result.steps])
+        _print_table(ROLLBACK_STEP_COLUMNS, [s.as_tuple() for s in result.steps])
     if result.sessions:
         print("\nsessions ended for maintenance mode:")
-        _print_table(rollback.SESSION_COLUMNS, [tuple(vars(s).values()) for s in result.sessions])
+        _print_table(SESSION_COLUMNS, [s.identity() for s in result.sessions])
     if result.data_loss:
-        from .pitr import DATA_LOSS_COLUMNS
-
         print("\nwrites lost (made after the restore point, from business_core.audit_log):")
         _print_table(DATA_LOSS_COLUMNS, [r.as_tuple() for r in result.data_loss])
     print()
@@ -367,9 +368,7 @@ def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import rehearse
-
-    result = rehearse.rehearse(settings, settings.target(args.target), source=args.source)
+    result = rehearse.rehearse(_endpoint(args, settings), source=args.source)
     code = _print_checks(result.checks, as_json=args.json)
     if not args.json:
         timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
@@ -378,9 +377,7 @@ def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _pitr(args: argparse.Namespace, settings: config.Settings) -> int:
-    from . import pitr
-
-    setup = pitr.enable(settings, settings.target(args.target))
+    setup = pitr.enable(_endpoint(args, settings))
     if args.json:
         _print_json(asdict(setup))
     else:
@@ -389,7 +386,7 @@ def _pitr(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 # -- output --------------------------------------------------------------------------------
-def _report_apply(result: ApplyResult, *, as_json: bool) -> None:
+def _report_apply(result: migrate.ApplyResult, *, as_json: bool) -> None:
     if as_json:
         _print_json({
             "run_id": result.run_id, "target": result.target, "dry_run": result.dry_run, "ok": result.ok,

@@ -1,9 +1,11 @@
-"""Connections: resolving a target's DSN, connecting, and wrapping driver errors at the boundary."""
+"""Connections: connecting, running SQL, and wrapping driver errors at the boundary.
+
+The only module that imports the driver.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -13,10 +15,8 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from . import embedded
-from .config import Settings, Target
 from .dsn import redact_dsn, scrub_password, split_password
-from .errors import ConfigError, ConnectionFailed
+from .errors import ConnectionFailed
 
 Connection = psycopg2.extensions.connection
 DatabaseError = psycopg2.Error
@@ -27,30 +27,6 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 _AUTH_FAILED = {"28P01", "28000"}
 _NO_DATABASE = "3D000"
-
-
-def resolve_dsn(settings: Settings, target: Target, env: Mapping[str, str] | None = None) -> str:
-    """Return the target's DSN; for the embedded target start the server and create the database.
-
-    Raises ConfigError when the target's DSN variable is not set.
-    """
-    env = os.environ if env is None else env
-    if target.embedded:
-        server = embedded.start(settings.state_dir)
-        ensure_database(server.uri("postgres"), target.database)
-        return server.uri(target.database)
-    if target.dsn_env:
-        dsn = env.get(target.dsn_env, "")
-        if not dsn.strip():
-            raise ConfigError(
-                f"target {target.name} reads its DSN from the environment variable "
-                f"{target.dsn_env}, which is not set",
-                f"export {target.dsn_env}=postgresql://USER@HOST/DB (keep the password in "
-                "~/.pgpass or PGPASSWORD, not in the variable)",
-            )
-        return dsn
-    # No variable named: libpq's own PG* variables, service file and .pgpass decide.
-    return ""
 
 
 def connect(dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME) -> Connection:
@@ -155,8 +131,11 @@ def is_connection_lost(exc: BaseException) -> bool:
     )
 
 
-def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
-    """Drop an index named as the server prints a regclass (already quoted where needed)."""
+def drop_index_concurrently(conn: Connection, regclass_text: str) -> bool:
+    """Drop an index named as the server prints a regclass (already quoted where needed).
+
+    Returns False when no such index exists (any more).
+    """
     rows = fetch_all(
         conn,
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -170,6 +149,7 @@ def drop_index_concurrently(conn: Connection, regclass_text: str) -> None:
         )
         with conn.cursor() as cur:
             cur.execute(statement)
+    return bool(rows)
 
 
 def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> ConnectionFailed:

@@ -8,7 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import ledger
+from .config import Settings
 from .display import AXIS, BACKGROUND, COLOURS, HEADER_BACKGROUND, RULE, TEXT, UNKNOWN
+from .summary import RunSummary
 
 _STYLE = f"""
 body{{font-family:system-ui,sans-serif;margin:24px;color:{TEXT}}}
@@ -77,14 +80,11 @@ def _row(root: Path, entry: dict[str, Any]) -> str:
 
 
 def _migrations(root: Path, entry: dict[str, Any]) -> str:
-    import json
-
-    summary = root / str(entry.get("target")) / str(entry.get("run_id")) / "summary.json"
     try:
-        data = json.loads(summary.read_text())
-    except (OSError, ValueError):
+        summary = RunSummary.read(root / str(entry.get("target")) / str(entry.get("run_id")))
+    except (OSError, ValueError, TypeError):
         return ""
-    ran = [m for m in data.get("migrations", []) if m.get("this_run")]
+    ran = [m for m in summary.migrations if m.this_run] if summary else []
     return f"{len(ran)} this run" if ran else ""
 
 
@@ -139,3 +139,12 @@ def _chart(runs: Sequence[dict[str, Any]]) -> str:
         f"<text x='4' y='34' font-size='10'>{top:.0f} s</text>"
         f"{''.join(bars)}</svg>"
     )
+
+
+def write_index(settings: Settings) -> Path:
+    """Regenerate reports/index.html from the ledger: every run, newest first, filterable."""
+    root = ledger.reports_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "index.html"
+    path.write_text(render_index(root, ledger.entries(root)), encoding="utf-8")
+    return path

@@ -7,12 +7,13 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import db, queries
+from . import db, sessions
 from .display import html_table
+from .sessions import Session
 
 if TYPE_CHECKING:
     import pandas
@@ -26,24 +27,12 @@ SAMPLE_COLUMNS = (
     "at", "elapsed_s", "connections", "active", "idle", "idle_in_transaction", "waiting",
     "max_wait_ms", "longest_pid", "longest_ms", "longest_query", "deadlocks",
 )  # fmt: skip
-WAIT_COLUMNS = ("at", "elapsed_s", "pid", "blockers", "relation", "mode", "wait_ms", "query")
-
-
-@dataclass(frozen=True)
-class LockWait:
-    """A session waiting for a lock at one sample: who, behind whom, on what, for how long."""
-
-    at: datetime
-    elapsed_s: float
-    pid: int
-    blockers: tuple[int, ...]
-    relation: str | None
-    mode: str | None
-    wait_ms: int
-    query: str
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, c) for c in WAIT_COLUMNS)
+WAIT_COLUMNS = ("at", "pid", "blockers", "relation", "mode", "wait_ms", "query")
+# Server-wide client connections and this database's deadlocks so far, beside the sessions.
+COUNTERS_SQL = (
+    "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
+    "(SELECT deadlocks FROM pg_stat_database WHERE datname = current_database())"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,7 @@ class MonitorResult:
     interval_ms: int
     blocked_warn_ms: int
     samples: tuple[Sample, ...] = ()
-    waits: tuple[LockWait, ...] = ()
+    waits: tuple[Session, ...] = ()  # every session seen waiting, once per sample
     warnings: tuple[str, ...] = ()
     error: str | None = None
 
@@ -92,7 +81,7 @@ class MonitorResult:
         """Every lock wait seen, one row per waiting session per sample."""
         import pandas as pd
 
-        return pd.DataFrame([w.as_tuple() for w in self.waits], columns=list(WAIT_COLUMNS))
+        return pd.DataFrame(_wait_rows(self.waits), columns=list(WAIT_COLUMNS))
 
     def to_frame(self) -> pandas.DataFrame:
         import pandas as pd
@@ -117,7 +106,7 @@ class MonitorResult:
         )
 
     def _repr_html_(self) -> str:
-        recent = [w.as_tuple() for w in self.waits[-20:]]
+        recent = _wait_rows(self.waits[-20:])
         waits = html_table(WAIT_COLUMNS, recent, title="latest lock waits") if recent else ""
         notes = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
         return (
@@ -143,7 +132,7 @@ class Monitor:
         self.interval_ms = interval_ms
         self.blocked_warn_ms = blocked_warn_ms
         self._samples: list[Sample] = []
-        self._waits: list[LockWait] = []
+        self._waits: list[Session] = []
         self._warnings: list[str] = []
         self._warned: set[tuple[int, tuple[int, ...]]] = set()
         self._error: str | None = None
@@ -224,38 +213,20 @@ class Monitor:
 
     def _sample(self) -> None:
         assert self._conn is not None
-        row = db.fetch_all(self._conn, queries.load("monitor_sample"))[0]
-        (
-            at,
-            connections,
-            active,
-            idle,
-            idle_tx,
-            longest_pid,
-            longest_ms,
-            longest_q,
-            deadlocks,
-            raw,
-        ) = row
+        seen = sessions.sessions(self._conn)
+        connections, deadlocks = db.fetch_all(self._conn, COUNTERS_SQL)[0]
         elapsed = round(time.monotonic() - self._started, 3)
-        waits = [
-            LockWait(
-                at,
-                elapsed,
-                int(w["pid"]),
-                tuple(w["blockers"] or ()),
-                w["relation"],
-                w["mode"],
-                int(w["wait_ms"] or 0),
-                str(w["query"] or ""),
-            )
-            for w in raw
-        ]
+        waits = sessions.waiting(seen)
+        active = [s for s in seen if s.state == "active"]
+        longest = max(active, key=lambda s: s.query_ms or 0, default=None)
         delta = 0 if self._last_deadlocks is None else max(0, int(deadlocks) - self._last_deadlocks)
         self._last_deadlocks = int(deadlocks)
         sample = Sample(
-            at, elapsed, int(connections), int(active), int(idle), int(idle_tx), len(waits),
-            max((w.wait_ms for w in waits), default=0), longest_pid, longest_ms, longest_q, delta,
+            seen[0].at if seen else datetime.now(UTC), elapsed, int(connections), len(active),
+            sum(s.state == "idle" for s in seen), sum(s.idle_in_transaction for s in seen),
+            len(waits), max((w.wait_ms for w in waits), default=0),
+            longest.pid if longest else None, longest.query_ms if longest else None,
+            longest.query if longest else None, delta,
         )  # fmt: skip
         with self._lock:
             self._samples.append(sample)
@@ -277,3 +248,7 @@ class Monitor:
         log.warning("monitor %s: %s", self.target_name, message)
         with self._lock:
             self._warnings.append(message)
+
+
+def _wait_rows(waits: tuple[Session, ...]) -> list[tuple[Any, ...]]:
+    return [tuple(getattr(w, column) for column in WAIT_COLUMNS) for w in waits]

@@ -12,70 +12,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import db, history, queries
+from . import db, history, queries, sessions
 from .checks import Check, CheckReport, Status, at_most, failed, passed, skipped, warned
 from .config import Settings, Target
+from .endpoint import Endpoint
 from .errors import ConfigError
 from .lint import format_size, lint
 from .migrations import MigrationSet, discover
 from .plan import Plan, build_plan
+from .sessions import Session
 from .thresholds import Thresholds, load_thresholds
 
 log = logging.getLogger(__name__)
 MIN_SERVER_VERSION = 150000  # the Thorbis schema is tested on PostgreSQL 15 to 18
 
 
-@dataclass(frozen=True)
-class Session:
-    """A client session of the target database inside a transaction."""
-
-    pid: int
-    user: str
-    application_name: str
-    state: str
-    xact_ms: int
-    state_ms: int
-    query_ms: int
-    query: str
-
-    def describe(self) -> str:
-        app = f" {self.application_name}" if self.application_name else ""
-        return f"pid {self.pid} ({self.user}{app}, {self.state} {self.state_ms / 1000:.0f} s): {self.query[:80]}"
-
-
-@dataclass(frozen=True)
-class BlockedSession:
-    """A session waiting for a lock, and the sessions it waits for."""
-
-    pid: int
-    blockers: tuple[int, ...]
-    relation: str | None
-    mode: str | None
-    wait_ms: int
-    query: str
-
-    def describe(self) -> str:
-        on = f" on {self.relation}" if self.relation else ""
-        who = ", ".join(str(p) for p in self.blockers)
-        return f"pid {self.pid} waits {self.wait_ms / 1000:.1f} s for {self.mode or 'a lock'}{on}, blocked by pid {who}"
-
-
-def precheck(settings: Settings, *, target: str | None = None) -> CheckReport:
+def precheck(endpoint: Endpoint) -> CheckReport:
     """Run every precheck against a target.
 
-    Raises ConfigError (target, thresholds), MigrationFileError (unusable files) and
-    ConnectionFailed; a problem found on the server is a failed check, not an exception.
+    Raises ConfigError (thresholds), MigrationFileError (unusable files) and ConnectionFailed;
+    a problem found on the server is a failed check, not an exception.
     """
-    chosen = settings.target(target)
-    thresholds = load_thresholds(settings, chosen)
-    migrations = discover(settings.migrations_dir)
-    dsn = db.resolve_dsn(settings, chosen)
-    with db.connection(
-        dsn, target_name=chosen.name, application_name="thorbis-runbook precheck"
-    ) as conn:
+    thresholds = load_thresholds(endpoint.settings, endpoint.target)
+    migrations = discover(endpoint.settings.migrations_dir)
+    with endpoint.connection("thorbis-runbook precheck") as conn:
         return run_prechecks(
-            conn, settings=settings, target=chosen, migrations=migrations, thresholds=thresholds
-        )
+            conn, settings=endpoint.settings, target=endpoint.target, migrations=migrations,
+            thresholds=thresholds,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,12 +53,11 @@ class Capacity:
     disk_free: int | None
 
 
-def capacity(settings: Settings, *, target: str | None = None) -> Capacity:
+def capacity(endpoint: Endpoint) -> Capacity:
     """Read connections against max_connections, and database size against the free disk."""
-    chosen = settings.target(target)
-    with db.connection(db.resolve_dsn(settings, chosen), target_name=chosen.name) as conn:
+    with endpoint.connection("thorbis-runbook precheck") as conn:
         facts = server_facts(conn)
-    folder, _ = data_directory(facts, chosen)
+    folder, _ = data_directory(facts, endpoint.target)
     usage = shutil.disk_usage(folder) if folder is not None else None
     return Capacity(
         int(facts["connections"]), int(facts["max_connections"]), int(facts["database_bytes"]),
@@ -135,9 +98,9 @@ def run_prechecks(
     checks += _plan_checks(plan)
     checks += _disk_checks(facts, target, thresholds)
     checks.append(backup_check(settings, target, thresholds))
-    sessions = open_transactions(conn)
-    checks += _transaction_checks(sessions, thresholds)
-    checks.append(_blocked_check(blocked_sessions(conn), thresholds))
+    seen = sessions.sessions(conn)
+    checks += _transaction_checks(sessions.in_transaction(seen), thresholds)
+    checks.append(_blocked_check(sessions.waiting(seen), thresholds))
     checks.append(_connections_check(facts, thresholds))
     checks += _replication_checks(conn, thresholds)
     checks.append(_invalid_index_check(conn))
@@ -171,18 +134,6 @@ def indexed_columns(conn: db.Connection) -> dict[str, list[list[str]]]:
     for table, columns in db.fetch_all(conn, queries.load("lint_index_columns")):
         found.setdefault(table, []).append(list(columns))
     return found
-
-
-def open_transactions(conn: db.Connection) -> list[Session]:
-    return [Session(*row) for row in db.fetch_all(conn, queries.load("precheck_sessions"))]
-
-
-def blocked_sessions(conn: db.Connection) -> list[BlockedSession]:
-    rows = db.fetch_all(conn, queries.load("precheck_blocked"))
-    return [
-        BlockedSession(pid, tuple(blockers), rel, mode, ms, q)
-        for pid, blockers, rel, mode, ms, q in rows
-    ]
 
 
 def backup_check(
@@ -338,15 +289,15 @@ def data_directory(facts: dict[str, Any], target: Target) -> tuple[Path | None, 
     return path, ""
 
 
-def _transaction_checks(sessions: list[Session], thresholds: Thresholds) -> list[Check]:
-    running = [s for s in sessions if not s.state.startswith("idle in transaction")]
-    idle = [s for s in sessions if s.state.startswith("idle in transaction")]
-    oldest = max(running, key=lambda s: s.xact_ms, default=None)
+def _transaction_checks(open_: list[Session], thresholds: Thresholds) -> list[Check]:
+    running = [s for s in open_ if not s.idle_in_transaction]
+    idle = [s for s in open_ if s.idle_in_transaction]
+    oldest = max(running, key=lambda s: s.xact_ms or 0, default=None)
     oldest_idle = max(idle, key=lambda s: s.state_ms, default=None)
     return [
         at_most(
             "long-running transactions",
-            (oldest.xact_ms if oldest else 0) / 1000,
+            (oldest.xact_ms or 0 if oldest else 0) / 1000,
             warn=thresholds.long_transaction_warn / 1000,
             fail=thresholds.long_transaction_fail / 1000,
             unit=" s",
@@ -369,12 +320,12 @@ def _transaction_checks(sessions: list[Session], thresholds: Thresholds) -> list
     ]
 
 
-def _blocked_check(blocked: list[BlockedSession], thresholds: Thresholds) -> Check:
+def _blocked_check(blocked: list[Session], thresholds: Thresholds) -> Check:
     if not blocked:
         return passed("blocked sessions", 0, 0, "no session waits for a lock")
     longest = max(b.wait_ms for b in blocked)
     detail = (
-        "; ".join(b.describe() for b in blocked[:5])
+        "; ".join(b.describe_wait() for b in blocked[:5])
         + " (thorbis-runbook troubleshoot shows the tree)"
     )
     status: Status = "warn" if longest <= thresholds.long_transaction_fail else "fail"
@@ -430,28 +381,25 @@ def _invalid_index_check(conn: db.Connection) -> Check:
 
 
 def lint_command(
-    settings: Settings, *, files: Sequence[Path] = (), target: str | None = None
+    settings: Settings, *, files: Sequence[Path] = (), endpoint: Endpoint | None = None
 ) -> CheckReport:
     """`thorbis-runbook lint`: the given files, else the target's pending ones, else the folder.
 
-    With ``target`` the target's live table statistics grade each finding; without, lint opens
+    With ``endpoint`` the target's live table statistics grade each finding; without, lint opens
     no connection and uses the default target's lock_timeout for the no-lock-timeout rule.
     Raises ConfigError for a missing file, MigrationFileError or ConnectionFailed.
     """
-    chosen = settings.target(target)
+    chosen = endpoint.target if endpoint else settings.target()
     thresholds = load_thresholds(settings, chosen)
     missing = [str(p) for p in files if not Path(p).is_file()]
     if missing:
         raise ConfigError(
             f"no such migration file: {', '.join(missing)}", "give paths to .sql files"
         )
-    if target is None:
+    if endpoint is None:
         paths = list(files) or sorted(settings.migrations_dir.glob("*.sql"))
         return lint(paths, thresholds=thresholds, lock_timeout_ms=chosen.lock_timeout_ms)
-    dsn = db.resolve_dsn(settings, chosen)
-    with db.connection(
-        dsn, target_name=chosen.name, application_name="thorbis-runbook lint"
-    ) as conn:
+    with endpoint.connection("thorbis-runbook lint") as conn:
         if files:
             paths = list(files)
         else:

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import backup, commands, db, history, pgtools
+from . import db, history, migrate
 from .checks import Check, CheckReport, failed, passed, skipped
 from .config import Settings, Target
 from .display import html_table
 from .dsn import database_of
+from .endpoint import Endpoint
 from .errors import RehearsalFailed
 from .migrations import Migration, discover
 from .plan import build_plan
-from .rollback import schema_only
+from .recovery import backup
+from .recovery.down_scripts import schema_only
+from .recovery.snapshot import dump_schema, schema_diff
 
 if TYPE_CHECKING:
     import pandas
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OBJECT_IN_USE = "55006"  # CREATE DATABASE ... TEMPLATE while others are connected to the source
+# Apply on the scratch copy: no backup of a throwaway database, no monitor.
+_REHEARSAL_APPLY = partial(migrate.ApplyRequest, backup="none", monitor=False)
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class RehearsalResult:
         return html_table(("phase", "seconds"), rows, title=title) + self.checks._repr_html_()
 
 
-def rehearse(settings: Settings, target: Target, *, source: str = "auto") -> RehearsalResult:
+def rehearse(endpoint: Endpoint, *, source: str = "auto") -> RehearsalResult:
     """Apply the pending migrations to a scratch copy, roll them back one by one, apply again.
 
     ``source``: "template" (CREATE DATABASE ... TEMPLATE, needs no other session on the target),
@@ -87,23 +91,17 @@ def rehearse(settings: Settings, target: Target, *, source: str = "auto") -> Reh
     with the checksums of the files rehearsed. Raises RehearsalFailed when no copy can be made.
     """
     started = time.monotonic()
+    settings, target = endpoint.settings, endpoint.target
     migrations = discover(settings.migrations_dir)
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
-    with _scratch_copy(settings, target, dsn, tools, source) as (scratch_dsn, described):
+    with _scratch_copy(endpoint, source) as (copied, described):
         timings = {"copy": time.monotonic() - started}
-        with _scratch_settings(settings, target, scratch_dsn, tools) as (scratch_settings, scratch):
-            with db.connection(scratch_dsn, target_name=scratch.name) as conn:
-                pending = build_plan(migrations, history.read_history(conn)).pending
-            if not pending:
-                nothing = CheckReport.of(
-                    "rehearsal", [skipped("rehearsal", "no pending migration")]
-                )
-                return RehearsalResult(target.name, described, (), nothing, timings, None)
-            checks = _update_rollback_update(
-                scratch_settings, scratch, tools, scratch_dsn, pending, timings
-            )
+        scratch = _scratch_endpoint(copied, target)
+        with scratch.connection() as conn:
+            pending = build_plan(migrations, history.read_history(conn)).pending
+        if not pending:
+            nothing = CheckReport.of("rehearsal", [skipped("rehearsal", "no pending migration")])
+            return RehearsalResult(target.name, described, (), nothing, timings, None)
+        checks = _update_rollback_update(scratch, pending, timings)
     timings["total"] = time.monotonic() - started
     report = CheckReport.of(f"rollback rehearsal on a copy of {target.name}", checks)
     record = RehearsalRecord(
@@ -126,20 +124,13 @@ def latest_rehearsal(settings: Settings, target: Target) -> RehearsalRecord | No
 
 
 def _update_rollback_update(
-    settings: Settings,
-    target: Target,
-    tools: pgtools.PgTools,
-    dsn: str,
-    pending: tuple[Migration, ...],
-    timings: dict[str, float],
+    scratch: Endpoint, pending: tuple[Migration, ...], timings: dict[str, float]
 ) -> list[Check]:
     phase = time.monotonic()
     before: dict[str, str] = {}
     for migration in pending:
-        before[migration.version] = backup.dump_schema(tools, dsn)
-        result = commands.apply(
-            settings, commands.ApplyRequest(target=target.name, to_version=migration.version)
-        )
+        before[migration.version] = dump_schema(scratch)
+        result = migrate.apply(scratch, _REHEARSAL_APPLY(to_version=migration.version))
         if not result.ok:
             timings["apply"] = time.monotonic() - phase
             return [
@@ -153,40 +144,35 @@ def _update_rollback_update(
     checks = [passed("apply", f"{len(pending)} migration(s)", "all apply")]
     timings["apply"] = time.monotonic() - phase
     phase = time.monotonic()
-    checks += _verify(dsn, target, pending)
+    checks += _verify(scratch, pending)
     timings["verify"] = time.monotonic() - phase
     phase = time.monotonic()
-    down_checks = _roll_back_one_by_one(settings, target, tools, dsn, pending, before)
+    down_checks = _roll_back_one_by_one(scratch, pending, before)
     checks += down_checks
     timings["rollback"] = time.monotonic() - phase
     if any(c.status == "fail" for c in down_checks):
         return checks
     phase = time.monotonic()
-    differences = backup.schema_diff(before[pending[0].version], backup.dump_schema(tools, dsn))
+    differences = schema_diff(before[pending[0].version], dump_schema(scratch))
     checks.append(
         failed("schema equals the original", f"{len(differences)} line(s) differ", "identical", "; ".join(differences))
         if differences else passed("schema equals the original", "identical", "identical")
     )  # fmt: skip
     timings["compare"] = time.monotonic() - phase
     phase = time.monotonic()
-    again = commands.apply(settings, commands.ApplyRequest(target=target.name))
+    again = migrate.apply(scratch, _REHEARSAL_APPLY())
     checks.append(
         passed("apply again", f"{len(again.steps)} migration(s)", "all apply") if again.ok
         else failed("apply again", "failed", "applies", again.failure.message if again.failure else "")
     )  # fmt: skip
     if again.ok:
-        checks += [replace(c, name=f"{c.name} (again)") for c in _verify(dsn, target, pending)]
+        checks += [replace(c, name=f"{c.name} (again)") for c in _verify(scratch, pending)]
     timings["apply_again"] = time.monotonic() - phase
     return checks
 
 
 def _roll_back_one_by_one(
-    settings: Settings,
-    target: Target,
-    tools: pgtools.PgTools,
-    dsn: str,
-    pending: tuple[Migration, ...],
-    before: Mapping[str, str],
+    scratch: Endpoint, pending: tuple[Migration, ...], before: Mapping[str, str]
 ) -> list[Check]:
     """Undo the newest migration, compare with the schema just before it, then the next one."""
     checks: list[Check] = []
@@ -203,11 +189,11 @@ def _roll_back_one_by_one(
                 ),
             ]
         below = f"{int(migration.version) - 1:014d}"  # undo exactly this version: all above the one below it
-        result = schema_only(settings, target, to_version=below)
+        result = schema_only(scratch, to_version=below)
         if not result.ok or migration.version not in result.undone:
             errors = "; ".join(s.error for s in result.steps if s.error) or "it was not undone"
             return [*checks, failed(name, "failed", "runs", errors)]
-        differences = backup.schema_diff(before[migration.version], backup.dump_schema(tools, dsn))
+        differences = schema_diff(before[migration.version], dump_schema(scratch))
         if differences:
             detail = (
                 f"{migration.down_path.name} leaves the schema different from before {migration.filename}: "
@@ -221,10 +207,10 @@ def _roll_back_one_by_one(
     return checks
 
 
-def _verify(dsn: str, target: Target, pending: tuple[Migration, ...]) -> list[Check]:
+def _verify(scratch: Endpoint, pending: tuple[Migration, ...]) -> list[Check]:
     """Run each verify script again, in a transaction that is rolled back."""
     checks = []
-    with db.connection(dsn, target_name=target.name) as conn:
+    with scratch.connection() as conn:
         for migration in pending:
             if not migration.verify_sql or migration.verify_path is None:
                 continue
@@ -239,17 +225,15 @@ def _verify(dsn: str, target: Target, pending: tuple[Migration, ...]) -> list[Ch
 
 
 @contextmanager
-def _scratch_copy(
-    settings: Settings, target: Target, dsn: str, tools: pgtools.PgTools, source: str
-) -> Iterator[tuple[str, str]]:
-    database = database_of(dsn)
+def _scratch_copy(endpoint: Endpoint, source: str) -> Iterator[tuple[Endpoint, str]]:
+    """A copy of the target's database on its server, dropped afterwards, and how it was made."""
+    target = endpoint.target
+    database = database_of(endpoint.dsn)
     prefix = f"{database[:40]}_rehearsal"
     with ExitStack() as stack:
         if source == "template" or (source == "auto" and not target.production):
             try:
-                copy = backup.scratch_database(
-                    dsn, target_name=target.name, prefix=prefix, template=database
-                )
+                copy = backup.scratch_database(endpoint, prefix=prefix, template=database)
                 scratch = stack.enter_context(copy)
             except db.DatabaseError as exc:
                 if db.sqlstate(exc) != OBJECT_IN_USE or source == "template":
@@ -261,43 +245,28 @@ def _scratch_copy(
             else:
                 yield scratch, f"CREATE DATABASE ... TEMPLATE {database}"
                 return
-        verified = [m for m in backup.list_backups(settings, target).backups if m.verified]
+        verified = [m for m in backup.list_backups(endpoint.settings, target).backups if m.verified]
         if not verified:
             raise RehearsalFailed(
                 f"target {target.name} has no verified backup to rehearse on",
                 f"take one with thorbis-runbook backup --target {target.name}",
             )
         manifest = verified[-1]
-        scratch = stack.enter_context(
-            backup.scratch_database(dsn, target_name=target.name, prefix=prefix)
+        scratch = stack.enter_context(backup.scratch_database(endpoint, prefix=prefix))
+        backup.restore_into(
+            endpoint.tools, manifest, scratch.dsn, jobs=manifest.jobs, what="rehearsal copy"
         )
-        backup.restore_into(tools, manifest, scratch, jobs=manifest.jobs, what="rehearsal copy")
         yield scratch, f"backup {manifest.backup_id}"
 
 
-@contextmanager
-def _scratch_settings(
-    settings: Settings, target: Target, scratch_dsn: str, tools: pgtools.PgTools
-) -> Iterator[tuple[Settings, Target]]:
-    """Settings whose only target is the scratch copy, its DSN in a variable set for the duration."""
-    variable = f"THORBIS_REHEARSAL_DSN_{secrets.token_hex(4).upper()}"
-    options = dict(target.options)
-    if tools.bin_dir is not None:
-        options["pg_bin_dir"] = str(tools.bin_dir)
+def _scratch_endpoint(copied: Endpoint, target: Target) -> Endpoint:
+    """The scratch copy as a target of its own: never production, never backed up, never
+    rolled back on failure (the rehearsal compares schemas itself)."""
     scratch = replace(
-        target, name=f"{target.name}-rehearsal", embedded=False, dsn_env=variable,
-        production=False, on_failure="stop", options=options,
-        # The rehearsal compares schemas itself; a backup of a throwaway copy would only cost time.
-        backup_before_apply="none",
+        target, name=f"{target.name}-rehearsal", embedded=False, production=False,
+        on_failure="stop", backup_before_apply="none",
     )  # fmt: skip
-    os.environ[variable] = scratch_dsn
-    try:
-        yield (
-            replace(settings, targets={scratch.name: scratch}, default_target=scratch.name),
-            scratch,
-        )
-    finally:
-        os.environ.pop(variable, None)
+    return copied.with_target(scratch)
 
 
 def _record_path(settings: Settings, target: str) -> Path:

@@ -8,24 +8,41 @@ that is not a RunbookError (a bug) propagates at once: papermill must see it.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import commands, config
+from . import (
+    benchmark,
+    charts,
+    config,
+    ledger,
+    migrate,
+    precheck,
+    rehearse,
+    rls,
+    seed,
+    status,
+    troubleshoot,
+    validate,
+)
+from .checks import CheckReport
 from .display import html_table, message_box
+from .endpoint import Endpoint, resolve
 from .errors import AlreadySeeded, ConfigError, RunbookError
-from .migrations import Migration, discover
+from .recovery import backup
+from .recovery import rollback as recovery
+from .runs import new_run_id, operator_name
+from .summary import CheckRow, ErrorSummary, MigrationRow, RunSummary, StepSummary
+from .thresholds import load_thresholds
 
 log = logging.getLogger("thorbis_runbook")
-SUMMARY_FILE = "summary.json"
 BENCHMARK_FILE = "benchmark.json"
 
 
@@ -36,7 +53,8 @@ class StepRecord:
     name: str
     status: str  # succeeded, failed, skipped
     detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckRow] = field(default_factory=list)
+    result: Any = None  # the step's result object, for the charts drawn after it
 
 
 @dataclass(frozen=True)
@@ -71,12 +89,22 @@ class Run:
         self.git_commit = _git_commit(settings.migrations_dir)
         self.steps: list[StepRecord] = []
         self.failure: RunbookError | None = None
-        self.migrations: list[dict[str, str]] = []
+        self.migrations: list[MigrationRow] = []
         self.figures: dict[str, Any] = {}
         self.baseline_path: Path | None = None
-        self.rls_report: Any = None
+        self.rls_report: CheckReport | None = None
         self.context: list[str] = []  # what a reader of a failed run needs beside the error
-        self.files: Sequence[Migration] = ()  # the migration files as the apply step read them
+        self._endpoint: Endpoint | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The target resolved once for the whole run (the embedded server started on first use).
+
+        Raises ConfigError or EmbeddedServerError, which a step records as its failure.
+        """
+        if self._endpoint is None:
+            self._endpoint = resolve(self.settings, self.target)
+        return self._endpoint
 
     # -- steps ---------------------------------------------------------------------------
     def status(self) -> Any:
@@ -84,7 +112,7 @@ class Run:
         failure: the DBA needs to see the state the database is in)."""
         return self._step(
             "status",
-            lambda: commands.status(self.settings, target=self.target.name),
+            lambda: status.status(self.endpoint),
             record=self._record_status,
             always=True,
         )
@@ -104,8 +132,8 @@ class Run:
                 allow_out_of_order=allow_out_of_order,
                 allow_missing=allow_missing,
             )
-            request = commands.ApplyRequest(
-                target=self.target.name, to_version=to_version or None, dry_run=dry_run,
+            request = migrate.ApplyRequest(
+                to_version=to_version or None, dry_run=dry_run,
                 confirm_production=confirm_production, allow_drift=allow_drift,
                 allow_out_of_order=allow_out_of_order, allow_missing=allow_missing,
                 lock_timeout_ms=_duration(lock_timeout, "lock_timeout"),
@@ -114,11 +142,9 @@ class Run:
             )  # fmt: skip
             before = None if dry_run else self._rls_snapshot()
             with _live_log():
-                result = commands.apply(self.settings, request)
+                result = migrate.apply(self.endpoint, request)
             if result.failure is not None:
                 self._fail("apply", result.failure)
-            # Read the files once for both the RLS allowances and the summary's checksums.
-            self.files = discover(self.settings.migrations_dir).migrations
             if before is not None:
                 self.rls_report = self._rls_compare(before, result)
             return result
@@ -131,16 +157,10 @@ class Run:
             return Notice("skipped", "no demo data asked for (demo_businesses is 0)")
 
         def run() -> Any:
-            from . import db, seed
-
-            if self.target.production:
-                raise ConfigError(
-                    f"target {self.target.name} is marked production; demo data stays out of it",
-                    "set demo_businesses to 0",
-                )
-            with db.connection(
-                db.resolve_dsn(self.settings, self.target), target_name=self.target.name
-            ) as conn:
+            config.guard_production(
+                self.target, "demo data stays out of it", hint="set demo_businesses to 0"
+            )
+            with self.endpoint.connection("thorbis-runbook seed") as conn:
                 try:
                     return seed.seed(conn, businesses=businesses)
                 except AlreadySeeded as exc:
@@ -154,21 +174,14 @@ class Run:
             return Notice("skipped", "no live apply ran in this run, so nothing was compared")
         return self.rls_report
 
-    def _rls_snapshot(self) -> Any:
-        from . import db, rls
-
-        with db.connection(
-            db.resolve_dsn(self.settings, self.target), target_name=self.target.name
-        ) as conn:
+    def _rls_snapshot(self) -> rls.RlsSnapshot:
+        with self.endpoint.connection("thorbis-runbook rls") as conn:
             return rls.snapshot_rls(conn)
 
-    def _rls_compare(self, before: Any, result: Any) -> Any:
+    def _rls_compare(self, before: rls.RlsSnapshot, result: migrate.ApplyResult) -> CheckReport:
         """Fail the run when a policy was dropped or changed, or RLS switched off, unless allowed."""
-        from . import rls
-        from .checks import CheckReport
-
         ran = {s.version for s in result.steps if s.status == "applied"}
-        applied = [m for m in self.files if m.version in ran]
+        applied = [m for m in result.migrations if m.version in ran]
         report = CheckReport.of(
             "row-level security preserved",
             rls.compare_rls(before, self._rls_snapshot(), applied=applied),
@@ -180,10 +193,8 @@ class Run:
 
     def chart_apply(self) -> Any:
         """Time per migration of this run's apply step (nothing to draw: a note instead)."""
-        from . import charts
-
         step = next((s for s in self.steps if s.name == "apply"), None)
-        result = step.data.get("result") if step else None
+        result = step.result if step else None
         chart = (
             charts.apply_durations(
                 result.steps, target=self.target.name, lock_timeout_ms=self.target.lock_timeout_ms
@@ -197,10 +208,9 @@ class Run:
 
     def precheck(self) -> Any:
         """Run every precheck (health, locks, backups, lint of the pending files with live statistics)."""
-        from . import precheck
 
         def run() -> Any:
-            report = precheck.precheck(self.settings, target=self.target.name)
+            report = precheck.precheck(self.endpoint)
             if not report.ok:
                 self._fail_checks(report)
             return report
@@ -210,23 +220,18 @@ class Run:
     def troubleshoot(self) -> Any:
         """Long queries, the blocked-by tree, half-applied migrations, invalid indexes, and the
         SQL a DBA could run next for each (never run by the runbook)."""
-        from . import troubleshoot
-
         return self._step(
             "troubleshoot",
-            lambda: troubleshoot.troubleshoot(self.settings, target=self.target.name),
+            lambda: troubleshoot.troubleshoot(self.endpoint),
             record=self._record_troubleshoot,
         )
 
     def chart_capacity(self) -> Any:
         """Connections against max_connections, and database size against free disk."""
-        from . import charts, precheck
-        from .thresholds import load_thresholds
-
         if self.failure is not None and not self.steps:
             return Notice("skipped", "the target could not be read")
         try:
-            cap = precheck.capacity(self.settings, target=self.target.name)
+            cap = precheck.capacity(self.endpoint)
         except RunbookError as exc:
             return Notice("skipped", f"capacity not measured: {exc.message}", exc.hint)
         limits = load_thresholds(self.settings, self.target)
@@ -239,18 +244,14 @@ class Run:
 
     def chart_monitor(self) -> Any:
         """Sessions, connections and lock waits sampled while apply ran."""
-        from . import charts
-
         step = next((s for s in self.steps if s.name == "apply"), None)
-        result = step.data.get("result") if step else None
+        result = step.result if step else None
         monitored = getattr(result, "monitor", None)
         chart = charts.monitor_timeline(monitored) if monitored is not None else None
         return chart or Notice("skipped", "apply ran no migration, so there was nothing to watch")
 
     def benchmark(self, runs: int = 0) -> Any:
         """Time the benchmark queries of runbook.toml; saved with the run as a later baseline."""
-        from . import benchmark
-
         if not benchmark.BenchmarkSettings.parse(self.settings.sections.get("benchmark")).queries:
             self.steps.append(
                 StepRecord("benchmark", "skipped", "runbook.toml declares no benchmark queries")
@@ -260,7 +261,7 @@ class Run:
             )
 
         def run() -> Any:
-            result = benchmark.benchmark(self.settings, target=self.target.name, runs=runs or None)
+            result = benchmark.benchmark(self.endpoint, runs=runs or None)
             if self.report_dir is not None:
                 result.save(self.report_dir / BENCHMARK_FILE)
             return result
@@ -270,13 +271,10 @@ class Run:
     def validate(self, baseline: str = "") -> Any:
         """Run every validation check; compare benchmarks with ``baseline`` (a run id, a file, or
         empty for the newest archived benchmark of this target)."""
-        from . import validate
 
         def run() -> Any:
             self.baseline_path = self._baseline(baseline)
-            report = validate.validate(
-                self.settings, target=self.target.name, baseline=self.baseline_path
-            )
+            report = validate.validate(self.endpoint, baseline=self.baseline_path)
             if not report.ok:
                 self._fail_checks(report)
             return report
@@ -285,38 +283,33 @@ class Run:
 
     def chart_benchmark(self) -> Any:
         """Benchmark medians before (the baseline) and after, with the threshold drawn."""
-        from . import charts
-        from .benchmark import BenchmarkResult, BenchmarkSettings
-
         step = next(
             (s for s in self.steps if s.name == "benchmark" and s.status == "succeeded"), None
         )
         if step is None:
             return Notice("skipped", "no benchmark ran in this run")
-        before = BenchmarkResult.load(self.baseline_path) if self.baseline_path else None
-        threshold = BenchmarkSettings.parse(self.settings.sections.get("benchmark")).threshold
-        return charts.benchmark_comparison(before, step.data["result"], threshold=threshold)
+        before = benchmark.BenchmarkResult.load(self.baseline_path) if self.baseline_path else None
+        limits = benchmark.BenchmarkSettings.parse(self.settings.sections.get("benchmark"))
+        return charts.benchmark_comparison(before, step.result, threshold=limits.threshold)
 
     def rollback(
         self, *, strategy: str = "schema_only", rollback_run: str = "", to_version: str = "",
-        to_time: str = "", confirm_production: bool = False,
+        to_time: str = "", confirm_production: bool = False, rehearsal: bool = False,
     ) -> Any:  # fmt: skip
-        """Roll back with one of the three strategies (the result times the recovery), or with
-        strategy "rehearse" only rehearse apply / roll back / apply on a scratch copy."""
-        from . import rollback
-
-        if strategy == "rehearse":
+        """Roll the target back with one of the three strategies (the result times the recovery);
+        with ``rehearsal`` only rehearse apply / roll back / apply on a scratch copy instead."""
+        if rehearsal is True:
             return self.rehearse()
 
         def run() -> Any:
-            _expect_bools(confirm_production=confirm_production)
+            _expect_bools(confirm_production=confirm_production, rehearsal=rehearsal)
             moment = _timestamp(to_time) if to_time else None
-            request = rollback.RollbackRequest(
-                strategy=strategy, target=self.target.name, run_id=rollback_run or None,
-                to_version=to_version or None, to_time=moment, confirm_production=confirm_production,
+            request = recovery.RollbackRequest(
+                strategy=strategy, run_id=rollback_run or None, to_version=to_version or None,
+                to_time=moment, confirm_production=confirm_production,
             )  # fmt: skip
             with _live_log():
-                result = rollback.rollback(self.settings, request)
+                result = recovery.rollback(self.endpoint, request)
             if not result.ok:
                 self._fail_checks(result.checks)
             return result
@@ -325,11 +318,10 @@ class Run:
 
     def rehearse(self) -> Any:
         """Apply, roll back and apply again on a scratch copy of the target (never the target)."""
-        from . import rehearse
 
         def run() -> Any:
             with _live_log():
-                result = rehearse.rehearse(self.settings, self.target)
+                result = rehearse.rehearse(self.endpoint)
             if not result.ok:
                 self._fail_checks(result.checks)
             return result
@@ -340,8 +332,6 @@ class Run:
 
     def backups(self) -> Any:
         """The target's backups, newest last, with their verification."""
-        from . import backup
-
         return self._step(
             "backups",
             lambda: backup.list_backups(self.settings, self.target),
@@ -349,41 +339,38 @@ class Run:
         )
 
     # -- the end -------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RunSummary:
         """The machine-readable record of the run (the report's summary.json)."""
-        status = "failed" if self.failure else "succeeded"
-        return {
-            "runbook": self.runbook, "run_id": self.run_id, "target": self.target.name,
-            "status": status, "started": self.started_at.isoformat(),
-            "finished": datetime.now(UTC).isoformat(), "operator": self.operator,
-            "git_commit": self.git_commit, "migrations": self.migrations,
-            "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
-            "checks": [c for s in self.steps for c in s.data.get("checks", [])],
-            "figures": self.figures,
-            "error": self._error_summary() if self.failure else None,
-        }  # fmt: skip
+        return RunSummary(
+            runbook=self.runbook, run_id=self.run_id, target=self.target.name,
+            status="failed" if self.failure else "succeeded",
+            started=self.started_at.isoformat(), finished=datetime.now(UTC).isoformat(),
+            operator=self.operator, git_commit=self.git_commit, migrations=tuple(self.migrations),
+            steps=tuple(StepSummary(s.name, s.status, s.detail) for s in self.steps),
+            checks=tuple(c for s in self.steps for c in s.checks), figures=dict(self.figures),
+            error=self._error_summary() if self.failure else None,
+        )  # fmt: skip
 
-    def _error_summary(self) -> dict[str, Any]:
+    def _error_summary(self) -> ErrorSummary:
         """The failure with what surrounds it: blockers, clean-up, the state now, what to run next."""
         assert self.failure is not None
         context = list(self.context)
         try:
-            now = commands.status(self.settings, target=self.target.name)
+            now = status.status(self.endpoint)
             counts = ", ".join(f"{n} {state}" for state, n in sorted(now.plan.counts().items()))
             context.append(f"state now: schema version {now.current_version or 'none'} ({counts})")
         except RunbookError as exc:
             context.append(f"state now: unknown ({exc.message})")
-        return {
-            "message": self.failure.message, "hint": self.failure.hint, "context": context,
-            "next": f"thorbis-runbook run {self.runbook} --target {self.target.name}  (after the fix above)",
-        }  # fmt: skip
+        return ErrorSummary(
+            self.failure.message, self.failure.hint, tuple(context),
+            f"thorbis-runbook run {self.runbook} --target {self.target.name}  (after the fix above)",
+        )  # fmt: skip
 
     def finish(self) -> Notice:
         """Write summary.json beside the report, then raise the first failure, if any."""
         summary = self.summary()
         if self.report_dir is not None:
-            self.report_dir.mkdir(parents=True, exist_ok=True)
-            (self.report_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+            summary.write(self.report_dir)
         if self.failure is not None:
             raise self.failure
         return Notice(
@@ -446,19 +433,17 @@ class Run:
             self._fail(report.title, exc)
 
     def _record_checks(self, step: StepRecord, report: Any) -> None:
-        step.data["checks"] = _check_rows(report)
+        step.checks = _check_rows(report)
         counts = report.counts()
         step.detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         self.figures[f"{step.name}_checks"] = counts
 
     def _record_benchmark(self, step: StepRecord, result: Any) -> None:
-        step.data["result"] = result
+        step.result = result
         self.figures["benchmark_median_ms"] = {q.name: q.median_ms for q in result.queries}
         step.detail = f"{len(result.queries)} queries timed"
 
     def _baseline(self, given: str) -> Path | None:
-        from . import ledger
-
         return ledger.benchmark_baseline(
             self.settings, self.target.name, given, exclude_run=self.run_id
         )
@@ -474,21 +459,19 @@ class Run:
         step.detail += f"; {len(report.actions)} suggested action(s)"
 
     def _record_status(self, step: StepRecord, report: Any) -> None:
-        self.migrations = [
-            {"version": r.version, "name": r.name, "state": r.state} for r in report.plan.rows
-        ]
+        self.migrations = [MigrationRow(r.version, r.name, state=r.state) for r in report.plan.rows]
         step.detail = f"schema version {report.current_version or 'none'}"
         self.figures["schema_version"] = report.current_version
 
-    def _record_apply(self, step: StepRecord, result: Any) -> None:
-        step.data["result"] = result
+    def _record_apply(self, step: StepRecord, result: migrate.ApplyResult) -> None:
+        step.result = result
         applied = [s for s in result.steps if s.status == "applied"]
         step.detail = (
             f"dry run: {len(result.steps)} migration(s) planned"
             if result.dry_run
             else f"{len(applied)} migration(s) applied"
         )
-        step.data["checks"] = _check_rows(self.rls_report) if self.rls_report is not None else []
+        step.checks = _check_rows(self.rls_report) if self.rls_report is not None else []
         self.figures["applied"] = len(applied)
         self.figures["apply_ms"] = sum(s.duration_ms for s in result.steps)
         self.figures["migration_ms"] = {s.version: s.duration_ms for s in result.steps}
@@ -514,12 +497,12 @@ class Run:
             self.figures["deadlocks"] = result.monitor.deadlocks
         self._attach_checksums(result)
 
-    def _attach_checksums(self, result: Any) -> None:
-        files = {m.version: m for m in self.files}
+    def _attach_checksums(self, result: migrate.ApplyResult) -> None:
+        """Every migration file with the checksum apply read, and what this run did to it."""
         ran = {s.version: s.status for s in result.steps}
         self.migrations = [
-            {"version": v, "name": m.name, "checksum": m.checksum, "this_run": ran.get(v, "")}
-            for v, m in sorted(files.items())
+            MigrationRow(m.version, m.name, checksum=m.checksum, this_run=ran.get(m.version, ""))
+            for m in result.migrations
         ]
 
 
@@ -536,17 +519,16 @@ def start(
     chosen = settings.target(target or None)
     return Run(
         runbook, settings, chosen,
-        run_id=run_id or commands.new_run_id(), operator=operator or commands.operator_name(),
+        run_id=run_id or new_run_id(), operator=operator or operator_name(),
         report_dir=Path(report_dir) if report_dir else None,
     )  # fmt: skip
 
 
-def _check_rows(report: Any) -> list[dict[str, Any]]:
+def _check_rows(report: CheckReport) -> list[CheckRow]:
     return [
-        {"report": report.title, "name": c.name, "status": c.status, "observed": c.observed,
-         "threshold": c.threshold, "detail": c.detail}
+        CheckRow(report.title, c.name, c.status, c.observed, c.threshold, c.detail)
         for c in report.checks
-    ]  # fmt: skip
+    ]
 
 
 def _expect_bools(**values: Any) -> None:

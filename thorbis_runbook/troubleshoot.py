@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import db, history
+from . import db, history, sessions
 from .checks import (
     Check,
     CheckReport,
@@ -23,8 +23,8 @@ from .checks import (
     skipped,
     warned,
 )
-from .config import Settings
-from .precheck import BlockedSession, Session, blocked_sessions, open_transactions
+from .endpoint import Endpoint
+from .sessions import Session
 from .thresholds import Thresholds, load_thresholds
 
 if TYPE_CHECKING:
@@ -85,28 +85,23 @@ class TroubleshootReport:
         return render_html(self.checks.title, self.checks.checks) + (advice if items else "")
 
 
-def troubleshoot(settings: Settings, *, target: str | None = None) -> TroubleshootReport:
+def troubleshoot(endpoint: Endpoint) -> TroubleshootReport:
     """Inspect a target's sessions, locks, history and indexes; raise ConnectionFailed or ConfigError."""
-    chosen = settings.target(target)
-    thresholds = load_thresholds(settings, chosen)
-    with db.connection(
-        db.resolve_dsn(settings, chosen),
-        target_name=chosen.name,
-        application_name="thorbis-runbook troubleshoot",
-    ) as conn:
-        return diagnose(conn, target_name=chosen.name, thresholds=thresholds)
+    thresholds = load_thresholds(endpoint.settings, endpoint.target)
+    with endpoint.connection("thorbis-runbook troubleshoot") as conn:
+        return diagnose(conn, target_name=endpoint.name, thresholds=thresholds)
 
 
 def diagnose(
     conn: db.Connection, *, target_name: str, thresholds: Thresholds
 ) -> TroubleshootReport:
     """Run the troubleshooting checks on an open connection."""
-    sessions = open_transactions(conn)
-    blocked = blocked_sessions(conn)
+    seen = sessions.sessions(conn)
+    open_ = sessions.in_transaction(seen)
     results = [
-        _long_queries(sessions, thresholds),
-        _idle_in_transaction(sessions, thresholds),
-        _blocked_tree(blocked, {s.pid: s for s in sessions}, thresholds),
+        _long_running(open_, thresholds, idle=False),
+        _long_running(open_, thresholds, idle=True),
+        _blocked_tree(sessions.waiting(seen), {s.pid: s for s in seen}, thresholds),
         _history(conn),
         _invalid_indexes(conn),
     ]
@@ -120,69 +115,50 @@ def diagnose(
 _Part = tuple[list[Check], list[Action]]
 
 
-def _long_queries(sessions: Sequence[Session], thresholds: Thresholds) -> _Part:
-    long = [s for s in sessions if s.state == "active" and s.query_ms > thresholds.long_query_warn]
-    if not long:
-        return [
-            passed("long-running queries", 0, f"<= {thresholds.long_query_warn / 1000:g} s")
-        ], []
+def _long_running(open_: Sequence[Session], thresholds: Thresholds, *, idle: bool) -> _Part:
+    """Statements running too long (cancel them), or sessions idle in a transaction too long
+    (terminate them: an idle session has no statement to cancel)."""
+    if idle:
+        name, warn, fail = (
+            "idle in transaction",
+            thresholds.idle_in_transaction_warn,
+            thresholds.idle_in_transaction_fail,
+        )
+        found = [s for s in open_ if s.idle_in_transaction and s.state_ms > warn]
+    else:
+        name, warn, fail = (
+            "long-running queries",
+            thresholds.long_query_warn,
+            thresholds.long_query_fail,
+        )
+        found = [s for s in open_ if s.state == "active" and (s.query_ms or 0) > warn]
+    if not found:
+        return [passed(name, 0, f"<= {warn / 1000:g} s")], []
     checks, actions = [], []
-    for s in long:
-        name = f"long-running query pid {s.pid}"
-        checks.append(
-            at_most(
-                name,
-                s.query_ms / 1000,
-                warn=thresholds.long_query_warn / 1000,
-                fail=thresholds.long_query_fail / 1000,
-                unit=" s",
-                detail=s.describe(),
-            )
-        )
-        actions.append(
-            Action(
-                name,
-                f"SELECT pg_cancel_backend({int(s.pid)});",
-                f"cancel its statement; if it does not stop, SELECT pg_terminate_backend({int(s.pid)}); ends the session",
-            )
-        )
+    for s in found:
+        each = f"{'idle in transaction' if idle else 'long-running query'} pid {s.pid}"
+        observed_ms = s.state_ms if idle else s.query_ms or 0
+        detail = f"{s.describe()}; it holds its locks until it ends" if idle else s.describe()
+        checks.append(at_most(each, observed_ms / 1000, warn=warn / 1000, fail=fail / 1000,
+                              unit=" s", detail=detail))  # fmt: skip
+        actions.append(_end_session_action(each, s.pid, idle=idle))
     return checks, actions
 
 
-def _idle_in_transaction(sessions: Sequence[Session], thresholds: Thresholds) -> _Part:
-    idle = [
-        s for s in sessions
-        if s.state.startswith("idle in transaction") and s.state_ms > thresholds.idle_in_transaction_warn
-    ]  # fmt: skip
-    if not idle:
-        return [
-            passed("idle in transaction", 0, f"<= {thresholds.idle_in_transaction_warn / 1000:g} s")
-        ], []
-    checks, actions = [], []
-    for s in idle:
-        name = f"idle in transaction pid {s.pid}"
-        checks.append(
-            at_most(
-                name,
-                s.state_ms / 1000,
-                warn=thresholds.idle_in_transaction_warn / 1000,
-                fail=thresholds.idle_in_transaction_fail / 1000,
-                unit=" s",
-                detail=f"{s.describe()}; it holds its locks until it ends",
-            )
-        )
-        actions.append(
-            Action(
-                name,
-                f"SELECT pg_terminate_backend({int(s.pid)});",
-                "an idle session has no statement to cancel; terminating it rolls its transaction back",
-            )
-        )
-    return checks, actions
+def _end_session_action(check: str, pid: int, *, idle: bool) -> Action:
+    if idle:
+        return Action(
+            check, f"SELECT pg_terminate_backend({int(pid)});",
+            "an idle session has no statement to cancel; terminating it rolls its transaction back",
+        )  # fmt: skip
+    return Action(
+        check, f"SELECT pg_cancel_backend({int(pid)});",
+        f"cancel its statement; if it does not stop, SELECT pg_terminate_backend({int(pid)}); ends the session",
+    )  # fmt: skip
 
 
 def _blocked_tree(
-    blocked: Sequence[BlockedSession], sessions: Mapping[int, Session], thresholds: Thresholds
+    blocked: Sequence[Session], by_pid: Mapping[int, Session], thresholds: Thresholds
 ) -> _Part:
     """Group waiters under the sessions at the head of each lock queue (blockers not blocked)."""
     if not blocked:
@@ -195,7 +171,7 @@ def _blocked_tree(
     roots = sorted(p for p in children if p not in waiting) or sorted(children)  # a cycle: show all
     checks, actions = [], []
     for root in roots:
-        lines = _render(root, children, waiting, sessions)
+        lines = _render(root, children, waiting, by_pid)
         longest = max(
             (waiting[p].wait_ms for p in _descendants(root, children) if p in waiting), default=0
         )
@@ -209,7 +185,7 @@ def _blocked_tree(
             if check.status != "pass"
             else warned(name, check.observed, check.threshold, check.detail)
         )
-        root_session = sessions.get(root)
+        root_session = by_pid.get(root)
         if root_session is not None and root_session.state == "active":
             sql, why = (
                 f"SELECT pg_cancel_backend({int(root)});",
@@ -225,22 +201,22 @@ def _blocked_tree(
 def _render(
     pid: int,
     children: Mapping[int, list[int]],
-    waiting: Mapping[int, BlockedSession],
-    sessions: Mapping[int, Session],
+    waiting: Mapping[int, Session],
+    by_pid: Mapping[int, Session],
     depth: int = 0,
     seen: frozenset[int] = frozenset(),
 ) -> list[str]:
     if pid in waiting:
         w = waiting[pid]
         label = f"pid {pid} waits {w.wait_ms / 1000:.1f} s for {w.mode} on {w.relation or 'a lock'}: {w.query[:60]}"
-    elif pid in sessions:
-        label = sessions[pid].describe()
+    elif pid in by_pid:
+        label = by_pid[pid].describe()
     else:
         label = f"pid {pid}"
     lines = [("-> " * depth) + label]
     for child in sorted(children.get(pid, ())):
         if child not in seen:
-            lines += _render(child, children, waiting, sessions, depth + 1, seen | {pid})
+            lines += _render(child, children, waiting, by_pid, depth + 1, seen | {pid})
     return lines
 
 

@@ -16,6 +16,7 @@ from . import db, queries
 from .benchmark import BenchmarkResult, BenchmarkSettings, compare, run_queries
 from .checks import Check, CheckReport, at_most, failed, passed, skipped, warned
 from .config import Settings, Target, reject_unknown_keys
+from .endpoint import Endpoint
 from .errors import ConfigError
 from .expectations import TableExpectation, expectation_checks, parse_expectations
 from .history import read_history
@@ -88,26 +89,20 @@ class ValidateSettings:
 
 
 def validate(
-    settings: Settings,
-    *,
-    target: str | None = None,
-    baseline: BenchmarkResult | Path | str | None = None,
+    endpoint: Endpoint, *, baseline: BenchmarkResult | Path | str | None = None
 ) -> CheckReport:
     """Run every validation check against a target; one report, any fail fails.
 
     ``baseline`` (a BenchmarkResult or the path of a saved one) adds the benchmark comparison.
     Raises ConfigError, MigrationFileError and ConnectionFailed before any check runs.
     """
-    chosen = settings.target(target)
+    settings, chosen = endpoint.settings, endpoint.target
     config = ValidateSettings.from_settings(settings, chosen)
     bench = BenchmarkSettings.parse(settings.sections.get("benchmark"))
     before = BenchmarkResult.load(baseline) if isinstance(baseline, (str, Path)) else baseline
     migrations = discover(settings.migrations_dir)
-    dsn = db.resolve_dsn(settings, chosen)
     checks: list[Check] = []
-    with db.connection(
-        dsn, target_name=chosen.name, application_name="thorbis-runbook validate"
-    ) as conn:
+    with endpoint.connection("thorbis-runbook validate") as conn:
         checks += verification_checks(conn, migrations)
         checks += expectation_checks(conn, config.tables)
         schemas = config.schemas or tuple(r[0] for r in db.fetch_all(conn, _SYSTEM_SCHEMAS_SQL))
@@ -119,7 +114,7 @@ def validate(
             formats=config.formats,
         )
         checks += run_parallel(
-            dsn, probes, target_name=chosen.name, workers=config.workers,
+            endpoint.dsn, probes, target_name=chosen.name, workers=config.workers,
             statement_timeout_ms=chosen.statement_timeout_ms,
         )  # fmt: skip
         checks += isolation_checks(conn, config.rls)

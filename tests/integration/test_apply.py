@@ -9,10 +9,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.conftest import write_migrations
-from thorbis_runbook import commands, history
-from thorbis_runbook.commands import ApplyRequest
+from tests.conftest import status_of, write_migrations
+from thorbis_runbook import history, migrate
+from thorbis_runbook.baseline import baseline
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import ConfirmationRequired, LockBusy, PlanBlocked
+from thorbis_runbook.migrate import ApplyRequest
 
 T1 = "20250101000000_create_items.sql"
 T2 = "20250102000000_add_price.sql"
@@ -40,15 +42,15 @@ def test_applies_in_order_once_and_records_history(tmp_path: Path, settings_for,
         "20250101000000_create_items.verify.sql": "DO $$ BEGIN PERFORM 1/count(*) FROM items; END $$;",
     })  # fmt: skip
     settings = settings_for(folder)
-    result = commands.apply(settings, ApplyRequest())
+    result = migrate.apply(resolve(settings), ApplyRequest())
     assert result.ok and [s.version for s in result.steps] == ["20250101000000", "20250102000000"]
     assert _history(conn) == {
         "20250101000000": ("applied", 1, None),
         "20250102000000": ("applied", 1, None),
     }
-    again = commands.apply(settings, ApplyRequest())
+    again = migrate.apply(resolve(settings), ApplyRequest())
     assert again.steps == ()
-    report = commands.status(settings)
+    report = status_of(settings)
     assert report.current_version == "20250102000000"
     assert [r.state for r in report.plan.rows] == ["applied", "applied"]
     with conn.cursor() as cur:
@@ -65,7 +67,7 @@ def test_a_failure_leaves_nothing_and_a_fixed_file_continues(
         "20250103000000_third.sql": "CREATE TABLE third (id int);",
     })  # fmt: skip
     settings = settings_for(folder)
-    result = commands.apply(settings, ApplyRequest())
+    result = migrate.apply(resolve(settings), ApplyRequest())
     assert not result.ok and [s.status for s in result.steps] == ["applied", "failed"]
     failure = result.failure
     assert failure is not None and failure.sqlstate == "42P01" and failure.line == 4
@@ -76,10 +78,10 @@ def test_a_failure_leaves_nothing_and_a_fixed_file_continues(
     assert "public.third" not in _tables(conn), "apply stops at the first failure"
 
     (folder / T2).write_text("CREATE TABLE prices (id int);\nINSERT INTO prices VALUES (1);\n")
-    assert commands.status(settings).plan.drifted == (), (
+    assert status_of(settings).plan.drifted == (), (
         "a failed file was never applied: editing it is no drift"
     )
-    fixed = commands.apply(settings, ApplyRequest())
+    fixed = migrate.apply(resolve(settings), ApplyRequest())
     assert fixed.ok and [s.version for s in fixed.steps] == ["20250102000000", "20250103000000"]
     assert _history(conn)["20250102000000"][:2] == ("applied", 2)
 
@@ -90,7 +92,7 @@ def test_runtime_errors_without_a_position_are_located_by_replay(
     folder = write_migrations(tmp_path / "m", {
         T1: "CREATE TABLE items (id int PRIMARY KEY);\nINSERT INTO items VALUES (1);\n\nINSERT INTO items VALUES (1);\n",
     })  # fmt: skip
-    result = commands.apply(settings_for(folder), ApplyRequest())
+    result = migrate.apply(resolve(settings_for(folder)), ApplyRequest())
     assert result.failure is not None
     assert result.failure.sqlstate == "23505" and result.failure.line == 4
 
@@ -102,7 +104,7 @@ def test_a_failing_verify_rolls_the_migration_back(tmp_path: Path, settings_for,
             "DO $$ BEGIN\n  IF to_regclass('public.items_archive') IS NULL THEN\n"
             "    RAISE EXCEPTION 'items_archive is missing';\n  END IF;\nEND $$;",
     })  # fmt: skip
-    result = commands.apply(settings_for(folder), ApplyRequest())
+    result = migrate.apply(resolve(settings_for(folder)), ApplyRequest())
     assert result.failure is not None and "items_archive is missing" in result.failure.message
     assert "create_items.verify.sql line 1" in result.failure.message
     assert "public.items" not in _tables(conn)
@@ -111,21 +113,23 @@ def test_a_failing_verify_rolls_the_migration_back(tmp_path: Path, settings_for,
 def test_drift_and_out_of_order_block_until_allowed(tmp_path: Path, settings_for, conn) -> None:  # type: ignore[no-untyped-def]
     folder = write_migrations(tmp_path / "m", {T2: "CREATE TABLE b (id int);"})
     settings = settings_for(folder)
-    assert commands.apply(settings, ApplyRequest()).ok
+    assert migrate.apply(resolve(settings), ApplyRequest()).ok
     write_migrations(folder, {T1: "CREATE TABLE a (id int);"})
     with pytest.raises(PlanBlocked, match="older than the newest applied"):
-        commands.apply(settings, ApplyRequest())
-    assert commands.status(settings).plan.rows[0].state == "out of order"
+        migrate.apply(resolve(settings), ApplyRequest())
+    assert status_of(settings).plan.rows[0].state == "out of order"
     (folder / T2).write_text("CREATE TABLE b (id bigint);")
     with pytest.raises(
         PlanBlocked, match=r"changed after they were applied: 20250102000000_add_price\.sql"
     ):
-        commands.apply(settings, ApplyRequest(allow_out_of_order=True))
-    result = commands.apply(settings, ApplyRequest(allow_out_of_order=True, allow_drift=True))
+        migrate.apply(resolve(settings), ApplyRequest(allow_out_of_order=True))
+    result = migrate.apply(
+        resolve(settings), ApplyRequest(allow_out_of_order=True, allow_drift=True)
+    )
     assert [s.version for s in result.steps] == ["20250101000000"], "drifted files are never re-run"
     (folder / T2).unlink()
     with pytest.raises(PlanBlocked, match="have no file any more"):
-        commands.apply(settings, ApplyRequest())
+        migrate.apply(resolve(settings), ApplyRequest())
 
 
 def test_dry_run_prints_everything_and_changes_nothing(tmp_path: Path, settings_for, conn) -> None:  # type: ignore[no-untyped-def]
@@ -133,7 +137,9 @@ def test_dry_run_prints_everything_and_changes_nothing(tmp_path: Path, settings_
         T1: "CREATE TABLE items (id int PRIMARY KEY);",
         T2: "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_id_ix ON items (id);",
     })  # fmt: skip
-    result = commands.apply(settings_for(folder, lock_timeout="750ms"), ApplyRequest(dry_run=True))
+    result = migrate.apply(
+        resolve(settings_for(folder, lock_timeout="750ms")), ApplyRequest(dry_run=True)
+    )
     script = result.script
     assert _tables(conn) == set()
     for expected in (
@@ -155,7 +161,7 @@ def test_to_version_stops_there(tmp_path: Path, settings_for, conn) -> None:  # 
     folder = write_migrations(
         tmp_path / "m", {T1: "CREATE TABLE a (id int);", T2: "CREATE TABLE b (id int);"}
     )
-    result = commands.apply(settings_for(folder), ApplyRequest(to_version="20250101000000"))
+    result = migrate.apply(resolve(settings_for(folder)), ApplyRequest(to_version="20250101000000"))
     assert [s.version for s in result.steps] == ["20250101000000"]
     assert "public.b" not in _tables(conn)
 
@@ -167,7 +173,7 @@ def test_session_settings_of_one_migration_do_not_leak_into_the_next(
         T1: "CREATE SCHEMA other;\nSET search_path = other;\nCREATE TABLE a (id int);",
         T2: "CREATE TABLE b (id int);",
     })  # fmt: skip
-    assert commands.apply(settings_for(folder), ApplyRequest()).ok
+    assert migrate.apply(resolve(settings_for(folder)), ApplyRequest()).ok
     assert {"other.a", "public.b"} <= _tables(conn)
 
 
@@ -175,10 +181,10 @@ def test_production_needs_confirmation(tmp_path: Path, settings_for, conn) -> No
     folder = write_migrations(tmp_path / "m", {T1: "CREATE TABLE a (id int);"})
     settings = settings_for(folder, production=True)
     with pytest.raises(ConfirmationRequired, match="marked production"):
-        commands.apply(settings, ApplyRequest())
+        migrate.apply(resolve(settings), ApplyRequest())
     assert not history.schema_exists(conn)
-    assert commands.apply(settings, ApplyRequest(dry_run=True)).ok
-    assert commands.apply(settings, ApplyRequest(confirm_production=True)).ok
+    assert migrate.apply(resolve(settings), ApplyRequest(dry_run=True)).ok
+    assert migrate.apply(resolve(settings), ApplyRequest(confirm_production=True)).ok
 
 
 def test_a_second_runner_waits_then_names_the_holder(
@@ -194,13 +200,13 @@ def test_a_second_runner_waits_then_names_the_holder(
     try:
         started = time.monotonic()
         with pytest.raises(LockBusy) as info:
-            commands.apply(settings_for(folder, lock_wait="600ms"), ApplyRequest())
+            migrate.apply(resolve(settings_for(folder, lock_wait="600ms")), ApplyRequest())
         assert time.monotonic() - started >= 0.5
         assert f"pid {pid} (other-runner" in info.value.message
         assert info.value.exit_code == 3
     finally:
         holder.close()
-    assert commands.apply(settings_for(folder), ApplyRequest()).ok
+    assert migrate.apply(resolve(settings_for(folder)), ApplyRequest()).ok
 
 
 def test_lock_timeouts_are_retried_with_backoff(
@@ -213,8 +219,10 @@ def test_lock_timeouts_are_retried_with_backoff(
     releaser = threading.Timer(1.5, blocker.rollback)
     releaser.start()
     try:
-        result = commands.apply(
-            settings_for(folder, lock_timeout="200ms", retry_backoff="200ms", lock_retries=5),
+        result = migrate.apply(
+            resolve(
+                settings_for(folder, lock_timeout="200ms", retry_backoff="200ms", lock_retries=5)
+            ),
             ApplyRequest(),
         )
     finally:
@@ -231,8 +239,10 @@ def test_lock_timeouts_give_up_after_the_retries(
     blocker = psycopg2.connect(pg_database)
     blocker.cursor().execute("LOCK TABLE busy IN ACCESS SHARE MODE")
     try:
-        result = commands.apply(
-            settings_for(folder, lock_timeout="100ms", retry_backoff="10ms", lock_retries=2),
+        result = migrate.apply(
+            resolve(
+                settings_for(folder, lock_timeout="100ms", retry_backoff="10ms", lock_retries=2)
+            ),
             ApplyRequest(),
         )
     finally:
@@ -248,14 +258,14 @@ def test_baseline_records_without_running(tmp_path: Path, settings_for, conn) ->
     )
     conn.cursor().execute("CREATE TABLE a (id int)")  # the existing database already has T1
     settings = settings_for(folder)
-    result = commands.baseline(settings, to_version="20250101000000")
+    result = baseline(resolve(settings), to_version="20250101000000")
     assert result.recorded == (T1,)
-    rows = commands.status(settings).plan.rows
+    rows = status_of(settings).plan.rows
     assert [(r.version, r.state) for r in rows] == [
         ("20250101000000", "baselined"),
         ("20250102000000", "pending"),
     ]
-    applied = commands.apply(settings, ApplyRequest())
+    applied = migrate.apply(resolve(settings), ApplyRequest())
     assert [s.version for s in applied.steps] == ["20250102000000"]
 
 
@@ -269,7 +279,7 @@ def test_apply_carries_the_monitor_time_series_of_a_lock_wait(
     releaser = threading.Timer(1.5, blocker.rollback)
     releaser.start()
     try:
-        result = commands.apply(settings_for(folder, lock_timeout="5s"), ApplyRequest())
+        result = migrate.apply(resolve(settings_for(folder, lock_timeout="5s")), ApplyRequest())
     finally:
         releaser.join()
         blocker.close()
@@ -292,14 +302,14 @@ def test_on_failure_rollback_run_undoes_what_the_run_applied(
         "20250103000000_broken.sql": "SELECT * FROM nowhere;",
     })  # fmt: skip
     settings = settings_for(folder, on_failure="rollback_run", backup_before_apply="schema")
-    result = commands.apply(settings, ApplyRequest())
+    result = migrate.apply(resolve(settings), ApplyRequest())
     assert result.failure is not None and result.rollback is not None
     assert result.rollback.ok and list(result.rollback.undone) == [
         "20250102000000",
         "20250101000000",
     ]
     assert "public.items" not in _tables(conn)
-    states = {r.version: r.state for r in commands.status(settings).plan.rows}
+    states = {r.version: r.state for r in status_of(settings).plan.rows}
     assert states == {
         "20250101000000": "pending",
         "20250102000000": "pending",

@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from thorbis_runbook import backup
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import ConfigError
+from thorbis_runbook.recovery import backup, snapshot
 
 
 def test_backup_writes_a_verified_manifest_and_deep_verification_restores_it(
@@ -19,7 +20,7 @@ def test_backup_writes_a_verified_manifest_and_deep_verification_restores_it(
 ) -> None:  # type: ignore[no-untyped-def]
     settings = seeded_settings()
     target = settings.target()
-    result = backup.take_backup(settings, target, run_id="run-1", deep=True)
+    result = backup.take_backup(resolve(settings, target), run_id="run-1", deep=True)
     manifest = result.manifest
     assert result.ok and [c.status for c in result.checks] == ["pass", "pass", "pass"]
     folder = Path(manifest.path)
@@ -45,7 +46,7 @@ def test_backup_writes_a_verified_manifest_and_deep_verification_restores_it(
 def test_a_backup_file_corrupted_on_disk_fails_verification(seeded_settings) -> None:  # type: ignore[no-untyped-def]
     settings = seeded_settings()
     target = settings.target()
-    manifest = backup.take_backup(settings, target).manifest
+    manifest = backup.take_backup(resolve(settings, target)).manifest
     data_file = max(
         (n for n in manifest.files if n.endswith(".gz")),
         key=lambda n: (Path(manifest.path) / n).stat().st_size,
@@ -54,7 +55,7 @@ def test_a_backup_file_corrupted_on_disk_fails_verification(seeded_settings) -> 
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    result = backup.verify_backup(settings, target, manifest.backup_id)
+    result = backup.verify_backup(resolve(settings, target), manifest.backup_id)
     assert not result.ok
     failure = result.checks.failures()[0]
     assert failure.name == "archive checksums" and data_file in failure.detail
@@ -71,7 +72,7 @@ def test_a_client_older_than_the_server_is_refused_with_the_fix(
     fake.chmod(0o755)
     settings = seeded_settings(pg_bin_dir=str(old))
     with pytest.raises(ConfigError) as caught:
-        backup.take_backup(settings, settings.target())
+        backup.take_backup(resolve(settings))
     assert "version 12" in caught.value.message and "pg_bin_dir" in caught.value.hint
 
 
@@ -80,7 +81,7 @@ def test_schema_snapshots_ignore_the_runbook_schema_and_name_a_changed_table(
 ) -> None:  # type: ignore[no-untyped-def]
     settings = seeded_settings()
     target = settings.target()
-    first = backup.take_snapshot(settings, target, run_id="r1")
+    first = snapshot.take_snapshot(resolve(settings, target), run_id="r1")
     assert "runbook." not in first.schema and "CREATE TABLE business_core.customers" in first.schema
     with (
         closing(psycopg2.connect(os.environ["THORBIS_TEST_DSN"])) as conn,
@@ -91,7 +92,7 @@ def test_schema_snapshots_ignore_the_runbook_schema_and_name_a_changed_table(
         cur.execute(
             "INSERT INTO runbook.runs (run_id, command, target, operator) VALUES ('x', 'apply', 't', 'o')"
         )
-    second = backup.take_snapshot(settings, target)
-    diff = backup.schema_diff(first.schema, second.schema)
+    second = snapshot.take_snapshot(resolve(settings, target))
+    diff = snapshot.schema_diff(first.schema, second.schema)
     assert diff == ["+ nickname text (in CREATE TABLE business_core.customers)"]
-    assert backup.snapshot_before(settings, target, run_id="r1", before=None) == first
+    assert snapshot.snapshot_before(settings, target, run_id="r1", before=None) == first

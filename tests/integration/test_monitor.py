@@ -12,8 +12,10 @@ import psycopg2
 import pytest
 
 from tests.conftest import write_migrations
-from thorbis_runbook import commands
+from thorbis_runbook import migrate
 from thorbis_runbook.config import Settings
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.monitor import SAMPLE_COLUMNS, Monitor
 
 Conn = psycopg2.extensions.connection
@@ -54,8 +56,8 @@ def test_a_migration_waiting_on_a_lock_shows_in_the_series_and_warns_while_runni
             pg_database, target_name="test", interval_ms=100, blocked_warn_ms=400
         ) as monitor:
             release.start()
-            applied = commands.apply(
-                settings_for(folder, lock_timeout="10s"), commands.ApplyRequest()
+            applied = migrate.apply(
+                resolve(settings_for(folder, lock_timeout="10s")), ApplyRequest()
             )
             finished = time.time()
             warned_while_running = [

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_migrations
-from thorbis_runbook import commands
-from thorbis_runbook.commands import ApplyRequest
+from tests.conftest import status_of, write_migrations
+from thorbis_runbook import migrate
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.migrate import ApplyRequest
 
 SETUP = "20250101000000_items.sql"
 INDEXES = "20250102000000_item_indexes.sql"
@@ -43,16 +44,16 @@ def test_a_failed_concurrent_build_leaves_no_invalid_index_and_resumes(
             "DO $$ BEGIN IF to_regclass('items_code_key') IS NULL THEN RAISE EXCEPTION 'no key'; END IF; END $$;",
     })  # fmt: skip
     settings = settings_for(folder)
-    result = commands.apply(settings, ApplyRequest())
+    result = migrate.apply(resolve(settings), ApplyRequest())
     failure = result.failure
     assert failure is not None and failure.sqlstate == "23505" and failure.line == 2
     assert _invalid_indexes(conn) == [], "the INVALID index of the failed build was dropped"
     assert result.steps[-1].cleaned_up == ("public.items_code_key",), "and the result says so"
     assert _indexes(conn) == {"items_id_ix"}, "the first statement stays applied"
-    assert commands.status(settings).plan.rows[1].state == "failed"
+    assert status_of(settings).plan.rows[1].state == "failed"
 
     conn.cursor().execute("UPDATE items SET code = 'b' WHERE id = 2")
-    resumed = commands.apply(settings, ApplyRequest())
+    resumed = migrate.apply(resolve(settings), ApplyRequest())
     assert resumed.ok and resumed.steps[0].resumed_after == 1
     assert _indexes(conn) == {"items_id_ix", "items_code_key"}
     with conn.cursor() as cur:
@@ -86,13 +87,13 @@ def test_a_killed_runner_leaves_a_state_the_next_run_finishes(
     finally:
         runner.send_signal(signal.SIGKILL)
         runner.wait()
-    state = commands.status(settings_for(folder)).plan.rows[1].state
+    state = status_of(settings_for(folder)).plan.rows[1].state
     assert state == "running"
     # The operator shortens the slow step; statements that completed are matched by their text.
     text = (folder / INDEXES).read_text()
     (folder / INDEXES).write_text(text.replace("pg_sleep(30)", "pg_sleep(0)"))
     # The server notices the dead client (client_connection_check_interval) and frees the lock.
-    result = commands.apply(settings_for(folder, lock_wait="15s"), ApplyRequest())
+    result = migrate.apply(resolve(settings_for(folder, lock_wait="15s")), ApplyRequest())
     assert result.ok and result.steps[0].resumed_after == 1
     assert _indexes(conn) == {"items_id_ix", "items_id2_ix"}
 
@@ -116,7 +117,7 @@ def test_a_lost_connection_loses_nothing(tmp_path: Path, settings_for, conn) -> 
     settings = settings_for(folder)
     outcome: list[object] = []
     worker = threading.Thread(
-        target=lambda: outcome.append(commands.apply(settings, ApplyRequest()))
+        target=lambda: outcome.append(migrate.apply(resolve(settings), ApplyRequest()))
     )
     worker.start()
     _wait_for(
@@ -130,10 +131,10 @@ def test_a_lost_connection_loses_nothing(tmp_path: Path, settings_for, conn) -> 
     worker.join(timeout=20)
     result = outcome[0]
     assert result.failure is not None and "connection was lost" in result.failure.message  # type: ignore[attr-defined]
-    rows = commands.status(settings).plan.rows
+    rows = status_of(settings).plan.rows
     assert [(r.version, r.state) for r in rows] == [
         ("20250101000000", "applied"),
         ("20250102000000", "pending"),
     ]
     (folder / "20250102000000_slow.sql").write_text("CREATE TABLE slow (id int);\n")
-    assert commands.apply(settings, ApplyRequest()).ok
+    assert migrate.apply(resolve(settings), ApplyRequest()).ok

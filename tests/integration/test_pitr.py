@@ -12,9 +12,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.conftest import MIGRATIONS
-from thorbis_runbook import commands, db, embedded, pitr, rollback, seed
+from tests.conftest import MIGRATIONS, status_of
+from thorbis_runbook import db, embedded, migrate, seed
 from thorbis_runbook.config import Settings, settings_from_mapping
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.migrate import ApplyRequest
+from thorbis_runbook.recovery import pitr, rollback
 
 EXTRA = "20250301000000_work_order_rating"
 
@@ -56,16 +59,16 @@ def test_point_in_time_loses_exactly_the_writes_after_the_restore_point(
 ) -> None:
     settings = own_server
     target = settings.target()
-    commands.apply(settings, commands.ApplyRequest(to_version="20250131000008")).raise_for_failure()
-    dsn = db.resolve_dsn(settings, target)
+    migrate.apply(resolve(settings), ApplyRequest(to_version="20250131000008")).raise_for_failure()
+    dsn = resolve(settings, target).dsn
     with db.connection(dsn, target_name="local") as conn:
         seed.seed(conn, businesses=2, work_orders_per_business=5, customers_per_business=3)
-    setup = pitr.enable(settings, target)
+    setup = pitr.enable(resolve(settings, target))
     assert setup.restarted and (setup.base_backup / "PG_VERSION").is_file()
     _run(dsn, "UPDATE business_hs.work_orders SET priority = 'low' WHERE description <> ''")
     kept = _run(dsn, "SELECT count(*) FROM business_hs.work_orders WHERE priority = 'low'")[0][0]
     time.sleep(0.05)
-    run = commands.apply(settings, commands.ApplyRequest())
+    run = migrate.apply(resolve(settings), ApplyRequest())
     assert run.ok and len(run.steps) == 1
     _run(dsn, "UPDATE business_hs.work_orders SET priority = 'urgent', rating = 5 "
               "WHERE id IN (SELECT id FROM business_hs.work_orders ORDER BY id LIMIT 3)")  # fmt: skip
@@ -73,7 +76,7 @@ def test_point_in_time_loses_exactly_the_writes_after_the_restore_point(
               "(SELECT id FROM business_core.invoices ORDER BY id LIMIT 2)")  # fmt: skip
 
     result = rollback.rollback(
-        settings, rollback.RollbackRequest("point_in_time", run_id=run.run_id)
+        resolve(settings), rollback.RollbackRequest("point_in_time", run_id=run.run_id)
     )
 
     assert result.ok, result.checks.to_json()
@@ -95,6 +98,6 @@ def test_point_in_time_loses_exactly_the_writes_after_the_restore_point(
         dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = 'work_orders'"
     )
     assert ("rating",) not in columns
-    assert commands.status(settings).plan.pending[0].version == "20250301000000"
+    assert status_of(settings).plan.pending[0].version == "20250301000000"
     assert (settings.state_dir / "pgdata.before-pitr" / "PG_VERSION").is_file()
     assert {"data_loss_report", "prepare", "recover", "total"} <= set(result.timings)

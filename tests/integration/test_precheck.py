@@ -15,7 +15,10 @@ import pytest
 from tests.conftest import MIGRATIONS, make_settings, write_migrations
 from thorbis_runbook.checks import Check, CheckReport
 from thorbis_runbook.config import Settings
-from thorbis_runbook.precheck import backup_check, blocked_sessions, lint_command, precheck
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.precheck import backup_check, lint_command
+from thorbis_runbook.precheck import precheck as run_precheck
+from thorbis_runbook.sessions import lock_waits
 from thorbis_runbook.thresholds import Thresholds
 
 Conn = psycopg2.extensions.connection
@@ -50,7 +53,7 @@ def _check(report: CheckReport, name: str) -> Check:
 
 
 def test_clean_thorbis_database_passes_precheck(thorbis_settings: Callable[..., Settings]) -> None:
-    report = precheck(thorbis_settings())
+    report = run_precheck(resolve(thorbis_settings()))
     assert report.ok, report.failures()
     assert _check(report, "connectivity").status == "pass"
     assert _check(report, "server version").observed.startswith("PostgreSQL ")
@@ -73,11 +76,11 @@ def test_idle_in_transaction_session_is_seen(
         pid = cur.fetchone()[0]
     time.sleep(0.3)
     settings = thorbis_settings(thresholds={"idle_in_transaction_warn": "100ms"})
-    check = _check(precheck(settings), "idle in transaction")
+    check = _check(run_precheck(resolve(settings)), "idle in transaction")
     assert check.status == "warn"
     assert f"pid {pid}" in check.detail and "the-app" in check.detail
     other_session.rollback()
-    assert _check(precheck(settings), "idle in transaction").status == "pass"
+    assert _check(run_precheck(resolve(settings)), "idle in transaction").status == "pass"
 
 
 def test_blocked_session_and_its_blocker_are_seen(
@@ -91,7 +94,7 @@ def test_blocked_session_and_its_blocker_are_seen(
     waiter.start()
     try:
         _wait_until_blocked(thorbis_dsn)
-        report = precheck(thorbis_settings())
+        report = run_precheck(resolve(thorbis_settings()))
         check = _check(report, "blocked sessions")
         assert check.status == "warn"
         assert f"blocked by pid {holder}" in check.detail
@@ -134,17 +137,19 @@ def test_live_lint_grades_a_plain_index_by_table_size(
         },
     )
     monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
-    small = lint_command(make_settings(tmp_path, folder), target="test")
+    small = lint_command(
+        make_settings(tmp_path, folder), endpoint=resolve(make_settings(tmp_path, folder), "test")
+    )
     check = next(c for c in small if c.name.startswith("index-not-concurrent"))
     assert check.status == "warn"
     assert check.observed.startswith("public.orders: 50 rows, ")  # never analyzed: n_live_tup
     # "Big" by threshold rather than by loading a million rows.
     big_settings = make_settings(tmp_path, folder, thresholds={"lint_fail_rows": 10})
-    big = lint_command(big_settings, target="test")
+    big = lint_command(big_settings, endpoint=resolve(big_settings, "test"))
     assert next(c for c in big if c.name.startswith("index-not-concurrent")).status == "fail"
     assert not big.ok
     # The same file inside precheck: the lint rows are part of the report.
-    report = precheck(big_settings, target="test")
+    report = run_precheck(resolve(big_settings, "test"))
     assert any(
         c.name == "index-not-concurrent 20250301000001_orders_total_index.sql:1" for c in report
     )
@@ -156,7 +161,7 @@ def test_invalid_index_is_seen_by_precheck(
     make_invalid_index(conn)
     monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
     settings = make_settings(tmp_path, write_migrations(tmp_path / "empty", {}))
-    check = _check(precheck(settings), "invalid indexes")
+    check = _check(run_precheck(resolve(settings)), "invalid indexes")
     assert check.status == "warn"
     assert "public.dupes_a_key" in check.detail
 
@@ -187,7 +192,7 @@ def _wait_until_blocked(dsn: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if blocked_sessions(connection):
+            if lock_waits(connection):
                 return
             time.sleep(0.05)
         raise AssertionError("the waiter never blocked")

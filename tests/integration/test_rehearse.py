@@ -10,7 +10,9 @@ from pathlib import Path
 import psycopg2
 
 from tests.conftest import MIGRATIONS
-from thorbis_runbook import backup, rehearse
+from thorbis_runbook import rehearse
+from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.recovery import backup
 
 NICKNAME = "20250301000000_customer_nickname"
 
@@ -44,7 +46,7 @@ def test_a_down_script_that_forgets_a_column_is_named_with_the_column(
 ) -> None:  # type: ignore[no-untyped-def]
     folder = _migrations(tmp_path, "DROP TABLE business_core.customer_notes;\n")
     settings = seeded_settings(folder)
-    result = rehearse.rehearse(settings, settings.target())
+    result = rehearse.rehearse(resolve(settings))
     assert not result.ok and result.source.startswith("CREATE DATABASE")
     failure = result.checks.failures()[0]
     assert failure.name == f"down script of {NICKNAME}.sql"
@@ -64,8 +66,8 @@ def test_a_good_rehearsal_is_recorded_with_checksums_and_can_use_a_backup(
     )
     settings = seeded_settings(folder)
     target = settings.target()
-    backup.take_backup(settings, target)
-    result = rehearse.rehearse(settings, target, source="backup")
+    backup.take_backup(resolve(settings, target))
+    result = rehearse.rehearse(resolve(settings, target), source="backup")
     assert result.ok, result.checks.to_json()
     assert result.source.startswith("backup ") and result.migrations == (f"{NICKNAME}.sql",)
     names = [c.name for c in result.checks]

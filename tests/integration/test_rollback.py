@@ -11,8 +11,12 @@ import psycopg2
 import pytest
 
 from tests.conftest import MIGRATIONS
-from thorbis_runbook import backup, commands, rollback
+from thorbis_runbook import migrate
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import ConfirmationRequired, PitrUnavailable, RollbackFailed
+from thorbis_runbook.migrate import ApplyRequest
+from thorbis_runbook.recovery import backup, rollback
+from thorbis_runbook.runs import new_run_id
 
 LOYALTY = "20250301000000_customer_loyalty"
 TAGS = "20250301000001_work_order_tags"
@@ -67,9 +71,9 @@ def _write_business_data(dsn: str) -> None:
 
 
 def _apply_run(settings) -> str:  # type: ignore[no-untyped-def]
-    run_id = commands.new_run_id()
-    backup.before_apply(settings, settings.target(), run_id=run_id)
-    commands.apply(settings, commands.ApplyRequest(run_id=run_id)).raise_for_failure()
+    run_id = new_run_id()
+    backup.before_apply(resolve(settings), run_id=run_id)
+    migrate.apply(resolve(settings), ApplyRequest(run_id=run_id)).raise_for_failure()
     return run_id
 
 
@@ -82,7 +86,9 @@ def test_schema_only_undoes_the_run_and_matches_the_snapshot(
     counts, columns, _ = _state(dsn)
     run_id = _apply_run(settings)
     assert "customers.loyalty_tier" in _state(dsn)[1]
-    result = rollback.rollback(settings, rollback.RollbackRequest("schema_only", run_id=run_id))
+    result = rollback.rollback(
+        resolve(settings), rollback.RollbackRequest("schema_only", run_id=run_id)
+    )
     assert result.ok, result.checks.to_json()
     assert result.undone == ("20250301000001", "20250301000000")  # newest first
     assert [s.transactional for s in result.steps] == [False, True]
@@ -96,7 +102,7 @@ def test_schema_only_undoes_the_run_and_matches_the_snapshot(
         cur.execute("SELECT event, run_id FROM runbook.migration_log WHERE event = 'rolled_back'")
         assert {row[1] for row in cur.fetchall()} == {result.rollback_id}
     assert result.timings["total"] > 0 and "down scripts" in result._repr_html_()
-    again = commands.apply(settings, commands.ApplyRequest())
+    again = migrate.apply(resolve(settings), ApplyRequest())
     assert again.ok and len(again.steps) == 2  # rolled back migrations apply again
 
 
@@ -104,11 +110,11 @@ def test_schema_only_to_version_and_rollback_run(seeded_settings, tmp_path: Path
     settings = seeded_settings(_migrations(tmp_path))
     run_id = _apply_run(settings)
     result = rollback.rollback(
-        settings, rollback.RollbackRequest("schema_only", to_version="20250301000000")
+        resolve(settings), rollback.RollbackRequest("schema_only", to_version="20250301000000")
     )
     assert result.undone == ("20250301000001",) and result.ok
     assert result.checks.checks[0].status == "warn"  # the run is only half undone: no snapshot fits
-    result = rollback.rollback_run(settings, "test", run_id)
+    result = rollback.rollback_run(resolve(settings, "test"), run_id)
     assert result.undone == ("20250301000000",) and result.undone_run == run_id
 
 
@@ -119,7 +125,7 @@ def test_a_failing_down_script_stops_and_is_reported(seeded_settings, tmp_path: 
     )
     settings = seeded_settings(folder)
     run_id = _apply_run(settings)
-    result = rollback.rollback_run(settings, "test", run_id)
+    result = rollback.rollback_run(resolve(settings, "test"), run_id)
     assert [s.status for s in result.steps] == ["rolled_back", "failed"]
     assert "nope" in result.steps[1].error and "42703" in result.steps[1].error
     with pytest.raises(RollbackFailed, match="customer_loyalty"):
@@ -142,7 +148,7 @@ def test_full_restore_brings_back_rows_and_schema_and_ends_sessions(
     app = psycopg2.connect(dsn, application_name="thorbis-app")
     try:
         result = rollback.rollback(
-            settings, rollback.RollbackRequest("full_restore", run_id=run_id)
+            resolve(settings), rollback.RollbackRequest("full_restore", run_id=run_id)
         )
     finally:
         app.close()
@@ -161,10 +167,10 @@ def test_full_restore_brings_back_rows_and_schema_and_ends_sessions(
 def test_production_needs_confirmation_and_remote_pitr_says_so(seeded_settings) -> None:  # type: ignore[no-untyped-def]
     settings = seeded_settings(production=True)
     with pytest.raises(ConfirmationRequired):
-        rollback.rollback(settings, rollback.RollbackRequest("schema_only"))
+        rollback.rollback(resolve(settings), rollback.RollbackRequest("schema_only"))
     with pytest.raises(PitrUnavailable) as caught:
         rollback.rollback(
-            settings, rollback.RollbackRequest("point_in_time", confirm_production=True)
+            resolve(settings), rollback.RollbackRequest("point_in_time", confirm_production=True)
         )
     assert "does not manage" in caught.value.message and "point-in-time" in caught.value.hint
 
@@ -177,6 +183,6 @@ def test_a_down_script_that_does_not_parse_stops_before_anything_changes(
     settings = seeded_settings(folder)
     run_id = _apply_run(settings)
     with pytest.raises(RollbackFailed, match=f"{LOYALTY}.down.sql is not usable"):
-        rollback.rollback_run(settings, "test", run_id)
+        rollback.rollback_run(resolve(settings, "test"), run_id)
     statuses = _state(os.environ["THORBIS_TEST_DSN"])[2]
     assert statuses["20250301000000"] == statuses["20250301000001"] == "applied"

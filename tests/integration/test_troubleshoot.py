@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import apply_migrations, make_settings, write_migrations
 from tests.integration.test_precheck import _wait_until_blocked, make_invalid_index
 from thorbis_runbook.cli import main
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.thresholds import Thresholds
 from thorbis_runbook.troubleshoot import diagnose, troubleshoot
 
@@ -94,7 +95,7 @@ def test_failed_migration_and_invalid_index_fail_with_remedies(
     make_invalid_index(conn)
     monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
     settings = make_settings(tmp_path, folder)
-    report = troubleshoot(settings)
+    report = troubleshoot(resolve(settings))
     assert not report.ok
     failed = {c.name: c for c in report.checks if c.status == "fail"}
     assert "migration 20250301000002_broken" in failed

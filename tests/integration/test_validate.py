@@ -21,6 +21,7 @@ from thorbis_runbook.benchmark import (
 )
 from thorbis_runbook.checks import Check, CheckReport
 from thorbis_runbook.config import Settings, settings_from_mapping
+from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.integrity import foreign_keys, integrity_probes, run_parallel
 from thorbis_runbook.migrations import discover
 from thorbis_runbook.validate import ValidateSettings, validate
@@ -105,7 +106,7 @@ def test_clean_database_passes_every_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, thorbis_dsn: str
 ) -> None:
     before = _scalar(thorbis_dsn, "SELECT count(*) FROM business_core.audit_log")
-    report = validate(_settings(tmp_path, monkeypatch, thorbis_dsn))
+    report = validate(resolve(_settings(tmp_path, monkeypatch, thorbis_dsn)))
 
     assert report.ok, report.failures()
     checks = _by_name(report)
@@ -243,7 +244,7 @@ def test_a_leaking_policy_fails_isolation(
             USING (true) WITH CHECK (true);
         """,
     )
-    report = validate(_settings(tmp_path, monkeypatch, copy_dsn))
+    report = validate(resolve(_settings(tmp_path, monkeypatch, copy_dsn)))
 
     checks = _by_name(report)
     leak = checks["rls isolation business_core.customers"]
@@ -335,7 +336,7 @@ def test_verify_failure_and_drift_fail_the_report(
     first = migrations / "20250131000001_auth_compat.sql"
     first.write_text(first.read_text() + "\n-- edited after it was applied\n")
 
-    report = validate(_settings(tmp_path, monkeypatch, copy_dsn, migrations))
+    report = validate(resolve(_settings(tmp_path, monkeypatch, copy_dsn, migrations)))
 
     checks = _by_name(report)
     assert checks["history matches files"].status == "fail"

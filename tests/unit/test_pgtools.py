@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from thorbis_runbook import backup, pgtools
+from thorbis_runbook import pgtools
 from thorbis_runbook.dsn import database_of, split_password, with_database
 from thorbis_runbook.errors import ToolFailed
+from thorbis_runbook.recovery import snapshot
 
 SECRET = "s3cr'et pass"
 
@@ -29,10 +30,7 @@ def test_split_password(dsn: str, bare: str, password: str | None) -> None:
 
 def test_with_database_and_database_of() -> None:
     uri = with_database("postgresql://u@/thorbis?host=/tmp/s", "scratch db")
-    assert (
-        uri == "postgresql://u@/scratch%20db?host=/tmp/s"
-        and database_of(uri) == "scratch db"
-    )
+    assert uri == "postgresql://u@/scratch%20db?host=/tmp/s" and database_of(uri) == "scratch db"
     kv = with_database("host=db dbname=thorbis", "o'hare")
     assert database_of(kv) == "o'hare"
 
@@ -73,8 +71,9 @@ def test_normalize_schema_drops_what_differs_between_dumps() -> None:
         "    id integer,\n    note text\n);\n\\unrestrict AbC123\n"
     )
     assert (
-        backup.normalize_schema(dump) == "CREATE TABLE a.t (\n    id integer,\n    note text\n);\n"
+        snapshot.normalize_schema(dump)
+        == "CREATE TABLE a.t (\n    id integer,\n    note text\n);\n"
     )
-    before = backup.normalize_schema(dump.replace("    note text\n", ""))
-    diff = backup.schema_diff(before, backup.normalize_schema(dump))
+    before = snapshot.normalize_schema(dump.replace("    note text\n", ""))
+    diff = snapshot.schema_diff(before, snapshot.normalize_schema(dump))
     assert diff == ["+ note text (in CREATE TABLE a.t)"]

@@ -6,22 +6,21 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from . import backup, commands, db, pgtools, queries
-from .checks import CheckReport
-from .config import Settings, Target
-from .dsn import with_database
-from .errors import RollbackFailed, RunbookError
-from .rollback import RollbackResult, Session, run_row
+from .. import db, sessions
+from ..checks import CheckReport
+from ..endpoint import Endpoint
+from ..errors import RollbackFailed, RunbookError
+from ..runs import new_run_id
+from ..sessions import Session
+from . import backup
+from .result import RollbackResult
+from .target_run import run_row
 
 log = logging.getLogger(__name__)
 
 
 def full_restore(
-    settings: Settings,
-    target: Target,
-    *,
-    run_id: str | None = None,
-    jobs: int = backup.DEFAULT_JOBS,
+    endpoint: Endpoint, *, run_id: str | None = None, jobs: int = backup.DEFAULT_JOBS
 ) -> RollbackResult:
     """Restore the backup taken before a run (default: the latest apply run).
 
@@ -32,10 +31,9 @@ def full_restore(
     swap, so the first queries get good plans. The previous database is kept, renamed.
     """
     started = time.monotonic()
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
+    target, settings = endpoint.target, endpoint.settings
+    with endpoint.connection() as conn:
         run = run_row(conn, run_id, target)
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
         database = str(db.fetch_all(conn, "SELECT current_database()")[0][0])
     manifest = backup.backup_before(settings, target, run_id=run[0], before=run[1])
     if manifest is None:
@@ -45,7 +43,7 @@ def full_restore(
             "full_restore needs the pre-apply backup (thorbis-runbook backup before apply); "
             "use --strategy schema_only instead",
         )
-    recheck = backup.verify_backup(settings, target, manifest.backup_id)
+    recheck = backup.verify_backup(endpoint, manifest.backup_id)
     if not recheck.ok:
         raise RollbackFailed(
             f"backup {manifest.backup_id} no longer verifies: "
@@ -53,14 +51,12 @@ def full_restore(
             "nothing was changed; restore from another copy of the backup, or use schema_only",
         )
     timings: dict[str, float] = {"verify_backup": time.monotonic() - started}
-    rollback_id = commands.new_run_id()
+    rollback_id = new_run_id()
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     restored_name = f"{database[:40]}_restore_{stamp}"
     kept_name = f"{database[:40]}_before_restore_{stamp}"
-    admin = with_database(dsn, "postgres")
-    with db.connection(
-        admin, target_name=target.name, application_name=f"thorbis-runbook {rollback_id}"
-    ) as conn:
+    admin = endpoint.on_database("postgres")
+    with admin.connection(f"thorbis-runbook {rollback_id}") as conn:
         try:
             phase = time.monotonic()
             sessions = _enter_maintenance(conn, database)
@@ -78,14 +74,15 @@ def full_restore(
                     conn, "CREATE DATABASE %I TEMPLATE template0 OWNER %I", restored_name, owner
                 ),
             )
-            restored_dsn = with_database(dsn, restored_name)
+            restored_endpoint = endpoint.on_database(restored_name)
             phase = time.monotonic()
             backup.restore_into(
-                tools, manifest, restored_dsn, jobs=jobs, what=f"full restore of {target.name}"
-            )
+                endpoint.tools, manifest, restored_endpoint.dsn, jobs=jobs,
+                what=f"full restore of {target.name}",
+            )  # fmt: skip
             timings["restore"] = time.monotonic() - phase
             phase = time.monotonic()
-            with db.connection(restored_dsn, target_name=target.name) as restored:
+            with restored_endpoint.connection() as restored:
                 counts_check = backup.compare_counts(
                     "row counts equal the manifest",
                     manifest.row_counts,
@@ -139,11 +136,8 @@ def _enter_maintenance(conn: db.Connection, database: str) -> tuple[Session, ...
 
 
 def _end_sessions(conn: db.Connection, database: str) -> tuple[Session, ...]:
-    sessions = tuple(
-        Session(*row)
-        for row in db.fetch_all(conn, queries.load("rollback_sessions"), {"database": database})
-    )
-    for session in sessions:
+    ended = tuple(sessions.sessions(conn, database=database))
+    for session in ended:
         log.warning(
             "ending session pid %d (user %s, %s)",
             session.pid,
@@ -151,7 +145,7 @@ def _end_sessions(conn: db.Connection, database: str) -> tuple[Session, ...]:
             session.application_name or "no application_name",
         )
         db.fetch_all(conn, "SELECT pg_terminate_backend(%s, 5000)", (session.pid,))
-    return sessions
+    return ended
 
 
 def _abort_restore(conn: db.Connection, database: str, restored_name: str) -> None:

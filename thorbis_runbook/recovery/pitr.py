@@ -14,36 +14,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import commands, db, embedded, pgtools, queries
-from .checks import CheckReport, failed, passed
-from .config import Settings, Target
-from .display import html_table
-from .errors import PitrUnavailable, RollbackFailed, RunbookError
-from .rollback import RollbackResult, run_row
+from .. import db, embedded, pgtools, queries
+from ..checks import CheckReport, failed, passed
+from ..config import Settings, Target
+from ..display import html_table
+from ..endpoint import Endpoint
+from ..errors import PitrUnavailable, RollbackFailed, RunbookError
+from ..runs import new_run_id
+from .result import DataLossRow, RollbackResult
+from .target_run import run_row
 
 if TYPE_CHECKING:
     import pandas
 
 log = logging.getLogger(__name__)
 
-DATA_LOSS_COLUMNS = ("table", "operation", "rows", "first_at", "last_at")
 BASE_META = "runbook-base.json"
 _RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action",
                       "recovery_target_inclusive")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DataLossRow:
-    """Writes to one table, of one kind, made after the restore point: lost by the recovery."""
-
-    table: str
-    operation: str
-    rows: int
-    first_at: datetime
-    last_at: datetime
-
-    def as_tuple(self) -> tuple[object, ...]:
-        return (self.table, self.operation, self.rows, self.first_at, self.last_at)
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,9 @@ class PitrSetup:
 def managed_cluster(settings: Settings, target: Target) -> ManagedCluster:
     """Return the target's data directory; raise PitrUnavailable for a server we cannot touch."""
     if target.embedded:
-        status = embedded.start(settings.state_dir)
+        status = embedded.status(settings.state_dir)
+        if not status.running:
+            status = embedded.start(settings.state_dir)
         return ManagedCluster(
             status.pgdata, status.bin_dir(), _owner(status.pgdata),
             f'-h "" -k "{status.socket_dir}"',
@@ -114,20 +104,20 @@ def managed_cluster(settings: Settings, target: Target) -> ManagedCluster:
     return ManagedCluster(pgdata, Path(pg_ctl).parent, _owner(pgdata), None)
 
 
-def enable(settings: Settings, target: Target) -> PitrSetup:
+def enable(endpoint: Endpoint) -> PitrSetup:
     """Turn on WAL archiving into <state_dir>/wal/<target>/ and take a base backup.
 
     Switching archive_mode on needs a server restart, which this does (the embedded server, or
     a data_directory target through pg_ctl). Raises PitrUnavailable for a remote target.
     """
     started = time.monotonic()
+    settings, target = endpoint.settings, endpoint.target
     cluster = managed_cluster(settings, target)
     wal_dir = _owned_dir(settings.state_dir / "wal" / target.name, cluster)
     command = f"test ! -f '{wal_dir}/%f' && cp '%p' '{wal_dir}/%f'"
     if "'" in str(wal_dir):
         raise PitrUnavailable(f"the WAL folder {wal_dir} contains a quote", "use another state_dir")
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
+    with endpoint.connection() as conn:
         current = db.fetch_all(
             conn,
             "SELECT current_setting('archive_mode'), current_setting('archive_command'), current_setting('wal_level')",
@@ -138,12 +128,12 @@ def enable(settings: Settings, target: Target) -> PitrSetup:
         if current[2] == "minimal":
             db.execute(conn, "ALTER SYSTEM SET wal_level = 'replica'")
         db.execute(conn, "SELECT pg_reload_conf()")
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
+    tools = endpoint.tools
     if needs_restart:
         _pg_ctl(cluster, "stop", "-m", "fast")
         _pg_ctl(cluster, "start")
     restarted_at = time.monotonic()
-    base = take_base_backup(settings, target, cluster=cluster, tools=tools, dsn=dsn)
+    base = take_base_backup(endpoint, cluster=cluster, tools=tools)
     timings = {
         "configure_and_restart": restarted_at - started,
         "base_backup": time.monotonic() - restarted_at,
@@ -152,10 +142,11 @@ def enable(settings: Settings, target: Target) -> PitrSetup:
 
 
 def take_base_backup(
-    settings: Settings, target: Target, *, cluster: ManagedCluster, tools: pgtools.PgTools, dsn: str
+    endpoint: Endpoint, *, cluster: ManagedCluster, tools: pgtools.PgTools
 ) -> Path:
     """pg_basebackup (plain format, WAL streamed) into <state_dir>/basebackups/<target>/<stamp>."""
     started_at = datetime.now(UTC)
+    settings, target = endpoint.settings, endpoint.target
     folder = (
         _owned_dir(settings.state_dir / "basebackups" / target.name, cluster)
         / f"{started_at:%Y%m%dT%H%M%S%fZ}"
@@ -165,7 +156,8 @@ def take_base_backup(
     )
     pgtools.run(
         runner, "pg_basebackup", ["-D", str(folder), "-Fp", "-X", "stream", "-c", "fast", "--no-password"],
-        dsn=dsn, what=f"base backup of {target.name}", as_server_user=cluster.os_user is not None,
+        dsn=endpoint.dsn, what=f"base backup of {target.name}",
+        as_server_user=cluster.os_user is not None,
     )  # fmt: skip
     meta = {"started_at": started_at.isoformat(), "finished_at": datetime.now(UTC).isoformat()}
     (folder.parent / f"{folder.name}.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -173,8 +165,7 @@ def take_base_backup(
 
 
 def point_in_time(
-    settings: Settings,
-    target: Target,
+    endpoint: Endpoint,
     *,
     run_id: str | None = None,
     to_time: datetime | None = None,
@@ -188,10 +179,10 @@ def point_in_time(
     RollbackFailed when archiving was not on or no base backup is old enough.
     """
     started = time.monotonic()
+    settings, target = endpoint.settings, endpoint.target
     cluster = managed_cluster(settings, target)
-    dsn = db.resolve_dsn(settings, target)
     wal_dir = settings.state_dir / "wal" / target.name
-    with db.connection(dsn, target_name=target.name) as conn:
+    with endpoint.connection() as conn:
         run = None if to_time else run_row(conn, run_id, target)
         # Just before the run started: recovery_target_inclusive = off stops before the first
         # commit at or after this moment, and the run's own first commit (its runs row) is one.
@@ -215,7 +206,7 @@ def point_in_time(
     phase = time.monotonic()
     kept = _swap_and_recover(cluster, fresh, stamp)
     timings["recover"] = time.monotonic() - phase
-    with db.connection(dsn, target_name=target.name) as conn:
+    with endpoint.connection() as conn:
         _wait_promoted(conn)
         for setting in _RECOVERY_SETTINGS:
             db.execute(conn, f"ALTER SYSTEM RESET {setting}")
@@ -239,7 +230,7 @@ def point_in_time(
         f"the old data directory is kept as {kept}; remove it when you no longer need its data",
     )
     return RollbackResult(
-        target.name, "point_in_time", commands.new_run_id(), run[0] if run else None, (),
+        target.name, "point_in_time", new_run_id(), run[0] if run else None, (),
         CheckReport.of("point_in_time rollback", checks), timings, (), data_loss, point, notes,
     )  # fmt: skip
 

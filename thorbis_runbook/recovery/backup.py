@@ -1,8 +1,7 @@
-"""Backups: pg_dump directory archives with a manifest, always verified; pre-apply schema snapshots."""
+"""Backups: pg_dump directory archives with a manifest, always verified; what apply saves first."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -17,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db, pgtools, queries
-from .checks import Check, CheckReport, failed, passed
-from .config import Settings, Target
-from .display import html_table
-from .dsn import with_database
-from .errors import BackupFailed, ToolFailed
+from .. import db, pgtools, queries
+from ..checks import Check, CheckReport, failed, passed
+from ..config import Settings, Target
+from ..display import html_table
+from ..endpoint import Endpoint
+from ..errors import BackupFailed, ToolFailed
+from .snapshot import SchemaSnapshot, take_snapshot
 
 if TYPE_CHECKING:
     import pandas
@@ -124,17 +124,6 @@ class BackupCatalog:
         return html_table(BACKUP_COLUMNS, self.rows(), title=f"backups of target {self.target}")
 
 
-@dataclass(frozen=True)
-class SchemaSnapshot:
-    """The normalized schema (pg_dump --schema-only) of a target at one moment."""
-
-    snapshot_id: str
-    target: str
-    created_at: str
-    schema: str
-    run_id: str | None = None
-
-
 # -- backups --------------------------------------------------------------------------------
 def backup_root(settings: Settings, target: Target) -> Path:
     """Return ``<backup_dir>/<target>``: the target's backup_dir option or <state_dir>/backups."""
@@ -144,8 +133,7 @@ def backup_root(settings: Settings, target: Target) -> Path:
 
 
 def take_backup(
-    settings: Settings,
-    target: Target,
+    endpoint: Endpoint,
     *,
     run_id: str | None = None,
     deep: bool = False,
@@ -157,14 +145,11 @@ def take_backup(
     the client tools are missing or older than the server.
     """
     started = time.monotonic()
-    dsn = db.resolve_dsn(settings, target)
+    target, dsn, tools = endpoint.target, endpoint.dsn, endpoint.tools
     backup_id = new_backup_id()
-    folder = backup_root(settings, target) / backup_id
+    folder = backup_root(endpoint.settings, target) / backup_id
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with db.connection(
-        dsn, target_name=target.name, application_name="thorbis-runbook backup"
-    ) as conn:
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
+    with endpoint.connection("thorbis-runbook backup") as conn:
         version, lsn, snapshot_at, database = db.fetch_all(
             conn, queries.load("backup_server_state")
         )[0]
@@ -202,7 +187,7 @@ def take_backup(
         manifest.size_bytes,
         dumped - started,
     )
-    result = _verify(settings, target, manifest, tools, dsn=dsn, deep=deep)
+    result = _verify(endpoint, manifest, deep=deep)
     timings = {"dump": dumped - started, **result.timings, "total": time.monotonic() - started}
     result = replace(result, timings=timings)
     if not result.ok:
@@ -214,15 +199,10 @@ def take_backup(
     return result
 
 
-def verify_backup(
-    settings: Settings, target: Target, backup_id: str, *, deep: bool = False
-) -> BackupResult:
+def verify_backup(endpoint: Endpoint, backup_id: str, *, deep: bool = False) -> BackupResult:
     """Verify an existing backup again (checksums, pg_restore --list; with deep, a test restore)."""
-    manifest = find_backup(settings, target, backup_id)
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
-    return _verify(settings, target, manifest, tools, dsn=dsn, deep=deep)
+    manifest = find_backup(endpoint.settings, endpoint.target, backup_id)
+    return _verify(endpoint, manifest, deep=deep)
 
 
 def list_backups(settings: Settings, target: Target) -> BackupCatalog:
@@ -297,17 +277,17 @@ def restore_into(
 
 @contextmanager
 def scratch_database(
-    dsn: str, *, target_name: str, prefix: str, template: str = "template0"
-) -> Iterator[str]:
-    """Create a uniquely named database on the target's server, yield its DSN, drop it after."""
+    endpoint: Endpoint, *, prefix: str, template: str = "template0"
+) -> Iterator[Endpoint]:
+    """Create a uniquely named database on the target's server, yield its endpoint, drop it after."""
     name = f"{prefix}_{secrets.token_hex(4)}"[:63]
-    admin = with_database(dsn, "postgres")
-    with db.connection(admin, target_name=target_name) as conn:
+    admin = endpoint.on_database("postgres")
+    with admin.connection() as conn:
         db.execute(conn, identifier_sql(conn, "CREATE DATABASE %I TEMPLATE %I", name, template))
     try:
-        yield with_database(dsn, name)
+        yield endpoint.on_database(name)
     finally:
-        with db.connection(admin, target_name=target_name) as conn:
+        with admin.connection() as conn:
             db.execute(conn, identifier_sql(conn, "DROP DATABASE IF EXISTS %I WITH (FORCE)", name))
 
 
@@ -319,21 +299,13 @@ def identifier_sql(conn: db.Connection, template: str, *names: str) -> str:
 
 
 # -- verification ---------------------------------------------------------------------------
-def _verify(
-    settings: Settings,
-    target: Target,
-    manifest: BackupManifest,
-    tools: pgtools.PgTools,
-    *,
-    dsn: str,
-    deep: bool,
-) -> BackupResult:
+def _verify(endpoint: Endpoint, manifest: BackupManifest, *, deep: bool) -> BackupResult:
     started = time.monotonic()
-    checks = [_check_checksums(manifest), _check_listing(tools, manifest)]
+    checks = [_check_checksums(manifest), _check_listing(endpoint.tools, manifest)]
     timings = {"verify": time.monotonic() - started}
     if deep and checks[0].status == "pass" and checks[1].status == "pass":
         deep_started = time.monotonic()
-        checks.append(_check_deep(tools, target, manifest, dsn))
+        checks.append(_check_deep(endpoint, manifest))
         timings["deep_verify"] = time.monotonic() - deep_started
     report = CheckReport.of(f"verification of backup {manifest.backup_id}", checks)
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -369,18 +341,16 @@ def _check_listing(tools: pgtools.PgTools, manifest: BackupManifest) -> Check:
     return passed("archive readable", f"{entries} TOC entries", "pg_restore --list reads it")
 
 
-def _check_deep(
-    tools: pgtools.PgTools, target: Target, manifest: BackupManifest, dsn: str
-) -> Check:
+def _check_deep(endpoint: Endpoint, manifest: BackupManifest) -> Check:
     """Restore into a scratch database on the same server and compare every table's row count."""
-    with scratch_database(
-        dsn, target_name=target.name, prefix=f"{manifest.database}_verify"
-    ) as scratch:
+    with scratch_database(endpoint, prefix=f"{manifest.database}_verify") as scratch:
         try:
-            restore_into(tools, manifest, scratch, jobs=manifest.jobs, what="deep verification")
+            restore_into(
+                endpoint.tools, manifest, scratch.dsn, jobs=manifest.jobs, what="deep verification"
+            )
         except ToolFailed as exc:
             return failed("test restore", "pg_restore failed", "restores", exc.message)
-        with db.connection(scratch, target_name=target.name) as conn:
+        with scratch.connection() as conn:
             counts = row_counts(conn)
     return compare_counts("test restore row counts", manifest.row_counts, counts)
 
@@ -404,84 +374,6 @@ def compare_counts(name: str, expected: Mapping[str, int], actual: Mapping[str, 
     return passed(name, f"{len(expected)} tables, {total} rows", "equal to the manifest")
 
 
-# -- schema snapshots -----------------------------------------------------------------------
-def dump_schema(tools: pgtools.PgTools, dsn: str) -> str:
-    """Return the normalized schema of a database (the runbook's own schema left out)."""
-    text = pgtools.run(
-        tools, "pg_dump", ["--schema-only", "--exclude-schema=runbook", "--no-password"],
-        dsn=dsn, what="schema snapshot",
-    )  # fmt: skip
-    return normalize_schema(text)
-
-
-def normalize_schema(text: str) -> str:
-    """Drop what differs between two dumps of the same schema: comments, SETs, blank lines.
-
-    pg_dump 17.6+ also writes ``\\restrict KEY`` lines with a random key, so every psql
-    meta-command line goes too.
-    """
-    kept = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("--", "\\")):
-            continue
-        if stripped.startswith("SET ") or stripped.startswith("SELECT pg_catalog.set_config("):
-            continue
-        kept.append(line.rstrip())
-    return "\n".join(kept) + "\n"
-
-
-def schema_diff(before: str, after: str, *, limit: int = 40) -> list[str]:
-    """Return the differing lines ('-' only before, '+' only after), each with its statement."""
-    old, new = before.splitlines(), after.splitlines()
-    lines = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(
-        None, old, new, autojunk=False
-    ).get_opcodes():
-        if tag in ("replace", "delete"):
-            lines += [f"- {_in_statement(old, i)}" for i in range(i1, i2)]
-        if tag in ("replace", "insert"):
-            lines += [f"+ {_in_statement(new, j)}" for j in range(j1, j2)]
-    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
-
-
-def take_snapshot(
-    settings: Settings, target: Target, *, run_id: str | None = None
-) -> SchemaSnapshot:
-    """Dump and store the target's normalized schema (the schema_only rollback compares with it)."""
-    dsn = db.resolve_dsn(settings, target)
-    with db.connection(dsn, target_name=target.name) as conn:
-        tools = pgtools.find_tools(settings, target, server_version_num=conn.server_version)
-    now = datetime.now(UTC)
-    snapshot = SchemaSnapshot(
-        new_backup_id(now), target.name, now.isoformat(), dump_schema(tools, dsn), run_id
-    )
-    folder = settings.state_dir / "snapshots" / target.name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{snapshot.snapshot_id}.json").write_text(
-        json.dumps(asdict(snapshot)), encoding="utf-8"
-    )
-    return snapshot
-
-
-def snapshot_before(
-    settings: Settings, target: Target, *, run_id: str | None, before: datetime | None
-) -> SchemaSnapshot | None:
-    """Return the snapshot taken for ``run_id``, else the newest one taken before ``before``."""
-    folder = settings.state_dir / "snapshots" / target.name
-    snapshots = [
-        SchemaSnapshot(**json.loads(p.read_text(encoding="utf-8")))
-        for p in sorted(folder.glob("*.json")) if folder.is_dir()
-    ]  # fmt: skip
-    for snapshot in snapshots:
-        if run_id and snapshot.run_id == run_id:
-            return snapshot
-    earlier = [
-        s for s in snapshots if before is None or datetime.fromisoformat(s.created_at) <= before
-    ]
-    return max(earlier, key=lambda s: s.created_at) if earlier else None
-
-
 @dataclass(frozen=True)
 class PreApply:
     """What was saved before a run's apply: the schema snapshot and (optionally) a backup."""
@@ -490,24 +382,11 @@ class PreApply:
     backup: BackupResult | None
 
 
-def before_apply(
-    settings: Settings, target: Target, *, run_id: str, full_backup: bool = True
-) -> PreApply:
+def before_apply(endpoint: Endpoint, *, run_id: str, full_backup: bool = True) -> PreApply:
     """Save what the three rollback strategies need before apply changes anything."""
-    snapshot = take_snapshot(settings, target, run_id=run_id)
-    result = take_backup(settings, target, run_id=run_id) if full_backup else None
+    snapshot = take_snapshot(endpoint, run_id=run_id)
+    result = take_backup(endpoint, run_id=run_id) if full_backup else None
     return PreApply(snapshot, result)
-
-
-def _in_statement(lines: list[str], index: int) -> str:
-    """A line with the statement it belongs to, so 'loyalty_tier text' names its table."""
-    line = lines[index]
-    if not line[:1].isspace():
-        return line.strip()
-    for back in range(index - 1, -1, -1):
-        if not lines[back][:1].isspace():
-            return f"{line.strip().rstrip(',')} (in {lines[back].strip().rstrip('(').strip()})"
-    return line.strip()
 
 
 @contextmanager

@@ -1,0 +1,226 @@
+"""The apply verb: plan under the lock, save the way back, apply with the monitor watching, and
+undo the run's migrations on failure when the target asks for it (``on_failure = "rollback_run"``).
+
+The engine that runs each migration is apply.py; this module decides what surrounds it.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import history
+from .apply import STEP_COLUMNS, ProgressCallback, StepResult, apply_plan, failure_box
+from .config import guard_production
+from .display import html_table
+from .endpoint import Endpoint
+from .errors import MigrationFailed, RunbookError
+from .executor import LiveExecutor, ScriptExecutor
+from .migrations import Migration, discover
+from .monitor import Monitor, MonitorResult
+from .plan import build_plan, check_to_version
+from .recovery import backup
+from .recovery.result import RollbackResult
+from .recovery.rollback import rollback_run
+from .runs import locked_run, new_run_id, operator_name
+from .thresholds import load_thresholds
+
+if TYPE_CHECKING:
+    import pandas
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """Everything `apply` takes besides the endpoint; defaults are the safe choices."""
+
+    to_version: str | None = None
+    dry_run: bool = False
+    confirm_production: bool = False
+    allow_drift: bool = False
+    allow_out_of_order: bool = False
+    allow_missing: bool = False
+    lock_timeout_ms: int | None = None
+    statement_timeout_ms: int | None = None
+    run_id: str | None = None  # given by a runbook notebook, so its report and history agree
+    operator: str | None = None
+    monitor: bool = True  # sample locks and activity on a second connection while applying
+    backup: str | None = None  # full, schema or none: overrides the target's backup_before_apply
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """The outcome of one apply run; ``failure`` is raised by ``raise_for_failure``."""
+
+    run_id: str
+    target: str
+    dry_run: bool
+    steps: tuple[StepResult, ...]
+    failure: MigrationFailed | None = None
+    script: str = ""
+    monitor: MonitorResult | None = None  # locks and sessions sampled while the migrations ran
+    rollback: RollbackResult | None = None  # what on_failure = "rollback_run" undid
+    # The migration files as this run read them: checksums and RLS allowances for the report.
+    migrations: tuple[Migration, ...] = field(default=(), repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def raise_for_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def rows(self) -> list[tuple[object, ...]]:
+        return [step.as_tuple() for step in self.steps]
+
+    def to_frame(self) -> pandas.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(STEP_COLUMNS))
+
+    def _repr_html_(self) -> str:
+        verb = "dry run" if self.dry_run else "apply"
+        applied = sum(step.status == "applied" for step in self.steps)
+        summary = (
+            f"{len(self.steps)} step(s), {applied} applied" if self.steps else "nothing to apply"
+        )
+        title = f"{verb} on {self.target}, run {self.run_id}"
+        parts = [
+            html_table(
+                STEP_COLUMNS, self.rows(), title=title, summary=summary, status_column="status"
+            )
+        ]
+        if self.failure is not None:
+            parts.append(failure_box(self.failure))
+        if self.rollback is not None:
+            parts.append(self.rollback._repr_html_())
+        if self.monitor is not None:
+            parts.append(self.monitor._repr_html_())
+        if self.script:
+            parts.append(
+                f"<details><summary>The exact SQL ({len(self.script.splitlines())} lines)</summary>"
+                f"<pre>{html.escape(self.script)}</pre></details>"
+            )
+        return "".join(parts)
+
+
+def apply(
+    endpoint: Endpoint, request: ApplyRequest, *, progress: ProgressCallback | None = None
+) -> ApplyResult:
+    """Apply pending migrations (or, with dry_run, write out exactly what would run).
+
+    Raises MigrationFileError, ConfigError, ConfirmationRequired, ConnectionFailed and LockBusy
+    before anything changes, and PlanBlocked for drift or out-of-order files. A failing migration
+    is reported in the result (``raise_for_failure``), after the history records it.
+    """
+    target = endpoint.target.with_overrides(
+        lock_timeout_ms=request.lock_timeout_ms, statement_timeout_ms=request.statement_timeout_ms
+    )
+    endpoint = endpoint.with_target(target)
+    if not request.dry_run:
+        guard_production(target, "apply would change it", confirmed=request.confirm_production)
+    migrations = discover(endpoint.settings.migrations_dir)
+    check_to_version(migrations, request.to_version)
+    run_id = request.run_id or new_run_id()
+    operator = request.operator or operator_name()
+    with endpoint.connection(f"thorbis-runbook {run_id}") as conn:
+        executor: LiveExecutor | ScriptExecutor = (
+            ScriptExecutor() if request.dry_run else LiveExecutor(conn)
+        )
+        with locked_run(
+            conn, executor, target=target, run_id=run_id, operator=operator, command="apply"
+        ) as run:
+            plan = build_plan(migrations, history.read_history(conn), to_version=request.to_version)
+            plan.check_blockers(
+                allow_drift=request.allow_drift,
+                allow_out_of_order=request.allow_out_of_order,
+                allow_missing=request.allow_missing,
+            )
+            if plan.pending and not request.dry_run:
+                _save_before_apply(endpoint, run_id, request.backup or target.backup_before_apply)
+            watch = request.monitor and not request.dry_run and bool(plan.pending)
+            with _monitoring(endpoint, enabled=watch) as monitor:
+                steps, failure = apply_plan(
+                    conn, plan, target=target, executor=executor, run_id=run_id,
+                    operator=operator, progress=progress,
+                )  # fmt: skip
+            run.finish("failed" if failure else "succeeded")
+    script = executor.script() if isinstance(executor, ScriptExecutor) else ""
+    watched = monitor.result() if monitor is not None else None
+    undone = None
+    if failure is not None and target.on_failure == "rollback_run" and not request.dry_run:
+        undone = _rollback_run(endpoint, run_id, steps, migrations.by_version())
+    return ApplyResult(
+        run_id, target.name, request.dry_run, steps, failure, script, watched, undone,
+        migrations.migrations,
+    )  # fmt: skip
+
+
+def _save_before_apply(endpoint: Endpoint, run_id: str, mode: str) -> None:
+    """Take what the rollback strategies need, under the migration lock, before any change.
+
+    Raises BackupFailed (and so stops apply) when the backup cannot be taken or verified:
+    migrating without the way back that the target asks for is not an option.
+    """
+    if mode == "none":
+        log.info("no backup before apply (backup_before_apply = none)")
+        return
+    log.info(
+        "saving the %s before apply",
+        "schema snapshot and a verified backup" if mode == "full" else "schema snapshot",
+    )
+    saved = backup.before_apply(endpoint, run_id=run_id, full_backup=mode == "full")
+    if saved.backup is not None:
+        log.info("backup %s verified", saved.backup.manifest.backup_id)
+
+
+def _rollback_run(
+    endpoint: Endpoint,
+    run_id: str,
+    steps: tuple[StepResult, ...],
+    files: dict[str, Migration],
+) -> RollbackResult | None:
+    """on_failure = "rollback_run": undo this run's applied migrations with their down scripts."""
+    if not any(step.status == "applied" for step in steps):
+        log.info(
+            "on_failure = rollback_run: this run applied nothing before the failure, nothing to undo"
+        )
+        return None
+    log.warning("on_failure = rollback_run: undoing the migrations run %s applied", run_id)
+    try:
+        return rollback_run(endpoint, run_id, files=files)
+    except RunbookError as exc:
+        log.error("the rollback after the failure failed too: %s (%s)", exc.message, exc.hint)
+        return None
+
+
+@contextmanager
+def _monitoring(endpoint: Endpoint, *, enabled: bool) -> Iterator[Monitor | None]:
+    """Watch locks and sessions on a connection of its own while migrations run.
+
+    The monitor's warnings reach the log while apply runs; a monitor that cannot connect is
+    logged and apply goes on unwatched (the migration matters more than the watching).
+    """
+    if not enabled:
+        yield None
+        return
+    thresholds = load_thresholds(endpoint.settings, endpoint.target)
+    monitor = Monitor(
+        endpoint.dsn, target_name=endpoint.name, blocked_warn_ms=thresholds.blocked_warn
+    )
+    try:
+        monitor.start()
+    except RunbookError as exc:
+        log.warning("apply runs without the lock monitor: %s", exc.message)
+        yield None
+        return
+    try:
+        yield monitor
+    finally:
+        monitor.stop()

@@ -1,0 +1,291 @@
+"""Running runbooks: papermill executes each notebook into its archive folder, the summary is
+completed, notifications go out, the report is rendered and the ledger appended.
+
+One execution is one (runbook, target) pair: nothing is shared but the archive, so the same
+notebooks fan out over many targets on an orchestrator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import ledger, notify, report
+from .config import Settings, Target
+from .errors import ConfigError
+from .index_page import write_index
+from .ledger import reports_root
+from .runs import new_run_id, operator_name
+from .summary import ErrorSummary, RunSummary
+
+log = logging.getLogger(__name__)
+
+RUNBOOKS = ("precheck", "apply", "validate", "rollback")
+# papermill and nbformat (and the Jupyter stack under them) are imported where a notebook is
+# read or run: the CLI imports this module for every verb, and they cost most of a second.
+
+
+@dataclass(frozen=True)
+class RunbookRun:
+    """One executed runbook, archived."""
+
+    runbook: str
+    run_id: str
+    target: str
+    status: str
+    folder: Path
+    summary: RunSummary
+
+    @property
+    def error(self) -> str:
+        return self.summary.error.message if self.summary.error else ""
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    runs: tuple[RunbookRun, ...] = field(default_factory=tuple)
+    index: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(run.status == "succeeded" for run in self.runs)
+
+
+def notebook_path(settings: Settings, runbook: str) -> Path:
+    """The stored notebook of a runbook; raise ConfigError for an unknown name."""
+    folder = Path(settings.sections.get("notebooks", {}).get("dir", settings.root / "notebooks"))
+    path = (settings.root / folder / f"{runbook}.ipynb").resolve()
+    if runbook not in RUNBOOKS or not path.exists():
+        raise ConfigError(
+            f"there is no runbook {runbook!r} (looked for {path})",
+            f"choose from: {', '.join(RUNBOOKS)}",
+        )
+    return path
+
+
+def distribute_parameters(
+    settings: Settings, runbooks: Sequence[str], pairs: Sequence[str]
+) -> dict[str, list[str]]:
+    """Give each runbook the -p pairs it declares; ``apply.name=value`` targets one runbook.
+
+    Raises ConfigError for a pair no chosen runbook declares.
+    """
+    import papermill
+
+    declared = {
+        name: set(papermill.inspect_notebook(str(notebook_path(settings, name))))
+        for name in runbooks
+    }
+    given: dict[str, list[str]] = {name: [] for name in runbooks}
+    for pair in pairs:
+        name = pair.partition("=")[0]
+        scope, dot, _ = name.partition(".")
+        if dot and scope in given:
+            given[scope].append(pair[len(scope) + 1 :])
+            continue
+        takers = [runbook for runbook in runbooks if name in declared[runbook]]
+        if not takers:
+            raise ConfigError(
+                f"no runbook of {', '.join(runbooks)} has a parameter {name!r}",
+                "see each runbook's parameters with: papermill --help-notebook notebooks/apply.ipynb",
+            )
+        for runbook in takers:
+            given[runbook].append(pair)
+    return given
+
+
+def parse_parameters(notebook: Path, pairs: Sequence[str]) -> dict[str, Any]:
+    """Turn -p name=value pairs into typed parameters, checked against the notebook's own.
+
+    Raises ConfigError for a malformed pair, an unknown name or a value of the wrong type.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(
+                f"parameter {pair!r} is not name=value", "write it as -p dry_run=true"
+            )
+        if name not in declared:
+            raise ConfigError(
+                f"runbook {notebook.stem} has no parameter {name!r}",
+                f"it takes: {', '.join(sorted(declared))}",
+            )
+        values[name] = _typed(name, raw, str(declared[name].get("inferred_type_name", "")))
+    return values
+
+
+def run_pipeline(
+    settings: Settings,
+    runbooks: Sequence[str],
+    *,
+    target: Target,
+    parameters: Mapping[str, Sequence[str]] | None = None,
+    progress: bool = False,
+) -> PipelineResult:
+    """Execute runbooks in order against one target, archiving each; stop at the first failure."""
+    paths = {name: notebook_path(settings, name) for name in runbooks}
+    typed = {
+        name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
+    }
+    runs: list[RunbookRun] = []
+    pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
+    for position, name in enumerate(runbooks):
+        last = position == len(runbooks) - 1
+        notifier = _notifier(target, pending, finish=last)
+        run = execute(
+            settings,
+            name,
+            target=target,
+            parameters=typed[name],
+            progress=progress,
+            notifications=notifier,
+        )
+        pending = []
+        runs.append(run)
+        if run.status != "succeeded":
+            # A failed apply on a target with on_failure = "rollback_run" has already undone
+            # its run's migrations (migrate.apply does it, whichever way apply was started);
+            # its report shows what was undone.
+            break
+    index = write_index(settings)
+    return PipelineResult(tuple(runs), index)
+
+
+Notifier = Callable[[RunSummary], list[notify.Delivery]]
+
+
+def _notifier(
+    target: Target,
+    already: list[notify.Delivery],
+    *,
+    finish: bool = False,
+    rolled_back: bool = False,
+) -> Notifier:
+    """Send the events a run's outcome calls for, before it is archived, so its report lists them."""
+
+    def send(summary: RunSummary) -> list[notify.Delivery]:
+        error = asdict(summary.error) if summary.error else None
+        payload = {
+            "runbook": summary.runbook, "run_id": summary.run_id, "status": summary.status,
+            "operator": summary.operator, "error": error,
+        }  # fmt: skip
+        deliveries = list(already)
+        if not summary.ok:
+            deliveries += notify.notify(target, "failed", payload)
+            undone = summary.figures.get("rolled_back")
+            if undone:
+                deliveries += notify.notify(target, "rolled_back", {**payload, "undone": undone})
+        elif summary.runbook == "rollback":
+            deliveries += notify.notify(target, "rolled_back", payload)
+        elif finish:
+            deliveries += notify.notify(target, "finished", payload)
+        return deliveries
+
+    return send
+
+
+def execute(
+    settings: Settings,
+    runbook: str,
+    *,
+    target: Target,
+    parameters: Mapping[str, Any],
+    progress: bool = False,
+    notifications: Notifier | None = None,
+) -> RunbookRun:
+    """Run one notebook with papermill into its archive folder; a failed run is archived too."""
+    import nbformat
+    import papermill
+
+    run_id = str(parameters.get("run_id") or new_run_id())
+    root = reports_root(settings)
+    folder = root / target.name / run_id
+    folder.mkdir(parents=True, exist_ok=False)
+    output = folder / f"{runbook}.ipynb"
+    injected = {
+        **parameters, "target": target.name, "run_id": run_id, "report_dir": str(folder),
+        "operator": parameters.get("operator") or operator_name(),
+        "config_path": str(settings.config_path or ""),
+    }  # fmt: skip
+    error: str | None = None
+    started = datetime.now(UTC)
+    try:
+        papermill.execute_notebook(
+            str(notebook_path(settings, runbook)), str(output), parameters=injected,
+            kernel_name="python3", cwd=str(settings.root), progress_bar=progress,
+        )  # fmt: skip
+    except papermill.PapermillExecutionError as exc:
+        error = f"{exc.ename}: {_first_line(exc.evalue)}"
+    # Read the executed notebook once: timings, scrubbing and both HTML views come from it.
+    notebook = nbformat.read(str(output), as_version=4)
+    summary = _complete_summary(folder, runbook, run_id, target, injected, started, error)
+    summary = summary.with_changes(cell_seconds=tuple(report.cell_timings(notebook)))
+    if notifications is not None:
+        summary = summary.with_changes(
+            notifications=tuple(asdict(d) for d in notifications(summary))
+        )
+    summary.write(folder)
+    report.scrub_notebook(notebook)
+    nbformat.write(notebook, str(output))
+    report.export_html(notebook, output, summary)
+    entry = {
+        "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
+        "operator": summary.operator, "started": summary.started,
+        "finished": summary.finished, "files": ledger.run_files(root, folder),
+    }  # fmt: skip
+    ledger.append(root, entry)
+    return RunbookRun(runbook, run_id, target.name, summary.status, folder, summary)
+
+
+def _complete_summary(
+    folder: Path, runbook: str, run_id: str, target: Target, injected: Mapping[str, Any],
+    started: datetime, error: str | None,
+) -> RunSummary:  # fmt: skip
+    """The notebook's own summary when it got that far, else what we know from outside; then the
+    outcome as papermill saw it and the parameters, credentials blanked."""
+    summary = RunSummary.read(folder) or RunSummary(
+        runbook=runbook, run_id=run_id, target=target.name, status="failed",
+        started=started.isoformat(), operator=str(injected.get("operator") or ""),
+    )  # fmt: skip
+    finished = summary.finished or datetime.now(UTC).isoformat()
+    parameters = {k: ("***" if report.looks_secret(k, v) else v) for k, v in injected.items()}
+    if error:
+        failure = summary.error or ErrorSummary(
+            f"the notebook stopped: {error}", f"open {runbook}.html for the traceback"
+        )
+        return summary.with_changes(
+            status="failed", error=failure, finished=finished, parameters=parameters
+        )
+    return summary.with_changes(finished=finished, parameters=parameters)
+
+
+def _typed(name: str, raw: str, declared: str) -> Any:
+    lowered = raw.strip().lower()
+    if declared == "bool":
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(
+            f"parameter {name} must be true or false, got {raw!r}", f"write -p {name}=true"
+        )
+    if declared == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"parameter {name} must be a whole number, got {raw!r}", f"write -p {name}=3"
+            ) from None
+    return raw
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""

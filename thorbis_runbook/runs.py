@@ -1,0 +1,136 @@
+"""Runs: ids, the operator, and the runbook.runs row every change to a target records under the lock.
+
+Apply, baseline and rollback all take the migration lock, bring the runbook schema up to date
+and record a run the same way, here; a run row always ends in a final state.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import db, history
+from .config import Target
+from .executor import Executor
+
+RUN_INSERT_SQL = (
+    "INSERT INTO runbook.runs (run_id, command, target, operator) "
+    "VALUES (%(run_id)s, %(command)s, %(target)s, %(operator)s)"
+)
+RUN_FINISH_SQL = (
+    "UPDATE runbook.runs SET finished_at = clock_timestamp(), status = %(status)s "
+    "WHERE run_id = %(run_id)s"
+)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id: UTC time plus random suffix."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def operator_name(env: Mapping[str, str] | None = None) -> str:
+    """Who runs this: THORBIS_OPERATOR, else the OS user."""
+    env = os.environ if env is None else env
+    if env.get("THORBIS_OPERATOR"):
+        return env["THORBIS_OPERATOR"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass
+class RunRecord:
+    """The runbook.runs row of one run; ``finish`` closes it (once)."""
+
+    conn: db.Connection
+    executor: Executor
+    run_id: str
+    finished: bool = False
+
+    def finish(self, status: str) -> None:
+        """Record how the run ended: succeeded or failed."""
+        if self.finished or self.conn.closed:
+            return  # a lost connection: nothing more can be recorded from here
+        self.finished = True
+        self.executor.run(
+            db.mogrify(self.conn, RUN_FINISH_SQL, {"run_id": self.run_id, "status": status}),
+            label="close the run",
+            transactional=False,
+        )
+
+
+@contextmanager
+def migration_lock(conn: db.Connection, executor: Executor, *, target: Target) -> Iterator[None]:
+    """Hold the database's migration lock (a session advisory lock) for the with block."""
+    if executor.dry_run:
+        executor.run(
+            history.TRY_LOCK_SQL,
+            label="migration lock (session advisory lock)",
+            transactional=False,
+        )
+    else:
+        history.acquire_lock(conn, wait_ms=target.lock_wait_ms)
+    try:
+        yield
+    finally:
+        if executor.dry_run:
+            executor.run(
+                history.UNLOCK_SQL, label="release the migration lock", transactional=False
+            )
+        elif not conn.closed:
+            history.release_lock(conn)
+
+
+@contextmanager
+def recorded_run(
+    conn: db.Connection, executor: Executor, *, target: Target, run_id: str, operator: str,
+    command: str,
+) -> Iterator[RunRecord]:  # fmt: skip
+    """Bring the runbook schema up to date and record the run (call it holding the lock).
+
+    A run the body does not finish itself (an error, a refusal) is recorded as failed, so no
+    row stays 'running' once its runner is gone.
+    """
+    for label, sql in history.internal_upgrades(history.internal_version(conn)):
+        executor.run(sql, label=label, transactional=True)
+    params = {"run_id": run_id, "command": command, "target": target.name, "operator": operator}
+    executor.run(
+        db.mogrify(conn, RUN_INSERT_SQL, params), label="record the run", transactional=False
+    )
+    record = RunRecord(conn, executor, run_id)
+    try:
+        yield record
+    finally:
+        _finish_quietly(record)
+
+
+@contextmanager
+def locked_run(
+    conn: db.Connection, executor: Executor, *, target: Target, run_id: str, operator: str,
+    command: str,
+) -> Iterator[RunRecord]:  # fmt: skip
+    """The migration lock and a recorded run, for a verb that changes the target."""
+    with (
+        migration_lock(conn, executor, target=target),
+        recorded_run(
+            conn, executor, target=target, run_id=run_id, operator=operator, command=command
+        ) as record,
+    ):
+        yield record
+
+
+def _finish_quietly(record: RunRecord) -> None:
+    """Close a run the body left open as failed; a broken connection cannot record it."""
+    if record.finished:
+        return
+    try:
+        record.finish("failed")
+    except db.DatabaseError:
+        db.rollback_quietly(record.conn)
