@@ -21,7 +21,7 @@ from .errors import ConfigError, ConfirmationRequired, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
 from .migrations import discover, is_snake_case
 from .monitor import Monitor
-from .plan import STATUS_COLUMNS, Plan, build_plan, check_to_version
+from .plan import STATUS_COLUMNS, Plan, build_plan, check_pending_files, check_to_version
 from .tables import html_table
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def apply(
     with db.connection(
         dsn, target_name=target.name, application_name=f"thorbis-runbook {run_id}"
     ) as conn:
+        check_pending_files(migrations, history.read_history(conn), to_version=request.to_version)
         executor: LiveExecutor | ScriptExecutor = (
             ScriptExecutor() if request.dry_run else LiveExecutor(conn)
         )

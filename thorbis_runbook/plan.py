@@ -1,4 +1,8 @@
-"""Planning: files on disk against the history table, giving status rows and the pending list."""
+"""Planning: files on disk against the history table, giving status rows and the pending list.
+
+The join is one pass over the files and one over the history rows (dict lookups), so its cost
+grows linearly with the history; only the pending files are parsed (``check_files``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from datetime import datetime
 
 from .errors import ConfigError, PlanBlocked
 from .history import HistoryRow
-from .migrations import Migration, MigrationSet
+from .migrations import Migration, MigrationSet, check_files
 
 DONE = ("applied", "baselined")
 STATUS_COLUMNS = ("version", "name", "state", "applied_at", "duration_ms", "applied_by", "detail")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusRow:
     """One line of `thorbis-runbook status`: a version's state, joined from files and history."""
 
@@ -46,6 +50,10 @@ class Plan:
         """The highest version recorded as applied or baselined."""
         done = [row.version for row in self.history.values() if row.status in DONE]
         return max(done) if done else None
+
+    def check_files(self) -> None:
+        """Parse every pending file now; raise MigrationFileError for the first unusable one."""
+        check_files(self.pending)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -85,7 +93,11 @@ class Plan:
 def build_plan(
     migrations: MigrationSet, history: Sequence[HistoryRow], *, to_version: str | None = None
 ) -> Plan:
-    """Join files and history; raise ConfigError when ``to_version`` names no migration."""
+    """Join files and history, and parse the pending files (never the applied ones).
+
+    Raises ConfigError when ``to_version`` names no migration and MigrationFileError when a
+    pending file is unusable (see ``check_pending_files`` to find that before taking the lock).
+    """
     by_version = {row.version: row for row in history}
     files = migrations.by_version()
     check_to_version(migrations, to_version)
@@ -100,7 +112,7 @@ def build_plan(
         rows.append(status)
         if status.state == "drifted":
             drifted.append(migration.filename)
-        elif row is None or row.status not in DONE:
+        elif _is_pending(row):
             if migration.version < newest_done:
                 out_of_order.append(migration.filename)
             if to_version is None or migration.version <= to_version:
@@ -113,9 +125,32 @@ def build_plan(
                 _history_status(row, "missing file", "recorded as applied; the file is gone")
             )
     rows.sort(key=lambda r: r.version)
-    return Plan(
+    plan = Plan(
         tuple(rows), tuple(pending), by_version, tuple(drifted), tuple(missing), tuple(out_of_order)
     )
+    plan.check_files()
+    return plan
+
+
+def check_pending_files(
+    migrations: MigrationSet, history: Sequence[HistoryRow], *, to_version: str | None = None
+) -> tuple[Migration, ...]:
+    """Parse the files apply would run and return them, before apply takes the lock.
+
+    The lock is followed by writes (the runbook schema, the run's row), and bad input must stop
+    apply before those; ``build_plan`` checks the same files again under the lock, which costs
+    nothing more (each file is parsed once) and covers a history changed in between.
+    Raises MigrationFileError for the first unusable pending file.
+    """
+    by_version = {row.version: row for row in history}
+    pending = tuple(
+        migration
+        for migration in migrations
+        if _is_pending(by_version.get(migration.version))
+        and (to_version is None or migration.version <= to_version)
+    )
+    check_files(pending)
+    return pending
 
 
 def check_to_version(migrations: MigrationSet, to_version: str | None) -> None:
@@ -125,6 +160,11 @@ def check_to_version(migrations: MigrationSet, to_version: str | None) -> None:
             f"--to {to_version} is not the version of any file in {migrations.directory}",
             "give the 14-digit version of an existing migration (see thorbis-runbook status)",
         )
+
+
+def _is_pending(row: HistoryRow | None) -> bool:
+    """A file with no history row, or whose row is not applied or baselined, runs (again)."""
+    return row is None or row.status not in DONE
 
 
 def _file_status(migration: Migration, row: HistoryRow | None, newest_done: str) -> StatusRow:
