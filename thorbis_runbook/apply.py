@@ -19,7 +19,7 @@ from .errors import MigrationFailed, RunbookError
 from .executor import Autocommit, Executor, reset_session_sql, timeouts_sql, wait_to_retry
 from .migrations import Migration
 from .plan import Plan
-from .statements import Statement, line_of, split_statements
+from .statements import Statement, line_of
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ class _Runner:
             (migration.filename, s) for s in migration.statements
         ]
         if migration.verify_sql and migration.verify_path:
-            sources += [
-                (migration.verify_path.name, s) for s in split_statements(migration.verify_sql)
-            ]
+            sources += [(migration.verify_path.name, s) for s in migration.verify_statements]
         try:
             db.execute(self.conn, f"BEGIN;\n{self._timeouts(local=True)}")
             for source, statement in sources:

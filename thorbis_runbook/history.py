@@ -25,9 +25,12 @@ INTERNAL_VERSIONS: tuple[tuple[int, str], ...] = ((1, "history_v1"),)
 INTERNAL_VERSION_INSERT = "INSERT INTO runbook.schema_version (version) VALUES ({version})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HistoryRow:
-    """A migration_history row: what the database says happened to a version."""
+    """A migration_history row: what the database says happened to a version.
+
+    Slotted: status and apply hold one per applied migration, thousands in a long history.
+    """
 
     version: str
     name: str

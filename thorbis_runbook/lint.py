@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from .checks import Check, CheckReport, Status, passed
 from .errors import MigrationFileError
-from .migrations import SIBLING_SUFFIXES, is_snake_case, parse_filename
+from .migrations import SIBLING_SUFFIXES, Migration, is_snake_case, parse_filename
 from .statements import TRANSACTION_CONTROL_KINDS, Node, SqlSyntaxError, line_of, parse
 from .thresholds import Thresholds
 
@@ -149,7 +149,7 @@ class _Context:
 
 
 def lint(
-    paths: Iterable[Path],
+    paths: Iterable[Path | Migration],
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
@@ -158,12 +158,11 @@ def lint(
 ) -> CheckReport:
     """Lint forward migration files in version order; one Check per finding, a pass per clean file.
 
+    ``paths`` are files, or migrations a verb has read already (their text is not read again).
     ``table_stats`` (rows, bytes per "schema.table") and ``indexed_columns`` come from the target
     when lint runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
     """
-    files = sorted(
-        (p for p in paths if not p.name.endswith(SIBLING_SUFFIXES)), key=lambda p: p.name
-    )
+    files = sorted((p for p in paths if not _name(p).endswith(SIBLING_SUFFIXES)), key=_name)
     findings = lint_findings(
         files,
         table_stats=table_stats,
@@ -174,13 +173,13 @@ def lint(
     checks = [f.to_check() for f in findings]
     flagged = {f.file for f in findings}
     checks += [
-        passed(f"lint {p.name}", detail="no findings") for p in files if p.name not in flagged
+        passed(f"lint {_name(p)}", detail="no findings") for p in files if _name(p) not in flagged
     ]
     return CheckReport.of("lint", checks)
 
 
 def lint_findings(
-    files: Sequence[Path],
+    files: Sequence[Path | Migration],
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
@@ -190,8 +189,8 @@ def lint_findings(
     """Run every rule over ``files`` (taken in the order given) and apply the allow comments."""
     ctx = _Context(thresholds or Thresholds(), table_stats, indexed_columns or {})
     allows: dict[str, list[tuple[int | None, str, str]]] = {}
-    for path in files:
-        allows[path.name] = _lint_file(path, ctx, lock_timeout_ms)
+    for source in files:
+        allows[_name(source)] = _lint_file(source, ctx, lock_timeout_ms)
     _set_rules(ctx)
     return tuple(_apply_allows(ctx.findings, allows))
 
@@ -207,12 +206,16 @@ def format_size(size: int) -> str:
 
 # -- files ---------------------------------------------------------------------------------
 def _lint_file(
-    path: Path, ctx: _Context, lock_timeout_ms: int | None
+    source: Path | Migration, ctx: _Context, lock_timeout_ms: int | None
 ) -> list[tuple[int | None, str, str]]:
     """Lint one file; return its allow comments as (statement line or None, rule, reason)."""
+    path = source.path if isinstance(source, Migration) else source
     name = path.name
     _file_name_rule(path, ctx)
-    text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+    if isinstance(source, Migration):
+        text = source.sql
+    else:
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     try:
         spans = parse(text)
     except SqlSyntaxError as exc:
@@ -232,6 +235,10 @@ def _lint_file(
             "behind a long transaction would block every session queued behind it",
         )  # fmt: skip
     return _allow_comments(text, [(start, end) for start, end, _ in spans])
+
+
+def _name(source: Path | Migration) -> str:
+    return source.filename if isinstance(source, Migration) else source.name
 
 
 def _file_name_rule(path: Path, ctx: _Context) -> None:

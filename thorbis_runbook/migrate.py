@@ -26,7 +26,7 @@ from .plan import build_plan, check_to_version
 from .recovery import backup
 from .recovery.result import RollbackResult
 from .recovery.rollback import rollback_run
-from .runs import locked_run, new_run_id, operator_name
+from .runs import migration_lock, new_run_id, operator_name, recorded_run
 from .thresholds import load_thresholds
 
 if TYPE_CHECKING:
@@ -133,24 +133,33 @@ def apply(
         executor: LiveExecutor | ScriptExecutor = (
             ScriptExecutor() if request.dry_run else LiveExecutor(conn)
         )
-        with locked_run(
-            conn, executor, target=target, run_id=run_id, operator=operator, command="apply"
-        ) as run:
+        with migration_lock(conn, executor, target=target):
+            # The plan parses the pending files: a bad one stops apply here, before the
+            # runbook schema or the run's row is written.
             plan = build_plan(migrations, history.read_history(conn), to_version=request.to_version)
-            plan.check_blockers(
-                allow_drift=request.allow_drift,
-                allow_out_of_order=request.allow_out_of_order,
-                allow_missing=request.allow_missing,
-            )
-            if plan.pending and not request.dry_run:
-                _save_before_apply(endpoint, run_id, request.backup or target.backup_before_apply)
-            watch = request.monitor and not request.dry_run and bool(plan.pending)
-            with _monitoring(endpoint, enabled=watch) as monitor:
-                steps, failure = apply_plan(
-                    conn, plan, target=target, executor=executor, run_id=run_id,
-                    operator=operator, progress=progress,
-                )  # fmt: skip
-            run.finish("failed" if failure else "succeeded")
+            with recorded_run(
+                conn, executor, target=target, run_id=run_id, operator=operator, command="apply"
+            ) as run:
+                if run.upgraded and not request.dry_run:
+                    plan = build_plan(
+                        migrations, history.read_history(conn), to_version=request.to_version
+                    )
+                plan.check_blockers(
+                    allow_drift=request.allow_drift,
+                    allow_out_of_order=request.allow_out_of_order,
+                    allow_missing=request.allow_missing,
+                )
+                if plan.pending and not request.dry_run:
+                    _save_before_apply(
+                        endpoint, run_id, request.backup or target.backup_before_apply
+                    )
+                watch = request.monitor and not request.dry_run and bool(plan.pending)
+                with _monitoring(endpoint, enabled=watch) as monitor:
+                    steps, failure = apply_plan(
+                        conn, plan, target=target, executor=executor, run_id=run_id,
+                        operator=operator, progress=progress,
+                    )  # fmt: skip
+                run.finish("failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
     watched = monitor.result() if monitor is not None else None
     undone = None

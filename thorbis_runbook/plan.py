@@ -1,4 +1,8 @@
-"""Planning: files on disk against the history table, giving status rows and the pending list."""
+"""Planning: files on disk against the history table, giving status rows and the pending list.
+
+The join is one pass over the files and one over the history rows (dict lookups), so its cost
+grows linearly with the history; only the pending files are parsed (``check_files``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from datetime import datetime
 
 from .errors import ConfigError, PlanBlocked
 from .history import HistoryRow
-from .migrations import Migration, MigrationSet
+from .migrations import Migration, MigrationSet, check_files
 
 DONE = ("applied", "baselined")
 STATUS_COLUMNS = ("version", "name", "state", "applied_at", "duration_ms", "applied_by", "detail")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatusRow:
     """One line of `thorbis-runbook status`: a version's state, joined from files and history."""
 
@@ -46,6 +50,10 @@ class Plan:
         """The highest version recorded as applied or baselined."""
         done = [row.version for row in self.history.values() if row.status in DONE]
         return max(done) if done else None
+
+    def check_files(self) -> None:
+        """Parse every pending file now; raise MigrationFileError for the first unusable one."""
+        check_files(self.pending)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -83,9 +91,18 @@ class Plan:
 
 
 def build_plan(
-    migrations: MigrationSet, history: Sequence[HistoryRow], *, to_version: str | None = None
+    migrations: MigrationSet,
+    history: Sequence[HistoryRow],
+    *,
+    to_version: str | None = None,
+    check_files: bool = True,
 ) -> Plan:
-    """Join files and history; raise ConfigError when ``to_version`` names no migration."""
+    """Join files and history, and parse the pending files (never the applied ones).
+
+    Raises ConfigError when ``to_version`` names no migration and MigrationFileError when a
+    pending file is unusable; ``check_files=False`` leaves the files unparsed, for a caller
+    that parses them itself (precheck's lint reports a broken file as a failed check).
+    """
     by_version = {row.version: row for row in history}
     files = migrations.by_version()
     check_to_version(migrations, to_version)
@@ -100,7 +117,7 @@ def build_plan(
         rows.append(status)
         if status.state == "drifted":
             drifted.append(migration.filename)
-        elif row is None or row.status not in DONE:
+        elif _is_pending(row):
             if migration.version < newest_done:
                 out_of_order.append(migration.filename)
             if to_version is None or migration.version <= to_version:
@@ -113,9 +130,12 @@ def build_plan(
                 _history_status(row, "missing file", "recorded as applied; the file is gone")
             )
     rows.sort(key=lambda r: r.version)
-    return Plan(
+    plan = Plan(
         tuple(rows), tuple(pending), by_version, tuple(drifted), tuple(missing), tuple(out_of_order)
     )
+    if check_files:
+        plan.check_files()
+    return plan
 
 
 def check_to_version(migrations: MigrationSet, to_version: str | None) -> None:
@@ -125,6 +145,11 @@ def check_to_version(migrations: MigrationSet, to_version: str | None) -> None:
             f"--to {to_version} is not the version of any file in {migrations.directory}",
             "give the 14-digit version of an existing migration (see thorbis-runbook status)",
         )
+
+
+def _is_pending(row: HistoryRow | None) -> bool:
+    """A file with no history row, or whose row is not applied or baselined, runs (again)."""
+    return row is None or row.status not in DONE
 
 
 def _file_status(migration: Migration, row: HistoryRow | None, newest_done: str) -> StatusRow:

@@ -18,7 +18,7 @@ from .config import Settings, Target
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .lint import format_size, lint
-from .migrations import MigrationSet, discover
+from .migrations import Migration, MigrationSet, discover
 from .plan import Plan, build_plan
 from .sessions import Session
 from .thresholds import Thresholds, load_thresholds
@@ -94,7 +94,9 @@ def run_prechecks(
         ),
         _server_version(facts),
     ]
-    plan = build_plan(migrations, history.read_history(conn))
+    # Lint parses the pending files (and reports a broken one as a failed check), so the plan
+    # does not parse them first.
+    plan = build_plan(migrations, history.read_history(conn), check_files=False)
     checks += _plan_checks(plan)
     checks += _disk_checks(facts, target, thresholds)
     checks.append(backup_check(settings, target, thresholds))
@@ -104,12 +106,16 @@ def run_prechecks(
     checks.append(_connections_check(facts, thresholds))
     checks += _replication_checks(conn, thresholds)
     checks.append(_invalid_index_check(conn))
-    checks += live_lint(conn, [m.path for m in plan.pending], target=target, thresholds=thresholds)
+    checks += live_lint(conn, plan.pending, target=target, thresholds=thresholds)
     return CheckReport.of(f"precheck {target.name}", checks)
 
 
 def live_lint(
-    conn: db.Connection, paths: Sequence[Path], *, target: Target, thresholds: Thresholds
+    conn: db.Connection,
+    paths: Sequence[Path | Migration],
+    *,
+    target: Target,
+    thresholds: Thresholds,
 ) -> CheckReport:
     """Lint files with the target's table statistics and indexes (grading by table size)."""
     if not paths:
@@ -401,8 +407,7 @@ def lint_command(
         return lint(paths, thresholds=thresholds, lock_timeout_ms=chosen.lock_timeout_ms)
     with endpoint.connection("thorbis-runbook lint") as conn:
         if files:
-            paths = list(files)
-        else:
-            plan = build_plan(discover(settings.migrations_dir), history.read_history(conn))
-            paths = [m.path for m in plan.pending]
-        return live_lint(conn, paths, target=chosen, thresholds=thresholds)
+            return live_lint(conn, list(files), target=chosen, thresholds=thresholds)
+        migrations = discover(settings.migrations_dir)
+        plan = build_plan(migrations, history.read_history(conn), check_files=False)
+        return live_lint(conn, plan.pending, target=chosen, thresholds=thresholds)

@@ -52,6 +52,7 @@ class RunRecord:
     conn: db.Connection
     executor: Executor
     run_id: str
+    upgraded: bool = False  # the runbook schema was created or upgraded for this run
     finished: bool = False
 
     def finish(self, status: str) -> None:
@@ -98,13 +99,14 @@ def recorded_run(
     A run the body does not finish itself (an error, a refusal) is recorded as failed, so no
     row stays 'running' once its runner is gone.
     """
-    for label, sql in history.internal_upgrades(history.internal_version(conn)):
+    upgrades = history.internal_upgrades(history.internal_version(conn))
+    for label, sql in upgrades:
         executor.run(sql, label=label, transactional=True)
     params = {"run_id": run_id, "command": command, "target": target.name, "operator": operator}
     executor.run(
         db.mogrify(conn, RUN_INSERT_SQL, params), label="record the run", transactional=False
     )
-    record = RunRecord(conn, executor, run_id)
+    record = RunRecord(conn, executor, run_id, upgraded=bool(upgrades))
     try:
         yield record
     finally:

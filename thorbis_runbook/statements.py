@@ -1,4 +1,10 @@
-"""Statement splitting and classification with PostgreSQL's own parser (pglast, libpg_query)."""
+"""Statement splitting and classification with PostgreSQL's own parser (pglast, libpg_query).
+
+pglast is imported on the first parse, not with this module: importing the package costs
+tens of milliseconds (its enums and AST classes), and `status` or a no-op `apply` parse nothing.
+Its parser extension cannot be loaded alone (it imports the package's ``ast``, ``enums`` and
+``Error`` when it initialises), so deferring the import is the saving there is.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from pglast import parser
-from pglast.parser import ParseError
 
 # A full-line comment that forces a file out of the transaction, for what parsing cannot see
 # (a CALL of a procedure defined elsewhere that commits, say).
@@ -40,7 +43,10 @@ class Statement:
     """One top-level statement of a migration file, located in that file.
 
     ``node`` is libpg_query's parse tree of the statement as plain JSON data (its single key is
-    the node type), which lint rules read without pglast's slower object tree.
+    the node type), which lint rules read without pglast's slower object tree. It is the bulk
+    of a statement's memory, so callers that keep statements around (a migration's parsed
+    statements) split with ``keep_nodes=False`` and get an empty ``node``; what apply needs from
+    the tree is extracted into the other fields first, ``committing_procedure`` included.
     """
 
     index: int
@@ -50,6 +56,7 @@ class Statement:
     kind: str
     no_transaction_reason: str | None = None
     index_name: str | None = None  # for CREATE INDEX CONCURRENTLY: the INVALID leftover to clean
+    committing_procedure: str | None = None  # a PL/pgSQL procedure defined here that commits
     node: Node = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -81,9 +88,11 @@ def parse(text: str) -> list[tuple[int, int, Node]]:
     libpg_query's JSON output is several times faster to build than pglast's object tree,
     which matters when a history holds hundreds of files. Raises SqlSyntaxError.
     """
+    from pglast import parser  # deferred: see the module docstring
+
     try:
         tree = json.loads(parser.parse_sql_json(text))
-    except ParseError as exc:
+    except parser.ParseError as exc:
         message, offset = exc.args if len(exc.args) == 2 else (str(exc), 0)
         raise SqlSyntaxError(str(message), int(offset)) from exc
     raw = tree.get("stmts", [])
@@ -96,26 +105,33 @@ def parse(text: str) -> list[tuple[int, int, Node]]:
     return [(start, end, item["stmt"]) for (start, end), item in zip(spans, raw, strict=True)]
 
 
-def split_statements(text: str, *, committing_procedures: Iterable[str] = ()) -> list[Statement]:
+def split_statements(
+    text: str, *, committing_procedures: Iterable[str] = (), keep_nodes: bool = True
+) -> list[Statement]:
     """Split SQL text into located, classified statements.
 
     Raises SqlSyntaxError when the text does not parse and TransactionControlError when it holds
     transaction control. ``committing_procedures`` names procedures (lower-case, optionally
-    schema-qualified) known to COMMIT, so that a CALL of one is run outside a transaction.
+    schema-qualified) known to COMMIT, so that a CALL of one is run outside a transaction; it is
+    iterated only when the text holds a CALL, so a caller may pass a lazy iterable whose
+    names are costly to find. ``keep_nodes=False`` leaves each statement's ``node`` empty.
     """
-    procedures = {name.lower() for name in committing_procedures}
+    procedures: set[str] | None = None
     statements = []
     for index, (start, end, node) in enumerate(parse(text)):
         kind, body = _unwrap(node)
+        if kind == "CallStmt" and procedures is None:
+            procedures = {name.lower() for name in committing_procedures}
         statement = Statement(
             index=index,
             text=text[start:end].strip(),
             offset=start,
             line=line_of(text, start),
             kind=kind,
-            no_transaction_reason=no_transaction_reason(node, procedures),
+            no_transaction_reason=no_transaction_reason(node, procedures or set()),
             index_name=_concurrent_index_name(kind, body),
-            node=node,
+            committing_procedure=committing_procedure_name(node),
+            node=node if keep_nodes else {},
         )
         if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
             raise TransactionControlError(statement)
@@ -163,7 +179,7 @@ def committing_procedure_name(node: Node) -> str | None:
 
 def committing_procedures(statements: Iterable[Statement]) -> set[str]:
     """Collect the committing procedures that parsed statements define."""
-    return {name for s in statements if (name := committing_procedure_name(s.node))}
+    return {s.committing_procedure for s in statements if s.committing_procedure}
 
 
 def _unwrap(node: Node) -> tuple[str, Node]:
@@ -231,13 +247,15 @@ def _plpgsql_commits(body: str | None) -> bool:
     """Parse a PL/pgSQL body and look for COMMIT or ROLLBACK anywhere in its tree."""
     if not body:
         return False
+    from pglast import parser  # deferred: see the module docstring
+
     tag = "runbook_body"
     while f"${tag}$" in body:
         tag += "_"
     wrapper = f"CREATE FUNCTION pg_temp.runbook_probe() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$"
     try:
         tree = json.loads(parser.parse_plpgsql_json(wrapper))
-    except (ParseError, ValueError):
+    except (parser.ParseError, ValueError):
         return False  # the server will report the error; parsing here only classifies
     return _tree_has_key(tree, {"PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback"})
 

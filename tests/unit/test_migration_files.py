@@ -1,4 +1,7 @@
-"""Migration discovery: names, siblings, checksums and the bad-input messages."""
+"""Migration discovery: names, siblings, checksums and the bad-input messages.
+
+What is wrong inside a file is found when the file is parsed (check_files), not by discover.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,14 @@ import pytest
 
 from tests.conftest import write_migrations
 from thorbis_runbook.errors import MigrationFileError
-from thorbis_runbook.migrations import discover, parse_filename
+from thorbis_runbook.migrations import MigrationSet, check_files, discover, parse_filename
+
+
+def _checked(folder: Path) -> MigrationSet:
+    """Discover and parse every file, as apply does for the pending ones."""
+    found = discover(folder)
+    check_files(found)
+    return found
 
 
 @pytest.mark.parametrize(
@@ -76,7 +86,7 @@ def test_a_missing_folder_is_named(tmp_path: Path) -> None:
 def test_empty_files_are_rejected(tmp_path: Path, content: str) -> None:
     folder = write_migrations(tmp_path / "m", {"20250101000000_empty.sql": content})
     with pytest.raises(MigrationFileError, match="contains no SQL statement"):
-        discover(folder)
+        _checked(folder)
 
 
 def test_non_utf8_files_are_rejected_with_the_line(tmp_path: Path) -> None:
@@ -84,7 +94,7 @@ def test_non_utf8_files_are_rejected_with_the_line(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "20250101000000_latin.sql").write_bytes(b"SELECT 1;\nSELECT 'caf\xe9';\n")
     with pytest.raises(MigrationFileError, match=r"not UTF-8 \(byte 0xe9 on line 2\)"):
-        discover(folder)
+        _checked(folder)
 
 
 def test_sql_that_does_not_parse_names_file_and_line(tmp_path: Path) -> None:
@@ -92,7 +102,7 @@ def test_sql_that_does_not_parse_names_file_and_line(tmp_path: Path) -> None:
         tmp_path / "m", {"20250101000000_typo.sql": "SELECT 1;\n\nCREATE TABEL x (id int);\n"}
     )
     with pytest.raises(MigrationFileError) as info:
-        discover(folder)
+        _checked(folder)
     assert "20250101000000_typo.sql does not parse" in info.value.message
     assert "line 3" in info.value.message
 
@@ -102,7 +112,7 @@ def test_transaction_control_in_a_file_is_rejected(tmp_path: Path) -> None:
         tmp_path / "m", {"20250101000000_tx.sql": "BEGIN;\nCREATE TABLE a (id int);\nCOMMIT;\n"}
     )
     with pytest.raises(MigrationFileError, match="line 1 holds transaction control"):
-        discover(folder)
+        _checked(folder)
 
 
 def test_no_transaction_header_and_parsed_concurrency(tmp_path: Path) -> None:
@@ -132,5 +142,5 @@ def test_psql_meta_commands_get_their_own_hint(tmp_path: Path) -> None:
         tmp_path / "m", {"20250101000000_psql.sql": "SELECT 1;\n\\set ON_ERROR_STOP on\n"}
     )
     with pytest.raises(MigrationFileError) as info:
-        discover(folder)
+        _checked(folder)
     assert "line 2" in info.value.message and "psql meta-commands" in info.value.hint
