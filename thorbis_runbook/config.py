@@ -19,8 +19,10 @@ _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
     "lock_retries", "retry_backoff", "lock_wait", "on_failure", "backup_before_apply",
+    "commit_flush",
 }  # fmt: skip
 BACKUP_MODES = ("full", "schema", "none")
+COMMIT_FLUSHES = ("run", "migration")
 # Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
 # read by the module that owns them, which reports its own errors.
 _TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
@@ -44,6 +46,10 @@ class Target:
     # What apply saves before it changes anything: a verified pg_dump plus the schema snapshot
     # (full), the schema snapshot alone (schema: enough for schema_only rollback), or nothing.
     backup_before_apply: str = "full"
+    # When apply waits for the WAL flush: once, at the run's last commit (run: every migration
+    # is durable when apply returns, a crash mid-run loses only whole migrations, which the
+    # history then shows as pending), or at every migration's commit (migration).
+    commit_flush: str = "run"
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
@@ -184,6 +190,9 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         raise ConfigError(
             f"{where}.backup_before_apply = {backup_mode!r}", 'use "full", "schema" or "none"'
         )
+    commit_flush = values.get("commit_flush", "run")
+    if commit_flush not in COMMIT_FLUSHES:
+        raise ConfigError(f"{where}.commit_flush = {commit_flush!r}", 'use "run" or "migration"')
     retries = values.get("lock_retries", 3)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ConfigError(f"{where}.lock_retries = {retries!r}", "use a whole number, 0 or more")
@@ -214,6 +223,7 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         lock_wait_ms=parse_duration_ms(values.get("lock_wait", "30s"), what=f"{where}.lock_wait"),
         on_failure=on_failure,
         backup_before_apply=backup_mode,
+        commit_flush=commit_flush,
         options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
 

@@ -22,18 +22,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import smtplib
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Any
 
 from .config import Target, reject_unknown_keys
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
+# The transports (urllib, smtplib with ssl and email) load when a notification is sent: every
+# CLI verb imports this module, most never notify.
 
 EVENTS = ("started", "failed", "rolled_back", "finished")
 _KEYS = {
@@ -120,6 +118,9 @@ def notify(
 def _webhook(
     chosen: NotifySettings, event: str, message: Mapping[str, Any], env: Mapping[str, str]
 ) -> Delivery:
+    import urllib.error
+    import urllib.request
+
     url = env.get(chosen.webhook_url_env or "", "")
     if not url:
         return Delivery(
@@ -144,6 +145,9 @@ def _webhook(
 def _email(
     chosen: NotifySettings, event: str, message: Mapping[str, Any], env: Mapping[str, str]
 ) -> Delivery:
+    import smtplib
+    from email.message import EmailMessage
+
     mail = EmailMessage()
     mail["Subject"] = (
         f"[thorbis-runbook] {message.get('runbook', 'run')} {event} on {message.get('target')}"

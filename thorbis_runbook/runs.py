@@ -56,7 +56,11 @@ class RunRecord:
     finished: bool = False
 
     def finish(self, status: str) -> None:
-        """Record how the run ended: succeeded or failed."""
+        """Record how the run ended: succeeded or failed.
+
+        A commit in the session's own synchronous_commit: it flushes the WAL of every migration
+        committed before it without waiting (apply's commit_flush = "run").
+        """
         if self.finished or self.conn.closed:
             return  # a lost connection: nothing more can be recorded from here
         self.finished = True

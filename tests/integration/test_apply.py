@@ -315,3 +315,37 @@ def test_on_failure_rollback_run_undoes_what_the_run_applied(
         "20250102000000": "pending",
         "20250103000000": "failed",
     }
+
+
+def test_commit_flush_run_defers_each_flush_to_the_runs_last_commit(
+    tmp_path: Path, settings_for, conn
+) -> None:  # type: ignore[no-untyped-def]
+    """commit_flush = "run": migrations commit without waiting for their WAL flush, and apply
+    returns only after one synchronous commit has flushed all of it."""
+    folder = write_migrations(tmp_path / "m", {
+        T1: "CREATE TABLE lsn_probe (lsn pg_lsn);",
+        T2: "INSERT INTO lsn_probe SELECT pg_current_wal_insert_lsn();",
+    })  # fmt: skip
+    per_migration = migrate.apply(
+        resolve(settings_for(folder, commit_flush="migration")), ApplyRequest(dry_run=True)
+    )
+    assert "synchronous_commit" not in per_migration.script
+    # The WAL writer would flush the deferred commits within its delay anyway: make it wait
+    # longer than the test, so only apply's own final commit can have flushed them.
+    with conn.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        cur.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.3)
+        result = migrate.apply(resolve(settings_for(folder)), ApplyRequest(monitor=False))
+        assert result.ok
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_flush_lsn() > lsn FROM lsn_probe")
+            assert cur.fetchone() == (True,)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET wal_writer_delay")
+            cur.execute("SELECT pg_reload_conf()")
+    write_migrations(folder, {"20250103000000_third.sql": "SELECT 1;"})
+    script = migrate.apply(resolve(settings_for(folder)), ApplyRequest(dry_run=True)).script
+    assert "SET LOCAL synchronous_commit = off;" in script

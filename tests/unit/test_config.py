@@ -67,6 +67,7 @@ def test_bad_durations_are_refused(bad: object) -> None:
         ({"on_failure": "panic"}, 'use "stop" or "rollback_run"'),
         ({"lock_retries": -1}, "whole number"),
         ({"embedded": True, "dsn_env": "X"}, "sets both embedded and dsn_env"),
+        ({"commit_flush": "sometimes"}, 'use "run" or "migration"'),
     ],
 )
 def test_bad_target_settings_are_named(values: dict[str, object], fragment: str) -> None:
