@@ -8,11 +8,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import (
+    arguments,
     baseline,
     benchmark,
     checks,
@@ -21,6 +21,7 @@ from . import (
     ledger,
     lint,
     migrate,
+    parameters,
     pipeline,
     precheck,
     rehearse,
@@ -33,7 +34,7 @@ from . import (
 from .apply import STEP_COLUMNS
 from .display import text_table
 from .endpoint import Endpoint, resolve
-from .errors import AlreadySeeded, ConfigError, RunbookError
+from .errors import AlreadySeeded, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
 from .recovery import backup, pitr
@@ -48,13 +49,11 @@ Handler = Callable[[argparse.Namespace, config.Settings], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = arguments.parser().parse_args(argv)
     _configure_logging(verbose=args.verbose)
     try:
         settings = config.load_settings(Path(args.config) if args.config else None)
-        handler: Handler = args.handler
-        return handler(args, settings)
+        return HANDLERS[args.verb](args, settings)
     except RunbookError as exc:
         if args.traceback:
             raise
@@ -136,8 +135,10 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         to_version=args.to, dry_run=args.dry_run,
         confirm_production=args.confirm_production, allow_drift=args.allow_drift,
         allow_out_of_order=args.allow_out_of_order, allow_missing=args.allow_missing,
-        lock_timeout_ms=_duration(args.lock_timeout, "--lock-timeout"),
-        statement_timeout_ms=_duration(args.statement_timeout, "--statement-timeout"),
+        lock_timeout_ms=parameters.duration_ms(args.lock_timeout, what="--lock-timeout"),
+        statement_timeout_ms=parameters.duration_ms(
+            args.statement_timeout, what="--statement-timeout"
+        ),
         backup=args.backup,
     )  # fmt: skip
     with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
@@ -332,15 +333,7 @@ def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
-    try:
-        to_time = datetime.fromisoformat(args.to_time) if args.to_time else None
-        if to_time is not None and to_time.tzinfo is None:
-            to_time = to_time.replace(tzinfo=UTC)  # a time without a zone is read as UTC
-    except ValueError:
-        raise ConfigError(
-            f"--to-time {args.to_time!r} is not an ISO 8601 time",
-            'write e.g. "2025-02-01T12:00:00Z"',
-        ) from None
+    to_time = parameters.moment(args.to_time, what="--to-time") if args.to_time else None
     result = recovery.rollback(_endpoint(args, settings), recovery.RollbackRequest(
         strategy=args.strategy, run_id=args.run, to_version=args.to, to_time=to_time,
         confirm_production=args.confirm_production,
@@ -412,10 +405,6 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _duration(value: str | None, flag: str) -> int | None:
-    return None if value is None else config.parse_duration_ms(value, what=flag)
-
-
 class _ProgressBar:
     """A tqdm bar over migrations on a terminal; silent in logs and pipes."""
 
@@ -471,207 +460,26 @@ class _SeedBar:
         bar.update(done - bar.n)
 
 
-# -- parser --------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="thorbis-runbook", description="PostgreSQL migration runbook kit"
-    )
-    parser.add_argument(
-        "--config", help="path to runbook.toml (default: ./runbook.toml or THORBIS_CONFIG)"
-    )
-    parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
-
-    db_cmd = sub.add_parser("db", help="the embedded local PostgreSQL: start, stop, status, url")
-    db_cmd.add_argument("action", choices=("start", "stop", "status", "url"))
-    db_cmd.add_argument("--target", help="with url: print the URL of this target's database")
-    db_cmd.set_defaults(handler=_db)
-
-    status_cmd = sub.add_parser("status", help="every migration's state on a target")
-    _common(status_cmd)
-    status_cmd.set_defaults(handler=_status)
-
-    apply_cmd = sub.add_parser("apply", help="apply pending migrations")
-    _common(apply_cmd)
-    apply_cmd.add_argument("--to", metavar="VERSION", help="stop after this version")
-    apply_cmd.add_argument(
-        "--dry-run", action="store_true", help="print the exact SQL, change nothing"
-    )
-    apply_cmd.add_argument(
-        "--confirm-production", action="store_true", help="required for production targets"
-    )
-    apply_cmd.add_argument(
-        "--allow-drift", action="store_true", help="apply although applied files changed"
-    )
-    apply_cmd.add_argument(
-        "--allow-out-of-order",
-        action="store_true",
-        help="apply files older than the newest applied",
-    )
-    apply_cmd.add_argument(
-        "--allow-missing", action="store_true", help="apply although applied files are gone"
-    )
-    apply_cmd.add_argument(
-        "--lock-timeout", help='override the target\'s lock_timeout for this run, e.g. "2s"'
-    )
-    apply_cmd.add_argument(
-        "--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"'
-    )
-    apply_cmd.add_argument(
-        "--backup", choices=("full", "schema", "none"),
-        help="what to save before applying (default: the target's backup_before_apply, full)",
-    )  # fmt: skip
-    apply_cmd.set_defaults(handler=_apply)
-
-    new_cmd = sub.add_parser(
-        "new", help="create a migration (and its down and verify files) from the template"
-    )
-    new_cmd.add_argument("name", help="snake_case description, e.g. add_invoice_due_date")
-    new_cmd.set_defaults(handler=_new)
-
-    baseline_cmd = sub.add_parser(
-        "baseline", help="record migrations as applied without running them"
-    )
-    _common(baseline_cmd)
-    baseline_cmd.add_argument(
-        "--to", metavar="VERSION", required=True, help="last version the schema holds"
-    )
-    baseline_cmd.add_argument(
-        "--confirm-production", action="store_true", help="required for production targets"
-    )
-    baseline_cmd.set_defaults(handler=_baseline)
-
-    seed_cmd = sub.add_parser("seed", help="load realistic demo data through COPY")
-    _common(seed_cmd)
-    seed_cmd.add_argument(
-        "--businesses", type=int, default=100, help="how many businesses (default 100)"
-    )
-    seed_cmd.add_argument("--work-orders-per-business", type=int, default=1000, help="default 1000")
-    seed_cmd.add_argument(
-        "--if-empty", action="store_true", help="skip quietly when data is already there"
-    )
-    seed_cmd.set_defaults(handler=_seed)
-    run_cmd = sub.add_parser(
-        "run", help="execute runbook notebooks with papermill and archive the reports"
-    )
-    run_cmd.add_argument(
-        "runbooks", nargs="+", choices=("precheck", "apply", "validate", "rollback")
-    )
-    run_cmd.add_argument("--target", help="target from runbook.toml (default: default_target)")
-    run_cmd.add_argument(
-        "-p",
-        "--parameter",
-        action="append",
-        metavar="NAME=VALUE",
-        help="notebook parameter for every runbook that has it (apply.NAME=VALUE for one)",
-    )
-    run_cmd.set_defaults(handler=_run)
-
-    reports_cmd = sub.add_parser("reports", help="the report archive: verify the ledger, list runs")
-    reports_cmd.add_argument("action", choices=("verify", "list"))
-    reports_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    reports_cmd.set_defaults(handler=_reports)
-
-    lint_cmd = sub.add_parser(
-        "lint", help="review migrations for lock, data-loss and RLS risks (exit 1 on a fail)"
-    )
-    _common(lint_cmd)
-    lint_cmd.add_argument(
-        "files",
-        nargs="*",
-        metavar="FILE",
-        help="files to lint (default: the target's pending migrations with --target, "
-        "else every migration in the folder)",
-    )
-    lint_cmd.set_defaults(handler=_lint)
-
-    precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
-    _common(precheck_cmd)
-    precheck_cmd.add_argument(
-        "--backup",
-        action="store_true",
-        help="take a verified backup first, so the backup check passes",
-    )
-    precheck_cmd.set_defaults(handler=_precheck)
-
-    troubleshoot_cmd = sub.add_parser(
-        "troubleshoot", help="what is stuck on the target, and the SQL to clear it (never run)"
-    )
-    _common(troubleshoot_cmd)
-    troubleshoot_cmd.set_defaults(handler=_troubleshoot)
-
-    validate_cmd = sub.add_parser(
-        "validate", help="after a migration: verify, integrity, RLS isolation, metrics, speed"
-    )
-    _common(validate_cmd)
-    validate_cmd.add_argument(
-        "--baseline",
-        metavar="RUN_ID|PATH",
-        default="",
-        help="compare the benchmark queries with an archived run's benchmark (a run id), a saved "
-        "file (benchmark --save PATH), or by default the newest archived benchmark of the target",
-    )
-    validate_cmd.add_argument(
-        "--no-baseline", action="store_true", help="skip the benchmark comparison"
-    )
-    validate_cmd.set_defaults(handler=_validate)
-
-    benchmark_cmd = sub.add_parser(
-        "benchmark", help="time the [[benchmark.queries]] of runbook.toml"
-    )
-    _common(benchmark_cmd)
-    benchmark_cmd.add_argument(
-        "--runs", type=int, help="timed runs per query (default: [benchmark] runs)"
-    )
-    benchmark_cmd.add_argument("--save", metavar="PATH", help="write the result as JSON to PATH")
-    benchmark_cmd.set_defaults(handler=_benchmark)
-
-    backup_cmd = sub.add_parser("backup", help="pg_dump -Fd backup with a manifest, verified")
-    _common(backup_cmd)
-    backup_cmd.add_argument(
-        "--deep", action="store_true", help="also restore into a scratch database and compare"
-    )
-    backup_cmd.set_defaults(handler=_backup)
-    backups_cmd = sub.add_parser("backups", help="list a target's backups and their verification")
-    _common(backups_cmd)
-    backups_cmd.set_defaults(handler=_backups)
-
-    rollback_cmd = sub.add_parser("rollback", help="undo a run: down scripts, restore, or PITR")
-    _common(rollback_cmd)
-    rollback_cmd.add_argument(
-        "--strategy", required=True, choices=("schema_only", "full_restore", "point_in_time")
-    )
-    rollback_cmd.add_argument("--run", metavar="RUN_ID", help="the run to undo (default: latest)")
-    rollback_cmd.add_argument("--to", metavar="VERSION", help="schema_only: undo all above it")
-    rollback_cmd.add_argument("--to-time", metavar="ISO", help="point_in_time: recover to it")
-    rollback_cmd.add_argument(
-        "--confirm-production", action="store_true", help="required for production targets"
-    )
-    rollback_cmd.set_defaults(handler=_rollback)
-
-    rehearse_cmd = sub.add_parser(
-        "rehearse", help="apply, roll back, apply again on a scratch copy of the target"
-    )
-    _common(rehearse_cmd)
-    rehearse_cmd.add_argument(
-        "--source", choices=("auto", "template", "backup"), default="auto",
-        help="copy with CREATE DATABASE ... TEMPLATE, or restore the latest backup",
-    )  # fmt: skip
-    rehearse_cmd.set_defaults(handler=_rehearse)
-
-    pitr_cmd = sub.add_parser("pitr", help="point-in-time recovery set-up (WAL archive)")
-    pitr_cmd.add_argument("action", choices=("enable",))
-    _common(pitr_cmd)
-    pitr_cmd.set_defaults(handler=_pitr)
-    return parser
-
-
-def _common(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument(
-        "--target", help="target from runbook.toml (default: default_target, or THORBIS_TARGET)"
-    )
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+HANDLERS: dict[str, Handler] = {
+    "db": _db,
+    "status": _status,
+    "apply": _apply,
+    "new": _new,
+    "baseline": _baseline,
+    "seed": _seed,
+    "run": _run,
+    "reports": _reports,
+    "lint": _lint,
+    "precheck": _precheck,
+    "troubleshoot": _troubleshoot,
+    "validate": _validate,
+    "benchmark": _benchmark,
+    "backup": _backup,
+    "backups": _backups,
+    "rollback": _rollback,
+    "rehearse": _rehearse,
+    "pitr": _pitr,
+}
 
 
 if __name__ == "__main__":

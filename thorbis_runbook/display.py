@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -116,3 +117,18 @@ def message_box(status: str, text: str, *, hint: str = "", label: str | None = N
         f"<div style='{border}background:{background};color:{colour};padding:8px;margin:6px 0;"
         f"border-radius:4px'><strong>{shown}:</strong> {html.escape(text)}{extra}</div>"
     )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A coloured one-line box a cell shows instead of a result (a failure, a skipped step)."""
+
+    status: str
+    text: str
+    hint: str = ""
+
+    def _repr_html_(self) -> str:
+        return message_box(self.status, self.text, hint=self.hint)
+
+    def __repr__(self) -> str:
+        return f"{self.status}: {self.text}" + (f"\nhint: {self.hint}" if self.hint else "")

@@ -19,6 +19,7 @@ from .config import Settings, Target
 from .errors import ConfigError
 from .index_page import write_index
 from .ledger import reports_root
+from .parameters import typed_value
 from .runs import new_run_id, operator_name
 from .summary import ErrorSummary, RunSummary
 
@@ -118,7 +119,7 @@ def parse_parameters(notebook: Path, pairs: Sequence[str]) -> dict[str, Any]:
                 f"runbook {notebook.stem} has no parameter {name!r}",
                 f"it takes: {', '.join(sorted(declared))}",
             )
-        values[name] = _typed(name, raw, str(declared[name].get("inferred_type_name", "")))
+        values[name] = typed_value(name, raw, str(declared[name].get("inferred_type_name", "")))
     return values
 
 
@@ -265,26 +266,6 @@ def _complete_summary(
             status="failed", error=failure, finished=finished, parameters=parameters
         )
     return summary.with_changes(finished=finished, parameters=parameters)
-
-
-def _typed(name: str, raw: str, declared: str) -> Any:
-    lowered = raw.strip().lower()
-    if declared == "bool":
-        if lowered in ("true", "1", "yes"):
-            return True
-        if lowered in ("false", "0", "no"):
-            return False
-        raise ConfigError(
-            f"parameter {name} must be true or false, got {raw!r}", f"write -p {name}=true"
-        )
-    if declared == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(
-                f"parameter {name} must be a whole number, got {raw!r}", f"write -p {name}=3"
-            ) from None
-    return raw
 
 
 def _first_line(text: str) -> str:

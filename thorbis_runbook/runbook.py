@@ -9,7 +9,6 @@ that is not a RunbookError (a bug) propagates at once: papermill must see it.
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from . import (
     config,
     ledger,
     migrate,
+    parameters,
     precheck,
     rehearse,
     rls,
@@ -33,12 +33,12 @@ from . import (
     validate,
 )
 from .checks import CheckReport
-from .display import html_table, message_box
+from .display import Notice, html_table
 from .endpoint import Endpoint, resolve
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .recovery import backup
 from .recovery import rollback as recovery
-from .runs import new_run_id, operator_name
+from .runs import git_commit, new_run_id, operator_name
 from .summary import CheckRow, ErrorSummary, MigrationRow, RunSummary, StepSummary
 from .thresholds import load_thresholds
 
@@ -57,21 +57,6 @@ class StepRecord:
     result: Any = None  # the step's result object, for the charts drawn after it
 
 
-@dataclass(frozen=True)
-class Notice:
-    """A coloured one-line box a cell shows instead of a result (a failure, a skipped step)."""
-
-    status: str
-    text: str
-    hint: str = ""
-
-    def _repr_html_(self) -> str:
-        return message_box(self.status, self.text, hint=self.hint)
-
-    def __repr__(self) -> str:
-        return f"{self.status}: {self.text}" + (f"\nhint: {self.hint}" if self.hint else "")
-
-
 class Run:
     """One execution of one runbook against one target."""
 
@@ -86,7 +71,7 @@ class Run:
         self.operator = operator
         self.report_dir = report_dir
         self.started_at = datetime.now(UTC)
-        self.git_commit = _git_commit(settings.migrations_dir)
+        self.git_commit = git_commit(settings.migrations_dir)
         self.steps: list[StepRecord] = []
         self.failure: RunbookError | None = None
         self.migrations: list[MigrationRow] = []
@@ -125,7 +110,7 @@ class Run:
         """Apply pending migrations (or show the exact SQL with dry_run), logging live to the cell."""
 
         def run() -> Any:
-            _expect_bools(
+            parameters.expect_bools(
                 dry_run=dry_run,
                 confirm_production=confirm_production,
                 allow_drift=allow_drift,
@@ -136,8 +121,10 @@ class Run:
                 to_version=to_version or None, dry_run=dry_run,
                 confirm_production=confirm_production, allow_drift=allow_drift,
                 allow_out_of_order=allow_out_of_order, allow_missing=allow_missing,
-                lock_timeout_ms=_duration(lock_timeout, "lock_timeout"),
-                statement_timeout_ms=_duration(statement_timeout, "statement_timeout"),
+                lock_timeout_ms=parameters.duration_ms(lock_timeout, what="lock_timeout"),
+                statement_timeout_ms=parameters.duration_ms(
+                    statement_timeout, what="statement_timeout"
+                ),
                 run_id=self.run_id, operator=self.operator,
             )  # fmt: skip
             before = None if dry_run else self._rls_snapshot()
@@ -302,8 +289,8 @@ class Run:
             return self.rehearse()
 
         def run() -> Any:
-            _expect_bools(confirm_production=confirm_production, rehearsal=rehearsal)
-            moment = _timestamp(to_time) if to_time else None
+            parameters.expect_bools(confirm_production=confirm_production, rehearsal=rehearsal)
+            moment = parameters.moment(to_time, what="to_time") if to_time else None
             request = recovery.RollbackRequest(
                 strategy=strategy, run_id=rollback_run or None, to_version=to_version or None,
                 to_time=moment, confirm_production=confirm_production,
@@ -531,29 +518,6 @@ def _check_rows(report: CheckReport) -> list[CheckRow]:
     ]
 
 
-def _expect_bools(**values: Any) -> None:
-    """Papermill passes what it is given: refuse "maybe" where true or false belongs."""
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"parameter {name} must be True or False, got {value!r}", f"pass -p {name} True"
-            )
-
-
-def _timestamp(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(
-            f"to_time {value!r} is not an ISO timestamp", 'write it as "2026-11-30T14:05:00+00:00"'
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _duration(value: str, what: str) -> int | None:
-    return config.parse_duration_ms(value, what=what) if value else None
-
-
 @contextmanager
 def _live_log() -> Iterator[None]:
     """Show the runner's log lines as they happen (a notebook cell shows stdout live)."""
@@ -567,29 +531,6 @@ def _live_log() -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.setLevel(previous)
-
-
-def _git_commit(migrations_dir: Path) -> str:
-    """The commit of the migrations' repository, marked when the migration files differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=migrations_dir,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."],
-            cwd=migrations_dir,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return f"{commit}{' (migrations modified)' if dirty else ''}"
 
 
 __all__ = ["ConfigError", "Notice", "Run", "StepRecord", "start"]

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "thorbis_runbook"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: configuration, connections, the embedded server, the shared models
     ("errors", "config", "dsn", "display", "queries", "embedded", "db", "pgtools", "endpoint",
-     "checks", "thresholds", "sessions", "summary", "notify", "ledger"),
+     "checks", "thresholds", "sessions", "summary", "notify", "ledger", "parameters"),
     # migration files and what the database says about them
     ("statements", "migrations", "plan", "history"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the notebooks' facade and the archive
     ("runbook", "report", "index_page", "pipeline"),
     # the shell
-    ("cli", "__init__"),
+    ("cli", "arguments", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 

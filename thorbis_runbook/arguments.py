@@ -1,0 +1,193 @@
+"""The command line's grammar: every verb, its arguments and their help (no behaviour here).
+
+cli.py maps each verb to its handler; keeping the grammar apart keeps both readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line: global options, then one sub-command per verb."""
+    parser = argparse.ArgumentParser(
+        prog="thorbis-runbook", description="PostgreSQL migration runbook kit"
+    )
+    parser.add_argument(
+        "--config", help="path to runbook.toml (default: ./runbook.toml or THORBIS_CONFIG)"
+    )
+    parser.add_argument("--traceback", action="store_true", help="show the traceback of an error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    db_cmd = sub.add_parser("db", help="the embedded local PostgreSQL: start, stop, status, url")
+    db_cmd.add_argument("action", choices=("start", "stop", "status", "url"))
+    db_cmd.add_argument("--target", help="with url: print the URL of this target's database")
+
+    status_cmd = sub.add_parser("status", help="every migration's state on a target")
+    common(status_cmd)
+
+    apply_cmd = sub.add_parser("apply", help="apply pending migrations")
+    common(apply_cmd)
+    apply_cmd.add_argument("--to", metavar="VERSION", help="stop after this version")
+    apply_cmd.add_argument(
+        "--dry-run", action="store_true", help="print the exact SQL, change nothing"
+    )
+    apply_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
+    apply_cmd.add_argument(
+        "--allow-drift", action="store_true", help="apply although applied files changed"
+    )
+    apply_cmd.add_argument(
+        "--allow-out-of-order",
+        action="store_true",
+        help="apply files older than the newest applied",
+    )
+    apply_cmd.add_argument(
+        "--allow-missing", action="store_true", help="apply although applied files are gone"
+    )
+    apply_cmd.add_argument(
+        "--lock-timeout", help='override the target\'s lock_timeout for this run, e.g. "2s"'
+    )
+    apply_cmd.add_argument(
+        "--statement-timeout", help='override the target\'s statement_timeout, e.g. "15min"'
+    )
+    apply_cmd.add_argument(
+        "--backup", choices=("full", "schema", "none"),
+        help="what to save before applying (default: the target's backup_before_apply, full)",
+    )  # fmt: skip
+
+    new_cmd = sub.add_parser(
+        "new", help="create a migration (and its down and verify files) from the template"
+    )
+    new_cmd.add_argument("name", help="snake_case description, e.g. add_invoice_due_date")
+
+    baseline_cmd = sub.add_parser(
+        "baseline", help="record migrations as applied without running them"
+    )
+    common(baseline_cmd)
+    baseline_cmd.add_argument(
+        "--to", metavar="VERSION", required=True, help="last version the schema holds"
+    )
+    baseline_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
+
+    seed_cmd = sub.add_parser("seed", help="load realistic demo data through COPY")
+    common(seed_cmd)
+    seed_cmd.add_argument(
+        "--businesses", type=int, default=100, help="how many businesses (default 100)"
+    )
+    seed_cmd.add_argument("--work-orders-per-business", type=int, default=1000, help="default 1000")
+    seed_cmd.add_argument(
+        "--if-empty", action="store_true", help="skip quietly when data is already there"
+    )
+    run_cmd = sub.add_parser(
+        "run", help="execute runbook notebooks with papermill and archive the reports"
+    )
+    run_cmd.add_argument(
+        "runbooks", nargs="+", choices=("precheck", "apply", "validate", "rollback")
+    )
+    run_cmd.add_argument("--target", help="target from runbook.toml (default: default_target)")
+    run_cmd.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="notebook parameter for every runbook that has it (apply.NAME=VALUE for one)",
+    )
+
+    reports_cmd = sub.add_parser("reports", help="the report archive: verify the ledger, list runs")
+    reports_cmd.add_argument("action", choices=("verify", "list"))
+    reports_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+
+    lint_cmd = sub.add_parser(
+        "lint", help="review migrations for lock, data-loss and RLS risks (exit 1 on a fail)"
+    )
+    common(lint_cmd)
+    lint_cmd.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="files to lint (default: the target's pending migrations with --target, "
+        "else every migration in the folder)",
+    )
+
+    precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
+    common(precheck_cmd)
+    precheck_cmd.add_argument(
+        "--backup",
+        action="store_true",
+        help="take a verified backup first, so the backup check passes",
+    )
+
+    troubleshoot_cmd = sub.add_parser(
+        "troubleshoot", help="what is stuck on the target, and the SQL to clear it (never run)"
+    )
+    common(troubleshoot_cmd)
+
+    validate_cmd = sub.add_parser(
+        "validate", help="after a migration: verify, integrity, RLS isolation, metrics, speed"
+    )
+    common(validate_cmd)
+    validate_cmd.add_argument(
+        "--baseline",
+        metavar="RUN_ID|PATH",
+        default="",
+        help="compare the benchmark queries with an archived run's benchmark (a run id), a saved "
+        "file (benchmark --save PATH), or by default the newest archived benchmark of the target",
+    )
+    validate_cmd.add_argument(
+        "--no-baseline", action="store_true", help="skip the benchmark comparison"
+    )
+
+    benchmark_cmd = sub.add_parser(
+        "benchmark", help="time the [[benchmark.queries]] of runbook.toml"
+    )
+    common(benchmark_cmd)
+    benchmark_cmd.add_argument(
+        "--runs", type=int, help="timed runs per query (default: [benchmark] runs)"
+    )
+    benchmark_cmd.add_argument("--save", metavar="PATH", help="write the result as JSON to PATH")
+
+    backup_cmd = sub.add_parser("backup", help="pg_dump -Fd backup with a manifest, verified")
+    common(backup_cmd)
+    backup_cmd.add_argument(
+        "--deep", action="store_true", help="also restore into a scratch database and compare"
+    )
+    backups_cmd = sub.add_parser("backups", help="list a target's backups and their verification")
+    common(backups_cmd)
+
+    rollback_cmd = sub.add_parser("rollback", help="undo a run: down scripts, restore, or PITR")
+    common(rollback_cmd)
+    rollback_cmd.add_argument(
+        "--strategy", required=True, choices=("schema_only", "full_restore", "point_in_time")
+    )
+    rollback_cmd.add_argument("--run", metavar="RUN_ID", help="the run to undo (default: latest)")
+    rollback_cmd.add_argument("--to", metavar="VERSION", help="schema_only: undo all above it")
+    rollback_cmd.add_argument("--to-time", metavar="ISO", help="point_in_time: recover to it")
+    rollback_cmd.add_argument(
+        "--confirm-production", action="store_true", help="required for production targets"
+    )
+
+    rehearse_cmd = sub.add_parser(
+        "rehearse", help="apply, roll back, apply again on a scratch copy of the target"
+    )
+    common(rehearse_cmd)
+    rehearse_cmd.add_argument(
+        "--source", choices=("auto", "template", "backup"), default="auto",
+        help="copy with CREATE DATABASE ... TEMPLATE, or restore the latest backup",
+    )  # fmt: skip
+
+    pitr_cmd = sub.add_parser("pitr", help="point-in-time recovery set-up (WAL archive)")
+    pitr_cmd.add_argument("action", choices=("enable",))
+    common(pitr_cmd)
+    return parser
+
+
+def common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--target", help="target from runbook.toml (default: default_target, or THORBIS_TARGET)"
+    )
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
