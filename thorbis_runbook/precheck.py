@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .lint import format_size, lint
 from .migrations import Migration, MigrationSet, discover
 from .plan import Plan, build_plan
+from .recovery import backup
 from .sessions import Session
 from .thresholds import Thresholds, load_thresholds
 
@@ -147,7 +148,7 @@ def backup_check(
 ) -> Check:
     """The newest verified backup's age, read from the backup manifests (never taking one)."""
     name = "recent verified backup"
-    folder = Path(target.options.get("backup_dir") or settings.state_dir / "backups" / target.name)
+    folder = backup.backup_root(settings, target)
     if not folder.is_dir():
         return skipped(
             name, f"no backups configured for target {target.name} yet ({folder} does not exist)"

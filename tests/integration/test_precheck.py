@@ -111,7 +111,7 @@ def test_backup_manifests_are_read(tmp_path: Path) -> None:
     assert backup_check(settings, target, Thresholds()).status == "skip"
     now = datetime(2025, 3, 1, 12, tzinfo=UTC)
     for backup_id, age_h, verified in (("old", 30, True), ("new", 2, False)):
-        folder = tmp_path / "backups" / backup_id
+        folder = tmp_path / "backups" / "test" / backup_id  # where backups of target test go
         folder.mkdir(parents=True)
         created = (now - timedelta(hours=age_h)).isoformat()
         manifest = {"created_at": created, "verified": verified}
