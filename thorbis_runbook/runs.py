@@ -24,6 +24,10 @@ RUN_INSERT_SQL = (
     "INSERT INTO runbook.runs (run_id, command, target, operator) "
     "VALUES (%(run_id)s, %(command)s, %(target)s, %(operator)s)"
 )
+# Under the migration lock no other runner is alive, so a row still 'running' belongs to a runner
+# that died (killed, its server or connection lost) before it could close it. When it ended is
+# unknown, so finished_at stays empty.
+ABANDONED_RUNS_SQL = "UPDATE runbook.runs SET status = 'abandoned' WHERE status = 'running'"
 RUN_FINISH_SQL = (
     "UPDATE runbook.runs SET finished_at = clock_timestamp(), status = %(status)s "
     "WHERE run_id = %(run_id)s"
@@ -126,15 +130,17 @@ def recorded_run(
     """Bring the runbook schema up to date and record the run (call it holding the lock).
 
     A run the body does not finish itself (an error, a refusal) is recorded as failed, so no
-    row stays 'running' once its runner is gone.
+    row stays 'running' once its runner is gone; the row of a runner that died before it could
+    close its run is closed as 'abandoned' by the next one.
     """
     upgrades = history.internal_upgrades(history.internal_version(conn))
     for label, sql in upgrades:
         executor.run(sql, label=label, transactional=True)
     params = {"run_id": run_id, "command": command, "target": target.name, "operator": operator}
     executor.run(
-        db.mogrify(conn, RUN_INSERT_SQL, params), label="record the run", transactional=False
-    )
+        f"{ABANDONED_RUNS_SQL};\n{db.mogrify(conn, RUN_INSERT_SQL, params)}",
+        label="record the run", transactional=False,
+    )  # fmt: skip
     record = RunRecord(conn, executor, run_id, upgraded=bool(upgrades))
     try:
         yield record
@@ -158,10 +164,17 @@ def locked_run(
 
 
 def _finish_quietly(record: RunRecord) -> None:
-    """Close a run the body left open as failed; a broken connection cannot record it."""
+    """Close a run the body left open as failed; a broken connection cannot record it.
+
+    The body may have raised inside a transaction block that failed, where every statement is
+    refused until it ends: end it, then close the run.
+    """
     if record.finished:
         return
-    try:
-        record.finish("failed")
-    except db.DatabaseError:
-        db.rollback_quietly(record.conn)
+    for attempt in (1, 2):
+        try:
+            record.finish("failed")
+            return
+        except db.DatabaseError:
+            db.rollback_quietly(record.conn)
+            record.finished = attempt == 2
