@@ -355,7 +355,8 @@ def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
     for note in result.notes:
         print(note)
     timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
-    print(f"{result.strategy} rollback of target {result.target}: {timings}")
+    undone = f", undoing run {result.undone_run}" if result.undone_run else ""
+    print(f"{result.strategy} rollback of target {result.target}{undone}: {timings}")
     result.raise_for_failures()
     return 0
 

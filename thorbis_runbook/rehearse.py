@@ -19,7 +19,7 @@ from .config import Settings, Target
 from .display import html_table
 from .dsn import database_of
 from .endpoint import Endpoint
-from .errors import RehearsalFailed
+from .errors import RehearsalFailed, RunbookError
 from .migrations import Migration, discover
 from .plan import build_plan
 from .recovery import backup
@@ -189,7 +189,10 @@ def _roll_back_one_by_one(
                 ),
             ]
         below = f"{int(migration.version) - 1:014d}"  # undo exactly this version: all above the one below it
-        result = schema_only(scratch, to_version=below)
+        try:
+            result = schema_only(scratch, to_version=below)
+        except RunbookError as exc:  # an empty or unreadable down script: a finding, on a copy
+            return [*checks, failed(name, "refused", "runs", exc.message)]
         if not result.ok or migration.version not in result.undone:
             errors = "; ".join(s.error for s in result.steps if s.error) or "it was not undone"
             return [*checks, failed(name, "failed", "runs", errors)]

@@ -95,4 +95,5 @@ def test_schema_snapshots_ignore_the_runbook_schema_and_name_a_changed_table(
     second = snapshot.take_snapshot(resolve(settings, target))
     diff = snapshot.schema_diff(first.schema, second.schema)
     assert diff == ["+ nickname text (in CREATE TABLE business_core.customers)"]
-    assert snapshot.snapshot_before(settings, target, run_id="r1", before=None) == first
+    assert snapshot.run_snapshot(settings, target, "r1") == first
+    assert snapshot.run_snapshot(settings, target, "r2") is None  # never another run's

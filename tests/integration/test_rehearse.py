@@ -81,3 +81,12 @@ def test_a_good_rehearsal_is_recorded_with_checksums_and_can_use_a_backup(
     assert record.covers({"20250301000000": checksum})
     assert not record.covers({"20250301000000": "0" * 64})
     assert "nickname" not in _columns(os.environ["THORBIS_TEST_DSN"])
+
+
+def test_an_empty_down_script_fails_the_rehearsal_by_name(seeded_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = seeded_settings(_migrations(tmp_path, "-- forgot to write it\n"))
+    result = rehearse.rehearse(resolve(settings))
+    failure = result.checks.failures()[0]
+    assert failure.name == f"down script of {NICKNAME}.sql" and failure.observed == "refused"
+    assert f"{NICKNAME}.down.sql contains no SQL statement" in failure.detail
+    assert "nickname" not in _columns(os.environ["THORBIS_TEST_DSN"])

@@ -13,7 +13,12 @@ import pytest
 from tests.conftest import MIGRATIONS
 from thorbis_runbook import migrate
 from thorbis_runbook.endpoint import resolve
-from thorbis_runbook.errors import ConfirmationRequired, PitrUnavailable, RollbackFailed
+from thorbis_runbook.errors import (
+    ConfirmationRequired,
+    MigrationFileError,
+    PitrUnavailable,
+    RollbackFailed,
+)
 from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.recovery import backup, rollback
 from thorbis_runbook.runs import new_run_id
@@ -182,7 +187,7 @@ def test_a_down_script_that_does_not_parse_stops_before_anything_changes(
     (folder / f"{LOYALTY}.down.sql").write_text("ALTER TABLE business_core.customers DROP;\n")
     settings = seeded_settings(folder)
     run_id = _apply_run(settings)
-    with pytest.raises(RollbackFailed, match=f"{LOYALTY}.down.sql is not usable"):
+    with pytest.raises(MigrationFileError, match=f"{LOYALTY}.down.sql is not usable"):
         rollback.rollback_run(resolve(settings, "test"), run_id)
     statuses = _state(os.environ["THORBIS_TEST_DSN"])[2]
     assert statuses["20250301000000"] == statuses["20250301000001"] == "applied"

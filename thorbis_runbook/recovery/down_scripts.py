@@ -1,4 +1,8 @@
-"""schema_only rollback: a run's down scripts, newest first, then the schema against its snapshot."""
+"""schema_only rollback: a run's down scripts, newest first, then the schema against its snapshot.
+
+A rollback whose schema then differs from the snapshot taken before the run is not recorded as
+one: the history marks of its down scripts are put back (see ``_revert_marks``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from .. import db, queries
 from ..checks import Check, CheckReport, failed, passed, warned
 from ..config import Target
 from ..endpoint import Endpoint
-from ..errors import RollbackFailed
+from ..errors import MigrationFileError, RollbackFailed, ToolFailed
 from ..executor import Autocommit, LiveExecutor, reset_session_sql, timeouts_sql, wait_to_retry
 from ..migrations import Migration, discover
 from ..runs import migration_lock, new_run_id, operator_name, recorded_run
@@ -32,6 +36,7 @@ WHOLE_RUN_SQL = (
     "SELECT count(*) FROM runbook.migration_history WHERE run_id = %(run_id)s "
     "AND version <= %(version)s AND status IN ('applied', 'baselined')"
 )
+COMPARE_CHECK = "schema equals the pre-apply snapshot"
 
 
 def schema_only(
@@ -54,27 +59,53 @@ def schema_only(
     files = files if files is not None else discover(endpoint.settings.migrations_dir).by_version()
     rollback_id = new_run_id()
     operator = operator_name()
+    notes: list[str] = []
     with endpoint.connection(f"thorbis-runbook {rollback_id}") as conn:
         executor = LiveExecutor(conn)
         with migration_lock(conn, executor, target=target):
             run = None if to_version else run_row(conn, run_id, target)
             rows = _chosen_migrations(conn, run[0] if run else None, to_version)
+            if not rows:
+                raise _nothing_to_undo(target, run[0] if run else None, to_version)
             # Every down script is read and parsed before the first one runs: a broken file
             # found halfway would leave the database between versions.
             chosen = [_parse_down(_down_of(files, row[0], row[1])) for row in rows]
             if to_version:
                 run = _whole_run_above(conn, rows, to_version, target)
+            elif run_id is None and run is not None:
+                notes.append(
+                    f"undid run {run[0]} (started {run[1]:%Y-%m-%d %H:%M:%S %Z}), the latest "
+                    "apply run with a migration still applied"
+                )
+                log.info(
+                    "undoing run %s, the latest apply run with a migration still applied", run[0]
+                )
+            saved = _saved_rows(conn, [row[0] for row in rows])
             with recorded_run(
                 conn, executor, target=target, run_id=rollback_id, operator=operator,
                 command="rollback",
             ) as record:  # fmt: skip
                 steps = _run_downs(conn, target, chosen, rollback_id=rollback_id, operator=operator)
+                downs_done = time.monotonic()
+                # Compared under the lock: no other runner may change the schema in between,
+                # and marks of a rollback that did not restore the schema can still be put back.
+                check, differs = _compare_with_snapshot(endpoint, run, steps)
+                if differs and run is not None:
+                    steps = _revert_marks(
+                        conn, steps, saved, rollback_id=rollback_id, operator=operator,
+                        why=f"the schema differs from the snapshot of run {run[0]}",
+                    )  # fmt: skip
+                    notes.append(
+                        "the history marks were put back: the down scripts ran, but the schema "
+                        f"is not the one snapshot before run {run[0]}, so its migrations are not "
+                        "recorded as rolled back; fix the down scripts and roll back again"
+                    )
                 record.finish(
-                    "succeeded" if all(s.status == "rolled_back" for s in steps) else "failed"
+                    "succeeded"
+                    if check.status != "fail" and all(s.status == "rolled_back" for s in steps)
+                    else "failed"
                 )
-    downs_done = time.monotonic()
     undone_run = run[0] if run else None
-    check = _compare_with_snapshot(endpoint, run, rows, steps)
     timings = {
         "down_scripts": downs_done - started,
         "schema_compare": time.monotonic() - downs_done,
@@ -82,7 +113,7 @@ def schema_only(
     timings["total"] = time.monotonic() - started
     return RollbackResult(
         target.name, "schema_only", rollback_id, undone_run, tuple(steps),
-        CheckReport.of("schema_only rollback", [check]), timings,
+        CheckReport.of("schema_only rollback", [check]), timings, notes=tuple(notes),
     )  # fmt: skip
 
 
@@ -157,16 +188,38 @@ def _run_downs(
 
 
 def _parse_down(migration: Migration) -> _DownScript:
-    assert migration.down_path is not None
-    down_sql = migration.down_path.read_text(encoding="utf-8")
+    """Read and parse a down script; raise MigrationFileError when it cannot undo anything.
+
+    Read as forward files are: UTF-8, a byte-order mark dropped. An empty (or comment-only)
+    down script would let the history say rolled_back while every object stays.
+    """
+    path = migration.down_path
+    assert path is not None
+    raw = path.read_bytes()
+    try:
+        down_sql = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise MigrationFileError(
+            f"down script {path.name} is not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); "
+            "nothing was changed",
+            "re-save the file as UTF-8 (for example: iconv -f LATIN1 -t UTF-8) and run the "
+            "rollback again",
+        ) from None
     try:
         statements = split_statements(down_sql)
     except (SqlSyntaxError, TransactionControlError) as exc:
         why = exc.message if isinstance(exc, SqlSyntaxError) else "it holds transaction control"
-        raise RollbackFailed(
-            f"down script {migration.down_path.name} is not usable ({why}); nothing was changed",
+        raise MigrationFileError(
+            f"down script {path.name} is not usable ({why}); nothing was changed",
             "fix the file (valid SQL, no BEGIN/COMMIT) and run the rollback again",
         ) from None
+    if not statements:
+        raise MigrationFileError(
+            f"down script {path.name} contains no SQL statement, so it would undo nothing; "
+            "nothing was changed",
+            f"write the statements that undo {migration.filename}, or use --strategy full_restore",
+        )
     reason = any(s.no_transaction_reason for s in statements)
     return migration, down_sql, statements, not (reason or NO_TRANSACTION_HEADER.search(down_sql))
 
@@ -202,44 +255,116 @@ def _down_statement_by_statement(
             autocommit.run(
                 statement, label=f"{migration.down_path.name} statement {statement.index + 1}"
             )
-        db.execute(conn, f"BEGIN;\n{mark};\nCOMMIT;")
+        try:
+            db.execute(conn, f"BEGIN;\n{mark};\nCOMMIT;")
+        except db.DatabaseError:
+            db.rollback_quietly(conn)  # only the mark opens a transaction block here
+            raise
     finally:
         if not conn.closed:
-            db.rollback_quietly(conn)
             db.execute(conn, reset_session_sql(conn))
 
 
 def _compare_with_snapshot(
-    endpoint: Endpoint,
-    run: tuple[str, datetime] | None,
-    rows: list[tuple[str, ...]],
-    steps: list[RollbackStep],
-) -> Check:
-    name = "schema equals the pre-apply snapshot"
-    if not rows:
-        return warned(name, "nothing to roll back", detail="no applied migration matched")
+    endpoint: Endpoint, run: tuple[str, datetime] | None, steps: list[RollbackStep]
+) -> tuple[Check, bool]:
+    """Compare the schema with the undone run's own pre-apply snapshot.
+
+    Returns the check and whether the schema was compared and differs. Only that run's snapshot
+    will do: an older run's would report the changes of the runs in between as differences.
+    """
     if any(s.status != "rolled_back" for s in steps):
-        return failed(
-            name, "not compared", detail="a down script failed; the schema is between versions"
+        detail = "a down script failed; the schema is between versions"
+        return failed(COMPARE_CHECK, "not compared", detail=detail), False
+    if run is None:
+        detail = (
+            "--to VERSION undid only part of a run; a snapshot exists only from before a whole "
+            "run, so there is nothing to compare with"
         )
-    before = snapshot.snapshot_before(
-        endpoint.settings, endpoint.target, run_id=run[0] if run else None,
-        before=run[1] if run else None,
-    )  # fmt: skip
-    if run is None or before is None:
-        return warned(
-            name, "no snapshot", detail="no schema snapshot was taken before this run; apply "
-            "takes one unless backup_before_apply = none",
-        )  # fmt: skip
-    differences = snapshot.schema_diff(before.schema, snapshot.dump_schema(endpoint))
+        return warned(COMPARE_CHECK, "not compared", detail=detail), False
+    before = snapshot.run_snapshot(endpoint.settings, endpoint.target, run[0])
+    if before is None:
+        detail = (
+            f"no snapshot of run {run[0]}: none was taken before it applied "
+            "(backup_before_apply = none), so the schema cannot be compared"
+        )
+        return warned(COMPARE_CHECK, "no snapshot", detail=detail), False
+    try:
+        differences = snapshot.schema_diff(before.schema, snapshot.dump_schema(endpoint))
+    except ToolFailed as exc:
+        detail = f"the down scripts ran and are recorded; the schema dump failed: {exc.message}"
+        return failed(COMPARE_CHECK, "not compared", detail=detail), False
     if differences:
+        observed = f"{len(differences)} line(s) differ"
         return failed(
-            name,
-            f"{len(differences)} line(s) differ",
-            f"snapshot {before.snapshot_id}",
-            "; ".join(differences),
+            COMPARE_CHECK, observed, f"snapshot {before.snapshot_id}", "; ".join(differences)
+        ), True
+    return passed(COMPARE_CHECK, "identical", f"snapshot {before.snapshot_id}"), False
+
+
+def _nothing_to_undo(target: Target, run_id: str | None, to_version: str | None) -> RollbackFailed:
+    what = (
+        f"nothing above version {to_version} is applied"
+        if to_version
+        else f"run {run_id} has no migration still applied (it applied nothing, or was rolled "
+        "back already)"
+    )
+    return RollbackFailed(
+        f"{what} on target {target.name}, so there is nothing to roll back; nothing was changed",
+        "thorbis-runbook status shows what is applied and by which run",
+    )
+
+
+# (version, status, error, error_line, statement_progress rows as JSON) before the rollback
+_SavedRow = tuple[str, str, str | None, int | None, str]
+
+
+def _saved_rows(conn: db.Connection, versions: list[str]) -> dict[str, _SavedRow]:
+    """What rollback_mark changes, read before any down script runs, to put back if need be."""
+    rows = db.fetch_all(conn, queries.load("rollback_saved_rows"), {"versions": versions})
+    return {str(row[0]): (str(row[0]), str(row[1]), row[2], row[3], str(row[4])) for row in rows}
+
+
+def _revert_marks(
+    conn: db.Connection, steps: list[RollbackStep], saved: Mapping[str, _SavedRow], *,
+    rollback_id: str, operator: str, why: str,
+) -> list[RollbackStep]:  # fmt: skip
+    """Put the history rows of the undone migrations back as they were, in one transaction.
+
+    The down scripts committed with their marks (so a runner killed halfway leaves a history
+    true per migration); a comparison can only follow the commit, as pg_dump sees committed
+    schema only. When it finds the schema differs, no migration of the run counts as rolled
+    back: one of the down scripts left something, and which one cannot be told from a whole-run
+    snapshot. The log keeps both the rolled_back and the rollback_reverted event.
+    """
+    batch = []
+    for step in steps:
+        version, status, error, error_line, progress = saved[step.version]
+        batch.append(db.mogrify(conn, queries.load("rollback_revert"), {
+            "version": version, "status": status, "error": error, "error_line": error_line,
+            "progress": progress, "run_id": rollback_id, "operator": operator,
+            "detail": f"{why}; the history says {status} again",
+        }))  # fmt: skip
+    try:
+        db.execute(conn, "BEGIN;\n" + ";\n".join(batch) + ";\nCOMMIT;")
+    except db.DatabaseError as exc:
+        db.rollback_quietly(conn)
+        raise RollbackFailed(
+            f"rollback {rollback_id} ran the down scripts of {', '.join(saved)}, but {why}, and "
+            f"their history marks could not be put back: {db.error_message(exc)}",
+            "the history says rolled_back, but the schema is not as before the run: restore "
+            "the run's backup (--strategy full_restore)",
+        ) from None
+    log.error(
+        "rollback %s did not restore the schema (%s); history marks put back", rollback_id, why
+    )
+    return [
+        RollbackStep(
+            s.version, s.name, "reverted", s.transactional, s.duration_ms,
+            f"its down script ran, but {why}; the history says {saved[s.version][1]} again",
         )
-    return passed(name, "identical", f"snapshot {before.snapshot_id}")
+        for s in steps
+    ]  # fmt: skip
 
 
 def _log_failure(

@@ -25,7 +25,9 @@ class RollbackStep:
 
     version: str
     name: str
-    status: str  # rolled_back, failed
+    # rolled_back; failed; reverted: it ran, but the schema then differed from the run's
+    # pre-apply snapshot, so its history mark was put back
+    status: str
     transactional: bool
     duration_ms: int
     error: str = ""

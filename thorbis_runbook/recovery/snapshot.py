@@ -91,22 +91,19 @@ def take_snapshot(endpoint: Endpoint, *, run_id: str | None = None) -> SchemaSna
     return snapshot
 
 
-def snapshot_before(
-    settings: Settings, target: Target, *, run_id: str | None, before: datetime | None
-) -> SchemaSnapshot | None:
-    """Return the snapshot taken for ``run_id``, else the newest one taken before ``before``."""
+def run_snapshot(settings: Settings, target: Target, run_id: str) -> SchemaSnapshot | None:
+    """Return the newest snapshot taken for ``run_id`` before it applied, or None.
+
+    Never another run's: the snapshot of an earlier run differs by every change made since,
+    and comparing with it would report those as differences the rollback left.
+    """
     folder = snapshot_root(settings, target)
-    snapshots = [
+    found = [
         SchemaSnapshot(**json.loads(p.read_text(encoding="utf-8")))
         for p in sorted(folder.glob("*.json")) if folder.is_dir()
     ]  # fmt: skip
-    for snapshot in snapshots:
-        if run_id and snapshot.run_id == run_id:
-            return snapshot
-    earlier = [
-        s for s in snapshots if before is None or datetime.fromisoformat(s.created_at) <= before
-    ]
-    return max(earlier, key=lambda s: s.created_at) if earlier else None
+    mine = [s for s in found if s.run_id == run_id]
+    return max(mine, key=lambda s: s.created_at) if mine else None
 
 
 def _in_statement(lines: list[str], index: int) -> str:
