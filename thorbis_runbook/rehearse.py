@@ -19,7 +19,7 @@ from .config import Settings, Target
 from .display import html_table
 from .dsn import database_of
 from .endpoint import Endpoint
-from .errors import RehearsalFailed, RunbookError
+from .errors import ConfigError, RehearsalFailed, RunbookError
 from .migrations import Migration, discover
 from .plan import build_plan
 from .recovery import backup
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OBJECT_IN_USE = "55006"  # CREATE DATABASE ... TEMPLATE while others are connected to the source
+INSUFFICIENT_PRIVILEGE = "42501"  # ... TEMPLATE of a database the role does not own
+SCRATCH_NEEDS = (
+    "a rehearsal copies the target into a scratch database (from a template or a backup)"
+)
 # Apply on the scratch copy: no backup of a throwaway database, no monitor.
 _REHEARSAL_APPLY = partial(migrate.ApplyRequest, backup="none", monitor=False)
 
@@ -233,17 +237,17 @@ def _scratch_copy(endpoint: Endpoint, source: str) -> Iterator[tuple[Endpoint, s
     target = endpoint.target
     database = database_of(endpoint.dsn)
     prefix = f"{database[:40]}_rehearsal"
+    scratch_database = partial(
+        backup.scratch_database, endpoint, prefix=prefix, needs=SCRATCH_NEEDS,
+        otherwise="rehearse as a role that has it (the copy is dropped afterwards)",
+    )  # fmt: skip
     with ExitStack() as stack:
         if source == "template" or (source == "auto" and not target.production):
             try:
-                copy = backup.scratch_database(endpoint, prefix=prefix, template=database)
-                scratch = stack.enter_context(copy)
+                scratch = stack.enter_context(scratch_database(template=database))
             except db.DatabaseError as exc:
                 if db.sqlstate(exc) != OBJECT_IN_USE or source == "template":
-                    raise RehearsalFailed(
-                        f"cannot copy {database} as a template: {db.error_message(exc)}",
-                        "close the other sessions on it, or rehearse with the latest backup (source='backup')",
-                    ) from None
+                    raise _template_refused(database, exc) from None
                 log.info("other sessions use %s; rehearsing on its latest backup instead", database)
             else:
                 yield scratch, f"CREATE DATABASE ... TEMPLATE {database}"
@@ -255,11 +259,26 @@ def _scratch_copy(endpoint: Endpoint, source: str) -> Iterator[tuple[Endpoint, s
                 f"take one with thorbis-runbook backup --target {target.name}",
             )
         manifest = verified[-1]
-        scratch = stack.enter_context(backup.scratch_database(endpoint, prefix=prefix))
+        scratch = stack.enter_context(scratch_database())
         backup.restore_into(
             endpoint.tools, manifest, scratch.dsn, jobs=manifest.jobs, what="rehearsal copy"
         )
         yield scratch, f"backup {manifest.backup_id}"
+
+
+def _template_refused(database: str, exc: db.DatabaseError) -> RunbookError:
+    """Why CREATE DATABASE ... TEMPLATE refused to copy the target, and the fix for that cause."""
+    reason = db.error_message(exc)
+    if db.sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+        return ConfigError(
+            f"cannot copy {database} as a template: {reason} (only its owner or a superuser "
+            "may); nothing was changed",
+            "rehearse with --source backup, or as the owner of the database",
+        )
+    hint = "rehearse with --source backup"
+    if db.sqlstate(exc) == OBJECT_IN_USE:
+        hint = "close the other sessions on it, or " + hint
+    return RehearsalFailed(f"cannot copy {database} as a template: {reason}", hint)
 
 
 def _scratch_endpoint(copied: Endpoint, target: Target) -> Endpoint:

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.conftest import MIGRATIONS
+from tests.conftest import MIGRATIONS, database, make_settings, run_sql, write_migrations
 from thorbis_runbook import migrate
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import (
@@ -191,3 +191,23 @@ def test_a_down_script_that_does_not_parse_stops_before_anything_changes(
         rollback.rollback_run(resolve(settings, "test"), run_id)
     statuses = _state(os.environ["THORBIS_TEST_DSN"])[2]
     assert statuses["20250301000000"] == statuses["20250301000001"] == "applied"
+
+
+def test_full_restore_suggests_a_drop_database_that_runs_on_a_name_needing_quotes(
+    tmp_path: Path, pg_server, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    folder = write_migrations(tmp_path / "m", {
+        "20250101000000_create_items.sql": "CREATE TABLE items (id int);",
+    })  # fmt: skip
+    with database(pg_server, prefix="Shop DB") as dsn:
+        monkeypatch.setenv("THORBIS_TEST_DSN", dsn)
+        settings = make_settings(tmp_path, folder, pg_bin_dir=str(pg_server.bin_dir()))
+        migrate.apply(resolve(settings), ApplyRequest()).raise_for_failure()  # backup first
+        result = rollback.rollback(resolve(settings), rollback.RollbackRequest("full_restore"))
+        assert result.ok, result.checks.to_json()
+        note = next(n for n in result.notes if "kept as" in n)
+        statement = note[note.index("DROP DATABASE") :].removesuffix(
+            " when you no longer need its data"
+        )
+        assert statement.startswith('DROP DATABASE "Shop DB_') and statement.endswith('"')
+        run_sql(pg_server.uri("postgres"), statement)  # runs as suggested

@@ -21,7 +21,7 @@ from ..checks import Check, CheckReport, failed, passed
 from ..config import Settings, Target
 from ..display import html_table
 from ..endpoint import Endpoint
-from ..errors import BackupFailed, ToolFailed
+from ..errors import BackupFailed, ConfigError, ToolFailed
 from .snapshot import SchemaSnapshot, take_snapshot
 
 if TYPE_CHECKING:
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DEFAULT_JOBS = 2
+# The connected role, quoted as SQL needs it, and whether it may create a (scratch) database.
+CREATEDB_SQL = (
+    "SELECT format('%I', current_user), rolcreatedb OR rolsuper FROM pg_roles "
+    "WHERE rolname = current_user"
+)
 BACKUP_COLUMNS = ("backup_id", "run_id", "created_at", "size_bytes", "tables", "rows", "verified")
 
 
@@ -150,6 +155,8 @@ def take_backup(
     folder = backup_root(endpoint.settings, target) / backup_id
     folder.parent.mkdir(parents=True, exist_ok=True)
     with endpoint.connection("thorbis-runbook backup") as conn:
+        if deep:  # before the dump, not after it: the deep check restores into a scratch database
+            require_createdb(conn, needs=DEEP_NEEDS, otherwise="take the backup without --deep")
         version, lsn, snapshot_at, database = db.fetch_all(
             conn, queries.load("backup_server_state")
         )[0]
@@ -275,14 +282,38 @@ def restore_into(
     )  # fmt: skip
 
 
+DEEP_NEEDS = "a deep verification restores the backup into a scratch database"
+
+
+def require_createdb(conn: db.Connection, *, needs: str, otherwise: str) -> None:
+    """Raise ConfigError naming the missing CREATEDB privilege when the role lacks it.
+
+    Asked before the work that needs a scratch database starts, so a role without it gets the
+    privilege and the fix, not the server's bare "permission denied" after a dump.
+    """
+    role, allowed = db.fetch_all(conn, CREATEDB_SQL)[0]
+    if not allowed:
+        raise ConfigError(
+            f"role {role} may not create databases (it lacks the CREATEDB privilege), and "
+            f"{needs}; nothing was changed",
+            f"have a superuser grant it (ALTER ROLE {role} CREATEDB), or {otherwise}",
+        )
+
+
 @contextmanager
 def scratch_database(
-    endpoint: Endpoint, *, prefix: str, template: str = "template0"
-) -> Iterator[Endpoint]:
-    """Create a uniquely named database on the target's server, yield its endpoint, drop it after."""
+    endpoint: Endpoint, *, prefix: str, template: str = "template0", needs: str = DEEP_NEEDS,
+    otherwise: str = "verify without a test restore",
+) -> Iterator[Endpoint]:  # fmt: skip
+    """Create a uniquely named database on the target's server, yield its endpoint, drop it after.
+
+    Raises ConfigError when the role may not create databases (``needs`` says what for,
+    ``otherwise`` the way around it).
+    """
     name = f"{prefix}_{secrets.token_hex(4)}"[:63]
     admin = endpoint.on_database("postgres")
     with admin.connection() as conn:
+        require_createdb(conn, needs=needs, otherwise=otherwise)
         db.execute(conn, identifier_sql(conn, "CREATE DATABASE %I TEMPLATE %I", name, template))
     try:
         yield endpoint.on_database(name)

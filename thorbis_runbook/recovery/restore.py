@@ -58,6 +58,7 @@ def full_restore(
     admin = endpoint.on_database("postgres")
     with admin.connection(f"thorbis-runbook {rollback_id}") as conn:
         try:
+            drop_kept = backup.identifier_sql(conn, "DROP DATABASE %I", kept_name)  # for the note
             phase = time.monotonic()
             sessions = _enter_maintenance(conn, database)
             timings["maintenance"] = time.monotonic() - phase
@@ -119,7 +120,7 @@ def full_restore(
     notes = (
         f"restored backup {manifest.backup_id} (taken {manifest.created_at}, LSN {manifest.lsn})",
         f"the previous database is kept as {kept_name} (connections refused); "
-        f"DROP DATABASE {kept_name} when you no longer need its data",
+        f"{drop_kept} when you no longer need its data",
     )
     return RollbackResult(
         target.name, "full_restore", rollback_id, run[0], (),
