@@ -96,14 +96,20 @@ def test_apply_apply_rollback_undoes_the_run_that_changed_something(
     assert _one(conn, "SELECT count(*) FROM runbook.runs WHERE status = 'running'") == 0
 
 
-def test_rollback_json_names_the_run_it_undid(
+def test_a_named_run_that_changed_nothing_is_refused_and_json_names_the_run_undone(
     tmp_path: Path, dsn_env: str, conn, capsys: pytest.CaptureFixture[str]
 ) -> None:  # type: ignore[no-untyped-def]
     config = _project(tmp_path, {f"{V1}.sql": "CREATE TABLE items (id int);",
                                  f"{V1}.down.sql": "DROP TABLE items;"})  # fmt: skip
     assert _cli(config, "apply") == 0 and _cli(config, "apply") == 0
-    first = _one(conn, "SELECT run_id FROM runbook.runs ORDER BY started_at LIMIT 1")
+    first, noop = (
+        row[0] for row in _all(conn, "SELECT run_id FROM runbook.runs ORDER BY started_at")
+    )
     capsys.readouterr()
+    assert _cli(config, "rollback", "--strategy", "schema_only", "--run", noop) == 1
+    assert _error(capsys.readouterr().err).startswith(
+        f"error: run {noop} has no migration still applied (it applied nothing"
+    )
     assert _cli(config, "rollback", "--strategy", "schema_only", "--json") == 0
     assert f'"undone_run": "{first}"' in capsys.readouterr().out
 

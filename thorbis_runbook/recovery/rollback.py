@@ -23,7 +23,7 @@ class RollbackRequest:
     """Everything `rollback` takes besides the endpoint."""
 
     strategy: str
-    run_id: str | None = None  # default: the latest apply run
+    run_id: str | None = None  # default: the latest apply run with a migration still applied
     to_version: str | None = None  # schema_only: undo everything above this version
     to_time: datetime | None = None  # point_in_time: recover to this moment
     confirm_production: bool = False
@@ -32,10 +32,13 @@ class RollbackRequest:
 def rollback(endpoint: Endpoint, request: RollbackRequest) -> RollbackResult:
     """Roll a target back with the chosen strategy.
 
+    Without a run id the run undone is the latest apply run with a migration still applied (a
+    no-op or blocked apply changed nothing to undo); the result names it (``undone_run``).
     Raises ConfigError for an unknown strategy or conflicting options, ConfirmationRequired for
-    a production target without confirmation, RollbackFailed when the rollback cannot start
-    (no down script, no backup, no run). A rollback that ran but did not come back clean is
-    reported in the result (``raise_for_failures``).
+    a production target without confirmation, MigrationFileError for a down script that is
+    empty, not UTF-8 or not valid SQL, RollbackFailed when the rollback cannot start (no down
+    script, no backup, no such run, nothing left to undo). A rollback that ran but did not come
+    back clean is reported in the result (``raise_for_failures``).
     """
     if request.strategy not in STRATEGIES:
         raise ConfigError(
