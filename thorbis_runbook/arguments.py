@@ -164,7 +164,10 @@ def parser() -> argparse.ArgumentParser:
     rollback_cmd.add_argument(
         "--strategy", required=True, choices=("schema_only", "full_restore", "point_in_time")
     )
-    rollback_cmd.add_argument("--run", metavar="RUN_ID", help="the run to undo (default: latest)")
+    rollback_cmd.add_argument(
+        "--run", metavar="RUN_ID",
+        help="the run to undo (default: the latest apply run that still has a migration applied)",
+    )  # fmt: skip
     rollback_cmd.add_argument("--to", metavar="VERSION", help="schema_only: undo all above it")
     rollback_cmd.add_argument("--to-time", metavar="ISO", help="point_in_time: recover to it")
     rollback_cmd.add_argument(
