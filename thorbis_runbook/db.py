@@ -15,7 +15,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from .dsn import redact_dsn, scrub_password, split_password
+from .dsn import password_candidates, redact_dsn, scrub_passwords
 from .errors import ConnectionFailed
 
 Connection = psycopg2.extensions.connection
@@ -152,14 +152,27 @@ def drop_index_concurrently(conn: Connection, regclass_text: str) -> bool:
     return bool(rows)
 
 
+def dsn_parameters(dsn: str) -> dict[str, str] | None:
+    """libpq's own reading of a connection string; None when libpq cannot read it."""
+    try:
+        return dict(psycopg2.extensions.parse_dsn(dsn))
+    except (psycopg2.Error, TypeError, ValueError):
+        return None
+
+
 def _connection_failed(exc: psycopg2.Error, dsn: str, target_name: str) -> ConnectionFailed:
-    reason = scrub_password(
-        str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
-        split_password(dsn)[1] if dsn else None,
-    )
-    where = redact_dsn(dsn) if dsn else "libpq defaults (PG* variables)"
+    """The whole of libpq's message (every line: each host tried, each reason), scrubbed.
+
+    libpq quotes a DSN it cannot parse whole, so the DSN itself is replaced by its redaction
+    before the password, libpq's reading of it and ours, are searched for.
+    """
+    parsed = dsn_parameters(dsn) if dsn else None
+    where = redact_dsn(dsn, parsed) if dsn else "libpq defaults (PG* variables)"
+    text = str(exc).strip() or type(exc).__name__
+    if dsn:
+        text = scrub_passwords(text.replace(dsn, where), password_candidates(dsn, parsed))
+    reason = "; ".join(line.strip() for line in text.splitlines() if line.strip())
     code = sqlstate(exc)
-    text = str(exc)
     if code in _AUTH_FAILED or "password authentication failed" in text:
         hint = "check the user and password (in ~/.pgpass, PGPASSWORD or the target's DSN variable)"
     elif code == _NO_DATABASE or "does not exist" in text:

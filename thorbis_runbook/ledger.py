@@ -14,6 +14,7 @@ from typing import Any
 from .checks import Check, CheckReport, failed, passed
 from .config import Settings
 from .errors import ConfigError
+from .redaction import scrub_value
 
 LEDGER_FILE = "ledger.jsonl"
 GENESIS = "0" * 64
@@ -108,7 +109,11 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def append(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Append a run's entry, chained to the previous line's hash; returns the entry as written."""
+    """Append a run's entry, chained to the previous line's hash; returns the entry as written.
+
+    Every string of the entry is scrubbed of secrets first (the operator is free text).
+    """
+    entry = scrub_value(entry)
     with _locked(root):
         ledger = root / LEDGER_FILE
         lines = ledger.read_text(encoding="utf-8").splitlines() if ledger.exists() else []

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .index_page import write_index
 from .ledger import reports_root
 from .parameters import typed_value
+from .redaction import blank_secret, looks_secret, scrub
 from .runs import new_run_id, operator_name
 from .summary import ErrorSummary, RunSummary
 
@@ -131,7 +132,11 @@ def run_pipeline(
     parameters: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
 ) -> PipelineResult:
-    """Execute runbooks in order against one target, archiving each; stop at the first failure."""
+    """Execute runbooks in order against one target, archiving each; stop at the first failure.
+
+    Raises ConfigError, before anything runs, for a parameter value that looks like a credential.
+    """
+    _refuse_credentials(parameters or {})
     paths = {name: notebook_path(settings, name) for name in runbooks}
     typed = {
         name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
@@ -158,6 +163,24 @@ def run_pipeline(
             break
     index = write_index(settings)
     return PipelineResult(tuple(runs), index)
+
+
+def _refuse_credentials(parameters: Mapping[str, Sequence[str]]) -> None:
+    """Refuse a -p value that looks like a credential: parameters are archived and recorded.
+
+    The operator lands in runbook.runs and the history, the run id in a folder name, every
+    value in the executed notebook and summary.json; the value itself is never echoed.
+    """
+    for pairs in parameters.values():
+        for pair in pairs:
+            name, _, value = pair.partition("=")
+            if looks_secret("", value):
+                raise ConfigError(
+                    f"the value given for parameter {scrub(name)!r} looks like a credential "
+                    "(a connection string with a password, or a password this process knows)",
+                    "parameters are archived with the report: give names, never passwords "
+                    "(keep passwords in ~/.pgpass or PGPASSWORD)",
+                )
 
 
 Notifier = Callable[[RunSummary], list[notify.Delivery]]
@@ -213,7 +236,7 @@ def execute(
     output = folder / f"{runbook}.ipynb"
     injected = {
         **parameters, "target": target.name, "run_id": run_id, "report_dir": str(folder),
-        "operator": parameters.get("operator") or operator_name(),
+        "operator": blank_secret(str(parameters.get("operator") or operator_name())),
         "config_path": str(settings.config_path or ""),
     }  # fmt: skip
     error: str | None = None
@@ -224,11 +247,11 @@ def execute(
             kernel_name="python3", cwd=str(settings.root), progress_bar=progress,
         )  # fmt: skip
     except papermill.PapermillExecutionError as exc:
-        error = f"{exc.ename}: {_first_line(exc.evalue)}"
+        error = scrub(f"{exc.ename}: {_first_line(exc.evalue)}")
     # Read the executed notebook once: timings, scrubbing and both HTML views come from it.
     notebook = nbformat.read(str(output), as_version=4)
     summary = _complete_summary(folder, runbook, run_id, target, injected, started, error)
-    summary = summary.with_changes(cell_seconds=tuple(report.cell_timings(notebook)))
+    summary = summary.with_changes(cell_seconds=tuple(report.cell_timings(notebook))).scrubbed()
     if notifications is not None:
         summary = summary.with_changes(
             notifications=tuple(asdict(d) for d in notifications(summary))
@@ -257,7 +280,7 @@ def _complete_summary(
         started=started.isoformat(), operator=str(injected.get("operator") or ""),
     )  # fmt: skip
     finished = summary.finished or datetime.now(UTC).isoformat()
-    parameters = {k: ("***" if report.looks_secret(k, v) else v) for k, v in injected.items()}
+    parameters = {k: ("***" if looks_secret(k, v) else v) for k, v in injected.items()}
     if error:
         failure = summary.error or ErrorSummary(
             f"the notebook stopped: {error}", f"open {runbook}.html for the traceback"

@@ -4,20 +4,21 @@ HTML, the full report and the auditor's view, each headed by the run's summary."
 from __future__ import annotations
 
 import html
-import re
+from collections.abc import MutableMapping, MutableSequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .display import COLOURS, html_table
+from .dsn import MASK
+from .redaction import looks_secret, scrub
 from .summary import CellTiming, RunSummary
 
 # nbconvert is imported where a report is rendered: it is most of a second of import time that
 # no other verb of the CLI should pay.
 HIDE_INPUT_TAG = "hide-input"
-# Parameter names and values that look like credentials never reach the archive.
-_SECRET_NAME = re.compile(r"pass|secret|token|dsn|credential|api_?key", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"://[^/\s:@]+:[^@\s]+@|password\s*=", re.IGNORECASE)
+# Output data that is not text: left as it is (scrubbing base64 finds nothing and costs time).
+_BINARY_OUTPUTS = {"image/png", "image/jpeg", "image/gif"}
 
 
 def cell_timings(notebook: Any) -> list[CellTiming]:
@@ -35,14 +36,20 @@ def cell_timings(notebook: Any) -> list[CellTiming]:
 
 
 def scrub_notebook(notebook: Any) -> None:
-    """Blank anything that looks like a credential in the injected parameters (defence in depth)."""
+    """Scrub the executed notebook in place: every source, output (tracebacks too) and metadata.
+
+    The injected parameters that look like credentials are blanked whole; everywhere else the
+    known secrets and DSN-shaped passwords are replaced, so a password that reached a cell's
+    output some other way (a driver's message, a log line) is not archived either.
+    """
     parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
     for name, value in list(parameters.items()):
         if looks_secret(name, value):
-            parameters[name] = "***"
+            parameters[name] = MASK
     for cell in notebook.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell.source = "\n".join(_scrub_line(line) for line in cell.source.splitlines())
+    _scrub_in_place(notebook)
 
 
 def export_html(notebook: Any, path: Path, summary: RunSummary) -> tuple[Path, Path]:
@@ -77,6 +84,7 @@ def export_html(notebook: Any, path: Path, summary: RunSummary) -> tuple[Path, P
 
 def summary_banner(summary: RunSummary) -> str:
     """The headline at the top of every report: outcome, where, who, and the failure with its fix."""
+    summary = summary.scrubbed()
     colour = COLOURS["succeeded" if summary.ok else "failed"]
     rows = [
         ("status", summary.status), ("runbook", summary.runbook), ("target", summary.target),
@@ -106,15 +114,25 @@ def summary_banner(summary: RunSummary) -> str:
     return "".join(parts)
 
 
-def looks_secret(name: str, value: Any) -> bool:
-    """True for a parameter whose name or value looks like a credential (blanked before archiving)."""
-    return bool(_SECRET_NAME.search(name)) or (
-        isinstance(value, str) and bool(_SECRET_VALUE.search(value))
-    )
+def _scrub_in_place(node: Any) -> None:
+    """Scrub every string inside a notebook node, keeping its types (nbformat reads attributes)."""
+    if isinstance(node, MutableMapping):
+        for key, value in list(node.items()):
+            if isinstance(value, str):
+                if key not in _BINARY_OUTPUTS:
+                    node[key] = scrub(value)
+            else:
+                _scrub_in_place(value)
+    elif isinstance(node, MutableSequence):
+        for index, value in enumerate(node):
+            if isinstance(value, str):
+                node[index] = scrub(value)
+            else:
+                _scrub_in_place(value)
 
 
 def _scrub_line(line: str) -> str:
     name, sep, value = line.partition("=")
     if sep and looks_secret(name.strip(), value.strip().strip("\"'")):
-        return f'{name.rstrip()} = "***"'
+        return f'{name.rstrip()} = "{MASK}"'
     return line

@@ -25,6 +25,7 @@ from . import (
     migrate,
     parameters,
     precheck,
+    redaction,
     rehearse,
     rls,
     seed,
@@ -67,8 +68,14 @@ class Run:
         self.runbook = runbook
         self.settings = settings
         self.target = target
+        redaction.gather(settings)  # before anything can be shown, logged or archived
+        if redaction.looks_secret("run_id", run_id):
+            raise ConfigError(
+                "the run_id parameter looks like a credential",
+                "leave run_id empty (one is made) or give a run id, never a password",
+            )
         self.run_id = run_id
-        self.operator = operator
+        self.operator = redaction.blank_secret(operator)  # recorded in the target's history
         self.report_dir = report_dir
         self.started_at = datetime.now(UTC)
         self.git_commit = git_commit(settings.migrations_dir)
@@ -220,6 +227,7 @@ class Run:
         try:
             cap = precheck.capacity(self.endpoint)
         except RunbookError as exc:
+            redaction.scrub_error(exc)
             return Notice("skipped", f"capacity not measured: {exc.message}", exc.hint)
         limits = load_thresholds(self.settings, self.target)
         return charts.capacity(
@@ -409,6 +417,8 @@ class Run:
         return result
 
     def _fail(self, name: str, exc: RunbookError) -> None:
+        """Keep the first failure, scrubbed: it is shown, archived and raised by finish()."""
+        redaction.scrub_error(exc)
         if self.failure is None:
             self.failure = exc
         log.error("%s failed: %s", name, exc.message)
@@ -523,6 +533,7 @@ def _live_log() -> Iterator[None]:
     """Show the runner's log lines as they happen (a notebook cell shows stdout live)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    redaction.guard(log, handler)  # the cell output is archived
     previous = log.level
     log.addHandler(handler)
     log.setLevel(min(previous or logging.INFO, logging.INFO))

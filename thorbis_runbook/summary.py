@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .redaction import scrub_value
+
 SUMMARY_FILE = "summary.json"
 
 
@@ -97,7 +99,12 @@ class RunSummary:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field as JSON-ready data, scrubbed of secrets (parameters and operator too)."""
+        return dict(scrub_value(asdict(self)))
+
+    def scrubbed(self) -> RunSummary:
+        """The same summary with every string scrubbed, for the banner, the ledger and notices."""
+        return RunSummary.from_dict(self.to_dict())
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)

@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "thorbis_runbook"
 # module has to be placed here, which is the moment to decide where it belongs.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: configuration, connections, the embedded server, the shared models
-    ("errors", "config", "dsn", "display", "queries", "embedded", "db", "pgtools", "endpoint",
-     "checks", "thresholds", "sessions", "summary", "notify", "ledger", "parameters"),
+    ("errors", "config", "dsn", "display", "queries", "embedded", "db", "redaction", "pgtools",
+     "endpoint", "checks", "thresholds", "sessions", "summary", "notify", "ledger", "parameters"),
     # migration files and what the database says about them
     ("statements", "migrations", "plan", "history"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it

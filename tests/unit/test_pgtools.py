@@ -19,7 +19,9 @@ SECRET = "s3cr'et pass"
     [
         ("postgresql://app:s3cr%27et%20pass@db.example/thorbis?sslmode=require",
          "postgresql://app@db.example/thorbis?sslmode=require", SECRET),
-        ("postgresql://app@db/thorbis?password=s3cr%27et+pass", "postgresql://app@db/thorbis", SECRET),
+        ("postgresql://app@db/thorbis?password=s3cr%27et%20pass", "postgresql://app@db/thorbis", SECRET),
+        # libpq does not read "+" as a space (a form decoder would, and send the wrong password)
+        ("postgresql://app@db/thorbis?password=a+b", "postgresql://app@db/thorbis", "a+b"),
         ("host=db user=app password='s3cr\\'et pass' dbname=thorbis", "host=db user=app dbname=thorbis", SECRET),
         ("host=db dbname=thorbis", "host=db dbname=thorbis", None),
     ],
