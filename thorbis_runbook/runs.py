@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import db, history
+from . import db, history, redaction
 from .config import Target
 from .executor import Executor
 
@@ -41,10 +41,13 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 def operator_name(env: Mapping[str, str] | None = None) -> str:
-    """Who runs this: THORBIS_OPERATOR, else the OS user."""
+    """Who runs this: THORBIS_OPERATOR (blanked if it looks like a credential), else the OS user.
+
+    The name is recorded in the target's history and the archive, so it must never be a secret.
+    """
     env = os.environ if env is None else env
     if env.get("THORBIS_OPERATOR"):
-        return env["THORBIS_OPERATOR"]
+        return redaction.blank_secret(env["THORBIS_OPERATOR"])
     try:
         return getpass.getuser()
     except (KeyError, OSError):
