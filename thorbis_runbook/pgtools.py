@@ -59,7 +59,7 @@ def find_tools(settings: Settings, target: Target, *, server_version_num: int) -
     if target.embedded:
         status = embedded.status(settings.state_dir)
         bin_dir: Path | None = status.bin_dir()
-        os_user = "pgserver" if _running_as_root() else None
+        os_user = embedded.server_user(settings.state_dir)
     else:
         option = target.options.get("pg_bin_dir")
         bin_dir = (settings.root / str(option)).resolve() if option else None
@@ -134,8 +134,7 @@ def run(
             env=env,
             check=False,
             timeout=timeout,
-            user=user,
-            cwd="/" if user else None,
+            **embedded.as_user(user),
         )
     except subprocess.TimeoutExpired:
         raise ToolFailed(
@@ -148,7 +147,7 @@ def run(
             f"{what}: {tool} failed: {' / '.join(last)}",
             "read the message above; run again with -v for the full command (password hidden)",
         )
-    return done.stdout
+    return str(done.stdout)
 
 
 def start_background(
@@ -182,7 +181,3 @@ def finish_background(
 
 def _shown(arg: str) -> str:
     return "--dbname=" + redact_dsn(arg[len("--dbname=") :]) if arg.startswith("--dbname=") else arg
-
-
-def _running_as_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
