@@ -38,7 +38,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/apply_300.py
 
-## lab: JupyterLab on the runbook notebooks, with the project's own kernel
+## lab: JupyterLab on the runbook notebooks, with the project's own kernel. Jupyter starts
+## each kernel in notebooks/; runbook.start finds ../runbook.toml by walking up from there.
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lab]'
 	$(VENV)/bin/jupyter lab notebooks/

@@ -24,8 +24,24 @@ _TARGET_KEYS = {
 BACKUP_MODES = ("full", "schema", "none")
 COMMIT_FLUSHES = ("run", "migration")
 # Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
-# read by the module that owns them, which reports its own errors.
+# read by the module that owns them, which reports its own errors. The paths among them are
+# checked here to be strings: a number would otherwise become a folder named "7".
 _TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
+_TARGET_PATH_KEYS = ("backup_dir", "data_directory", "pg_bin_dir")
+_RUNBOOK_KEYS = {"migrations_dir": "migrations", "state_dir": ".runbook", "default_target": "local"}
+# Every top-level table some module reads (grep settings.sections); a misspelt one would be
+# ignored silently and the settings the user wrote would not apply.
+KNOWN_SECTIONS = (
+    "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports",
+)  # fmt: skip
+# [notebooks] and [reports] hold one folder each, read by pipeline and ledger.
+_FOLDER_SECTIONS = ("notebooks", "reports")
+# A name that becomes one component of a path (a target's folder under reports/ or the state
+# folder, a run id): no separator, no leading dot (so never "." or ".."), nothing a shell or a
+# file system treats specially.
+_PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PATH_NAME_MAX = 100
+PATH_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -84,16 +100,43 @@ class Settings:
         return self.targets[chosen]
 
 
-def load_settings(
-    config_path: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Load runbook.toml (THORBIS_CONFIG, else ./runbook.toml), then THORBIS_* overrides.
+def find_config(start: Path) -> Path | None:
+    """Return the first runbook.toml in ``start`` or a folder above it (as git finds .git).
 
-    Raises ConfigError when the file is missing, is not valid TOML, or holds a wrong value.
+    Jupyter starts a notebook's kernel in the notebook's own folder (notebooks/), and a DBA may
+    run the CLI from any subfolder: both mean the project's runbook.toml, one or more levels up.
+    """
+    folder = start.resolve()
+    for candidate in (folder, *folder.parents):
+        path = candidate / CONFIG_FILENAME
+        if path.is_file():
+            return path
+    return None
+
+
+def load_settings(
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+) -> Settings:
+    """Load runbook.toml, then THORBIS_* overrides.
+
+    The file is ``config_path``, else THORBIS_CONFIG, else the first runbook.toml found walking
+    up from ``cwd`` (default: the working folder). Relative paths in it are relative to its
+    folder. Raises ConfigError when there is no such file, it is not valid TOML, or it holds a
+    wrong value.
     """
     env = os.environ if env is None else env
-    path = config_path or Path(env.get("THORBIS_CONFIG", CONFIG_FILENAME))
-    path = path.resolve()
+    given = config_path or (Path(env["THORBIS_CONFIG"]) if env.get("THORBIS_CONFIG") else None)
+    start = cwd or Path.cwd()
+    found = given or find_config(start)
+    if found is None:
+        raise ConfigError(
+            f"there is no {CONFIG_FILENAME} in {start.resolve()} or any folder above it",
+            "run from the project folder (or below it), or pass --config / set THORBIS_CONFIG",
+        )
+    path = found.resolve()
     if not path.is_file():
         raise ConfigError(
             f"configuration file {path} does not exist",
@@ -111,14 +154,22 @@ def load_settings(
 def settings_from_mapping(
     data: Mapping[str, Any], *, root: Path, env: Mapping[str, str]
 ) -> Settings:
-    """Build Settings from parsed TOML; kept apart from file reading so tests can feed it."""
-    section = data.get("runbook", {})
-    migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or section.get(
-        "migrations_dir", "migrations"
-    )
-    state_dir = env.get("THORBIS_STATE_DIR") or section.get("state_dir", ".runbook")
-    targets = {name: _target(name, values) for name, values in data.get("targets", {}).items()}
-    default = env.get("THORBIS_TARGET") or section.get("default_target", "local")
+    """Build Settings from parsed TOML; kept apart from file reading so tests can feed it.
+
+    Raises ConfigError naming an unknown section or key, or a value of the wrong kind.
+    """
+    reject_unknown_keys(data, KNOWN_SECTIONS, where="runbook.toml", noun="section(s)")
+    section = _table(data.get("runbook", {}), "[runbook]")
+    reject_unknown_keys(section, _RUNBOOK_KEYS, where="[runbook]")
+    for folder_section in _FOLDER_SECTIONS:
+        _folder_section(data.get(folder_section, {}), folder_section)
+    runbook = {key: _text(section.get(key, default), f"[runbook] {key}")
+               for key, default in _RUNBOOK_KEYS.items()}  # fmt: skip
+    migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or runbook["migrations_dir"]
+    state_dir = env.get("THORBIS_STATE_DIR") or runbook["state_dir"]
+    tables = _table(data.get("targets", {}), "[targets]")
+    targets = {name: _target(name, values) for name, values in tables.items()}
+    default = env.get("THORBIS_TARGET") or runbook["default_target"]
     return Settings(
         root=root,
         migrations_dir=(root / migrations_dir).resolve(),
@@ -160,6 +211,27 @@ def reject_unknown_keys(
         )
 
 
+def check_path_name(value: object, *, what: str, hint: str) -> str:
+    """Return ``value`` when it can be one folder name; raise ConfigError saying why it cannot.
+
+    Run ids and target names become folders under reports/ and the state folder: "../x" there
+    would write outside them. The message names what is wrong, not the whole value (a run id
+    may be a parameter someone pasted a secret into).
+    """
+    if not isinstance(value, str) or not value:
+        problem = "it is empty" if value == "" else f"it is a {type(value).__name__}, not text"
+    elif len(value) > PATH_NAME_MAX:
+        problem = f"it is longer than {PATH_NAME_MAX} characters"
+    elif not _PATH_NAME.match(value):
+        bad = next(
+            (ch for ch in value if not (ch.isascii() and (ch.isalnum() or ch in "._-"))), None
+        )
+        problem = f"it contains {bad!r}" if bad else f"it starts with {value[0]!r}"
+    else:
+        return value
+    raise ConfigError(f"{what} cannot name a folder: {problem} (use {PATH_NAME_RULE})", hint)
+
+
 def guard_production(
     target: Target, action: str, *, confirmed: bool = False, hint: str = ""
 ) -> None:
@@ -176,12 +248,20 @@ def guard_production(
 
 
 def _target(name: str, values: Mapping[str, Any]) -> Target:
+    check_path_name(
+        name,
+        what=f"target name {name!r}",
+        hint="rename the [targets.NAME] table of runbook.toml: its name becomes a folder",
+    )
     if not isinstance(values, Mapping):
         raise ConfigError(f"[targets.{name}] must be a table", "see runbook.toml's local target")
     reject_unknown_keys(
         values, _TARGET_KEYS | _TARGET_OPTION_KEYS, where=f"[targets.{name}]", noun="setting(s)"
     )
     where = f"targets.{name}"
+    for key in ("database", *_TARGET_PATH_KEYS):
+        if key in values:
+            _text(values[key], f"{where}.{key}")
     on_failure = values.get("on_failure", "stop")
     if on_failure not in ("stop", "rollback_run"):
         raise ConfigError(f"{where}.on_failure = {on_failure!r}", 'use "stop" or "rollback_run"')
@@ -208,7 +288,7 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         name=name,
         embedded=embedded,
         dsn_env=dsn_env or None,
-        database=str(values.get("database", "thorbis")),
+        database=values.get("database", "thorbis"),
         production=_bool(values.get("production", False), f"{where}.production"),
         lock_timeout_ms=parse_duration_ms(
             values.get("lock_timeout", "5s"), what=f"{where}.lock_timeout"
@@ -226,6 +306,30 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         commit_flush=commit_flush,
         options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
+
+
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table", "see the shipped runbook.toml for its shape")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    """A setting that must be non-empty text (a folder, a target, a database name)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"{what} = {value!r} is not a name: it must be non-empty text",
+            'write it in double quotes, for example migrations_dir = "migrations"',
+        )
+    return value
+
+
+def _folder_section(value: object, name: str) -> None:
+    """[notebooks] and [reports] each name one folder: ``dir``, text."""
+    section = _table(value, f"[{name}]")
+    reject_unknown_keys(section, ("dir",), where=f"[{name}]")
+    if "dir" in section:
+        _text(section["dir"], f"[{name}] dir")
 
 
 def _bool(value: object, what: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Check, CheckReport, failed, passed
-from .config import Settings
+from .config import Settings, check_path_name
 from .errors import ConfigError
 from .redaction import scrub_value
 
+log = logging.getLogger(__name__)
 LEDGER_FILE = "ledger.jsonl"
 GENESIS = "0" * 64
 # Files under reports/ that are not run files: the ledger itself, its lock, the index page.
@@ -64,7 +66,7 @@ def benchmark_baseline(
         return Path(given)
     if given:
         path = root / target / given / name
-        if not path.exists():
+        if not _is_path_name(given) or not path.exists():
             raise ConfigError(
                 f"baseline {given!r} is neither a saved benchmark file nor an archived run of "
                 f"target {target} with {name}",
@@ -81,10 +83,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: source.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def run_files(root: Path, run_dir: Path) -> dict[str, str]:
@@ -116,8 +114,8 @@ def append(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
     entry = scrub_value(entry)
     with _locked(root):
         ledger = root / LEDGER_FILE
-        lines = ledger.read_text(encoding="utf-8").splitlines() if ledger.exists() else []
-        previous = sha256_text(lines[-1]) if lines else GENESIS
+        lines = _raw_lines(ledger)
+        previous = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
         written = {**entry, "seq": len(lines) + 1, "prev": previous}
         line = json.dumps(written, sort_keys=True, default=str)
         with ledger.open("a", encoding="utf-8") as out:
@@ -128,12 +126,69 @@ def append(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def entries(root: Path) -> list[dict[str, Any]]:
-    ledger = root / LEDGER_FILE
-    if not ledger.exists():
-        return []
-    return [
-        json.loads(line) for line in ledger.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    """The ledger's run entries, in order; a line that is not one is skipped with a warning.
+
+    Readers (reports list, the index page, baselines) show what can be shown; ``verify`` is
+    where a bad line fails.
+    """
+    found = []
+    for number, raw in enumerate(_raw_lines(root / LEDGER_FILE), start=1):
+        if not raw.strip():
+            continue
+        entry, problem = _entry(raw)
+        if entry is None:
+            log.warning(
+                "%s line %d skipped: %s (thorbis-runbook reports verify checks the archive)",
+                LEDGER_FILE, number, problem,
+            )  # fmt: skip
+            continue
+        found.append(entry)
+    return found
+
+
+def _raw_lines(ledger: Path) -> list[bytes]:
+    """The ledger's lines as written: bytes, because an edited line may not even be UTF-8."""
+    return ledger.read_bytes().splitlines() if ledger.exists() else []
+
+
+def _entry(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Parse one ledger line into a run entry, or say why it is not one."""
+    try:
+        entry = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except json.JSONDecodeError:
+        return None, "not JSON"
+    if not isinstance(entry, dict):
+        return None, "not a JSON object"
+    for key in ("target", "run_id"):
+        if key in entry and not _is_path_name(entry[key]):
+            return None, f"its {key} cannot name a folder of the archive"
+    files = entry.get("files", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        return None, "its files are not a table of path to SHA-256"
+    return entry, ""
+
+
+def _is_path_name(value: object) -> bool:
+    try:
+        check_path_name(value, what="name", hint="")
+    except ConfigError:
+        return False
+    return True
+
+
+def _inside(root: Path, name: str) -> bool:
+    """Say whether an archived file name stays inside the archive (no "..", absolute path or
+    symlink out of it), so verify never reads what a tampered line points it at."""
+    base = root.resolve()
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        return False
+    return path != base and path.is_relative_to(base)
 
 
 def verify(root: Path) -> CheckReport:
@@ -147,9 +202,9 @@ def verify(root: Path) -> CheckReport:
     checks: list[Check] = []
     recorded: dict[str, str] = {}
     previous = GENESIS
-    for number, line in enumerate(ledger.read_text(encoding="utf-8").splitlines(), start=1):
-        checks.extend(_check_line(number, line, previous, recorded))
-        previous = sha256_text(line)
+    for number, line in enumerate(_raw_lines(ledger), start=1):
+        checks.extend(_check_line(root, number, line, previous, recorded))
+        previous = hashlib.sha256(line).hexdigest()
     on_disk = {
         str(p.relative_to(root)) for p in root.rglob("*")
         if p.is_file() and p.name not in _ARCHIVE_FILES and p.parent != root
@@ -175,12 +230,13 @@ def verify(root: Path) -> CheckReport:
     return CheckReport.of("reports verify", checks)
 
 
-def _check_line(number: int, line: str, previous: str, recorded: dict[str, str]) -> list[Check]:
+def _check_line(
+    root: Path, number: int, line: bytes, previous: str, recorded: dict[str, str]
+) -> list[Check]:
     name = f"ledger line {number}"
-    try:
-        entry = json.loads(line)
-    except json.JSONDecodeError:
-        return [failed(name, "not JSON", "a JSON object", "the line was edited")]
+    entry, problem = _entry(line)
+    if entry is None:
+        return [failed(name, problem, "a run entry as written", "the line was edited")]
     problems = []
     if entry.get("prev") != previous:
         problems.append(
@@ -197,5 +253,12 @@ def _check_line(number: int, line: str, previous: str, recorded: dict[str, str])
                 name, f"seq {entry.get('seq')}", f"seq {number}", "lines were removed or reordered"
             )
         )
-    recorded.update(entry.get("files", {}))
+    for file, digest in entry.get("files", {}).items():
+        if _inside(root, file):
+            recorded[file] = digest
+        else:
+            problems.append(
+                failed(name, "file outside the archive", f"a path under {root}",
+                       f"it lists {file!r}, which was not read: the line was edited")
+            )  # fmt: skip
     return problems

@@ -14,8 +14,22 @@ from typing import Any, Literal
 
 from .checks import Check, CheckReport, Status, passed
 from .errors import MigrationFileError
-from .migrations import SIBLING_SUFFIXES, Migration, is_snake_case, parse_filename
-from .statements import TRANSACTION_CONTROL_KINDS, Node, SqlSyntaxError, line_of, parse
+from .migrations import (
+    SIBLING_SUFFIXES,
+    Migration,
+    is_snake_case,
+    parse_filename,
+    read_text,
+)
+from .statements import (
+    TRANSACTION_CONTROL_KINDS,
+    Node,
+    SqlSyntaxError,
+    client_copy,
+    copy_before,
+    line_of,
+    parse,
+)
 from .thresholds import Thresholds
 
 Level = Literal["warn", "fail"]
@@ -42,10 +56,18 @@ RULES: dict[str, str] = {
     "transaction-control": "remove BEGIN/COMMIT/ROLLBACK: the runner owns transactions",
     "no-lock-timeout": "SET lock_timeout = '2s' at the top of the file, or set the target's lock_timeout",
     "parse-error": "fix the SQL: PostgreSQL's parser rejects it",
+    "no-statement": "add the migration's SQL or delete the file",
+    "copy-from-client": "the runner sends SQL, not data: write the rows as INSERT ... VALUES, "
+    "or COPY ... FROM a file on the server",
+    "duplicate-version": "give one of the files a new timestamp (thorbis-runbook new NAME makes one)",
+    "orphan-sibling": "rename it to match its forward migration, or delete it",
     "allow-without-reason": "write the reason after the rule id: -- runbook:allow <rule-id> <reason>",
     "allow-unknown-rule": "name one of the lint rule ids (thorbis-runbook lint lists them on findings)",
 }
 FILE_RULES = {"file-name", "missing-down", "missing-verify", "no-lock-timeout", "parse-error"}
+# What apply refuses is never allowed away by a comment.
+_UNSUPPRESSED = {"parse-error", "no-statement", "copy-from-client", "duplicate-version",
+                 "orphan-sibling", "transaction-control"}  # fmt: skip
 BUSINESS_SCHEMA_PREFIX = "business_"
 _ALLOW = re.compile(r"--\s*runbook:allow\b[ \t]*(?P<rule>[\w-]*)[ \t]*(?P<reason>[^\n]*)")
 
@@ -159,17 +181,21 @@ def lint(
     """Lint forward migration files in version order; one Check per finding, a pass per clean file.
 
     ``paths`` are files, or migrations a verb has read already (their text is not read again).
-    ``table_stats`` (rows, bytes per "schema.table") and ``indexed_columns`` come from the target
-    when lint runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
+    A .down.sql or .verify.sql among them is checked to have its forward file. ``table_stats``
+    (rows, bytes per "schema.table") and ``indexed_columns`` come from the target when lint
+    runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
+    Raises MigrationFileError for a file that cannot be read as UTF-8 text.
     """
-    files = sorted((p for p in paths if not _name(p).endswith(SIBLING_SUFFIXES)), key=_name)
+    given = list(paths)
+    files = sorted((p for p in given if not _name(p).endswith(SIBLING_SUFFIXES)), key=_name)
+    siblings = [p for p in given if isinstance(p, Path) and p.name.endswith(SIBLING_SUFFIXES)]
     findings = lint_findings(
         files,
         table_stats=table_stats,
         indexed_columns=indexed_columns,
         thresholds=thresholds,
         lock_timeout_ms=lock_timeout_ms,
-    )
+    ) + tuple(_orphan_findings(siblings))
     checks = [f.to_check() for f in findings]
     flagged = {f.file for f in findings}
     checks += [
@@ -186,11 +212,16 @@ def lint_findings(
     thresholds: Thresholds | None = None,
     lock_timeout_ms: int | None = None,
 ) -> tuple[LintFinding, ...]:
-    """Run every rule over ``files`` (taken in the order given) and apply the allow comments."""
+    """Run every rule over ``files`` (taken in the order given) and apply the allow comments.
+
+    Raises MigrationFileError for a file that cannot be read as UTF-8 text.
+    """
     ctx = _Context(thresholds or Thresholds(), table_stats, indexed_columns or {})
     allows: dict[str, list[tuple[int | None, str, str]]] = {}
     for source in files:
         allows[_name(source)] = _lint_file(source, ctx, lock_timeout_ms)
+        _lint_verify(source, ctx)
+    _duplicate_versions(files, ctx)
     _set_rules(ctx)
     return tuple(_apply_allows(ctx.findings, allows))
 
@@ -212,15 +243,19 @@ def _lint_file(
     path = source.path if isinstance(source, Migration) else source
     name = path.name
     _file_name_rule(path, ctx)
-    if isinstance(source, Migration):
-        text = source.sql
-    else:
-        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+    text = source.sql if isinstance(source, Migration) else read_text(path)
     try:
         spans = parse(text)
     except SqlSyntaxError as exc:
-        ctx.add("parse-error", "fail", (name, line_of(text, exc.offset)), exc.message)
+        copy = copy_before(text, exc.offset)
+        if copy:  # the syntax error is the COPY's inline data
+            message = f"COPY ... {copy[1]} with its data inline, as pg_dump writes it"
+            ctx.add("copy-from-client", "fail", (name, copy[0]), message)
+        else:
+            ctx.add("parse-error", "fail", (name, line_of(text, exc.offset)), exc.message)
         return []
+    if not spans:
+        ctx.add("no-statement", "fail", (name, 1), "the file holds no SQL statement")
     sets_lock_timeout = False
     for start, _end, node in spans:
         where = (name, line_of(text, start))
@@ -235,6 +270,57 @@ def _lint_file(
             "behind a long transaction would block every session queued behind it",
         )  # fmt: skip
     return _allow_comments(text, [(start, end) for start, end, _ in spans])
+
+
+def _lint_verify(source: Path | Migration, ctx: _Context) -> None:
+    """Check the verify script as apply will run it: UTF-8, parses, no transaction control."""
+    if isinstance(source, Migration):
+        if source.verify_path is None:
+            return
+        path, text = source.verify_path, source.verify_sql or ""
+    else:
+        path = source.with_name(source.name.removesuffix(".sql") + ".verify.sql")
+        if not path.is_file():
+            return
+        text = read_text(path)
+    try:
+        spans = parse(text)
+    except SqlSyntaxError as exc:
+        ctx.add("parse-error", "fail", (path.name, line_of(text, exc.offset)), exc.message)
+        return
+    for start, _end, node in spans:
+        ((kind, body),) = node.items()
+        where, stream = (path.name, line_of(text, start)), client_copy(kind, body)
+        if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
+            word = body["kind"].removeprefix("TRANS_STMT_")
+            ctx.add("transaction-control", "fail", where, f"{word} inside a verify script")
+        elif stream:
+            ctx.add("copy-from-client", "fail", where, f"COPY ... {stream} in a verify script")
+
+
+def _duplicate_versions(files: Sequence[Path | Migration], ctx: _Context) -> None:
+    """Two files with one version: apply refuses the folder, so lint fails it."""
+    seen: dict[str, str] = {}
+    for source in files:
+        try:
+            version, _ = parse_filename(_name(source))
+        except MigrationFileError:
+            continue  # the file-name rule reports it
+        if version in seen:
+            message = f"version {version} is used by both {seen[version]} and {_name(source)}"
+            ctx.add("duplicate-version", "fail", (_name(source), 1), message)
+        seen.setdefault(version, _name(source))
+
+
+def _orphan_findings(siblings: Sequence[Path]) -> list[LintFinding]:
+    """A down or verify script without its forward file is never run: a lost rename, usually."""
+    found = []
+    for path in sorted(siblings):
+        base = path.name.rsplit(".", 2)[0] + ".sql"
+        if not (path.parent / base).is_file():
+            message = f"{path.name} has no forward migration {base}: it is never run"
+            found.append(LintFinding("orphan-sibling", "fail", path.name, 1, message))
+    return found
 
 
 def _name(source: Path | Migration) -> str:
@@ -293,6 +379,8 @@ def _apply_allows(
 
 
 def _reason_for(finding: LintFinding, comments: list[tuple[int | None, str, str]]) -> str | None:
+    if finding.rule in _UNSUPPRESSED:
+        return None
     for line, rule, reason in comments:
         if rule == finding.rule and reason and (finding.rule in FILE_RULES or line == finding.line):
             return reason
@@ -311,6 +399,9 @@ def _statement_rules(kind: str, body: Node, where: tuple[str, int], ctx: _Contex
     if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
         word = body["kind"].removeprefix("TRANS_STMT_")
         ctx.add("transaction-control", "fail", where, f"{word} inside a migration file")
+    elif client_copy(kind, body):
+        message = f"COPY ... {client_copy(kind, body)} needs data the runner does not send"
+        ctx.add("copy-from-client", "fail", where, message)
     elif kind == "CreateStmt":
         _create_table(body, where, ctx)
     elif kind == "CreateTableAsStmt":

@@ -10,6 +10,7 @@ files apply is about to run, so bad input still stops apply before anything chan
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,13 +22,18 @@ from pathlib import Path
 from .errors import MigrationFileError
 from .statements import (
     NO_TRANSACTION_HEADER,
+    CopyDataError,
+    NulByteError,
     SqlSyntaxError,
     Statement,
     TransactionControlError,
     committing_procedures,
+    copy_before,
     line_of,
     split_statements,
 )
+
+log = logging.getLogger(__name__)
 
 EXPECTED_FORM = "YYYYMMDDHHMMSS_descriptive_name.sql, for example 20250131000001_initial_schema.sql"
 _FORWARD_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[^.\s/]+)\.sql$")
@@ -195,17 +201,16 @@ class MigrationSet:
 def discover(directory: Path) -> MigrationSet:
     """Read and checksum every migration in ``directory``, in version order; parse none.
 
-    Raises MigrationFileError for a missing folder, a name off convention or a duplicate
-    version. What is wrong inside a file (not UTF-8, SQL that does not parse, transaction
-    control, no statement) is raised when the file is first parsed: ``check_files`` on the
-    pending ones, which ``plan.build_plan`` calls.
+    Raises MigrationFileError for a missing folder or the root, a name off convention, a
+    duplicate version, or a folder or a broken or outward symlink named like a migration. An
+    orphan .down.sql or .verify.sql is logged as a warning. What is wrong inside a file (not
+    UTF-8, SQL that does not parse, transaction control, no statement) is raised when the file
+    is first parsed: ``check_files`` on the pending ones, which ``plan.build_plan`` calls.
     """
-    if not directory.is_dir():
-        raise MigrationFileError(
-            f"migrations folder {directory} does not exist",
-            "create it, or set migrations_dir in runbook.toml to the folder holding your .sql files",
-        )
+    check_folder(directory)
     forward, names, warnings = _scan(directory)
+    for filename, base in orphans(names):
+        log.warning("%s", orphan_message(filename, base))
     index = ProcedureIndex()
     folder = os.fspath(directory)
     migrations = []
@@ -226,6 +231,55 @@ def discover(directory: Path) -> MigrationSet:
             index.candidates.append(migration)
         migrations.append(migration)
     return MigrationSet(directory, tuple(migrations), tuple(warnings))
+
+
+def check_folder(directory: Path) -> None:
+    """Raise MigrationFileError unless ``directory`` is a folder that can hold migrations.
+
+    The file system root is refused: migrations_dir = "/" is a mistake, never a project.
+    """
+    if not directory.is_dir():
+        raise MigrationFileError(
+            f"migrations folder {directory} does not exist",
+            "create it, or set migrations_dir in runbook.toml to the folder holding your .sql files",
+        )
+    if directory.resolve() == Path(directory.resolve().anchor):
+        raise MigrationFileError(
+            f"migrations folder {directory} is the file system root",
+            "set migrations_dir in runbook.toml to the folder holding your .sql files",
+        )
+
+
+def sql_files(directory: Path) -> list[Path]:
+    """Every file of the folder named like a migration or a sibling, sorted, for lint.
+
+    Raises MigrationFileError for an unusable folder, or a name ending in .sql that is a
+    folder, a dangling symlink or a symlink out of the folder (apply refuses those too).
+    """
+    check_folder(directory)
+    return [directory / name for name in sorted(_sql_names(directory))]
+
+
+def orphans(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Return (file, missing forward file) for each .down.sql or .verify.sql of ``names``
+    without its forward migration: it is never run, usually the leftover of a rename."""
+    present = set(names)
+    found = []
+    for filename in sorted(present):
+        if filename.endswith(SIBLING_SUFFIXES):
+            base = filename.rsplit(".", 2)[0] + ".sql"
+            if base not in present:
+                found.append((filename, base))
+    return found
+
+
+def orphan_message(filename: str, base: str) -> str:
+    return f"{filename} has no forward migration {base}; it is ignored"
+
+
+def read_text(path: Path) -> str:
+    """Read a migration, down or verify file as UTF-8 (a BOM dropped); raise MigrationFileError."""
+    return _decode(path, path.read_bytes())
 
 
 def check_files(migrations: Iterable[Migration]) -> None:
@@ -290,22 +344,53 @@ def _is_timestamp(version: str) -> bool:
     return True
 
 
+def _sql_names(directory: Path) -> set[str]:
+    """List the folder once: every name ending in .sql, each checked to be a readable file.
+
+    A folder, a dangling symlink or a symlink out of the folder named like a migration is an
+    error, never skipped: skipping it would apply the files around it as if it were not there.
+    """
+    names = set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            # A bare ".sql" has no stem: pathlib gives it no suffix; it was never a migration.
+            if not entry.name.endswith(".sql") or entry.name == ".sql":
+                continue
+            if entry.is_symlink():
+                _check_link(directory, entry.name)
+            elif not entry.is_file():
+                _refuse(entry.name, "a folder" if entry.is_dir() else "not a regular file")
+            names.add(entry.name)
+    return names
+
+
+def _check_link(directory: Path, name: str) -> None:
+    """A symlink may stand for a file of the same folder; its target's name and text are never
+    shown (a link to a file elsewhere may point at anything)."""
+    target = (directory / name).resolve()
+    if not target.exists():
+        _refuse(name, "a symlink to nothing (dangling)")
+    if not target.is_relative_to(directory.resolve()):
+        _refuse(name, "a symlink to a file outside the migrations folder")
+    if not target.is_file():
+        _refuse(name, "a symlink to something that is not a file")
+
+
+def _refuse(name: str, what: str) -> None:
+    raise MigrationFileError(
+        f"{name} in the migrations folder is {what}, not a migration file",
+        "replace it with the .sql file itself, or move it out of the migrations folder",
+    )
+
+
 def _scan(directory: Path) -> tuple[list[tuple[str, str]], set[str], list[str]]:
     """List the folder once: (version, name) of the forward files, every .sql name, warnings."""
-    with os.scandir(directory) as entries:
-        # A bare ".sql" has no stem: pathlib gives it no suffix, and it was never a migration.
-        names = {
-            e.name for e in entries if e.name.endswith(".sql") and e.name != ".sql" and e.is_file()
-        }
+    names = _sql_names(directory)
     warnings: list[str] = []
-    orphans: list[str] = []
     seen: dict[str, str] = {}
     forward: list[tuple[str, str]] = []
     for filename in sorted(names):
         if filename.endswith(SIBLING_SUFFIXES):
-            base = filename.rsplit(".", 2)[0] + ".sql"
-            if base not in names:
-                orphans.append(f"{filename} has no forward migration {base}; it is ignored")
             continue
         version, name = parse_filename(filename)
         if version in seen:
@@ -321,7 +406,7 @@ def _scan(directory: Path) -> tuple[list[tuple[str, str]], set[str], list[str]]:
             )
         forward.append((version, name))
     forward.sort(key=lambda item: item[0])
-    return forward, names, warnings + orphans
+    return forward, names, warnings + [orphan_message(*pair) for pair in orphans(names)]
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -341,7 +426,18 @@ def _parse(
 ) -> list[Statement]:
     try:
         statements = split_statements(sql, committing_procedures=procedures, keep_nodes=False)
+    except NulByteError as exc:
+        raise MigrationFileError(
+            f"migration {path.name} holds a NUL byte (line {line_of(sql, exc.offset)}), "
+            "which PostgreSQL does not accept in SQL text",
+            "remove it; a file full of them is UTF-16: re-save it as UTF-8",
+        ) from None
+    except CopyDataError as exc:
+        raise _copy_error(path, exc.statement.line, exc.stream) from None
     except SqlSyntaxError as exc:
+        copy = copy_before(sql, exc.offset)
+        if copy:  # COPY ... FROM stdin followed by its data, as pg_dump writes it
+            raise _copy_error(path, *copy) from None
         line = line_of(sql, exc.offset)
         hint = "fix the SQL and run again; nothing was changed in the database"
         if sql.splitlines()[line - 1 : line] and sql.splitlines()[line - 1].lstrip().startswith(
@@ -368,3 +464,11 @@ def _parse(
             "add the migration's SQL or delete the file",
         )
     return statements
+
+
+def _copy_error(path: Path, line: int, stream: str) -> MigrationFileError:
+    return MigrationFileError(
+        f"migration {path.name} line {line} streams data through the client "
+        f"(COPY ... {stream}), but the runner sends SQL to the server, not data",
+        "write the rows as INSERT ... VALUES, or COPY ... FROM a file on the server",
+    )

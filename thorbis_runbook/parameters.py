@@ -8,8 +8,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import parse_duration_ms
+from .config import check_path_name, parse_duration_ms
 from .errors import ConfigError
+
+RUN_ID_HINT = (
+    "leave run_id empty for a new one, or give one like 20250131T120000Z-a1b2c3 "
+    "(it becomes the run's folder under reports/<target>/)"
+)
 
 
 def typed_value(name: str, raw: str, declared: str) -> Any:
@@ -56,3 +61,12 @@ def moment(value: str, *, what: str) -> datetime:
 def duration_ms(value: str | None, *, what: str) -> int | None:
     """A duration override ("2s", "15min"); empty or None means keep the target's own."""
     return parse_duration_ms(value, what=what) if value else None
+
+
+def run_id(value: object) -> str:
+    """Check a run id someone gave (-p run_id=...): it names the run's report folder.
+
+    Raises ConfigError for one that is not a single folder name ("../../x" would put the report
+    outside reports/).
+    """
+    return check_path_name(value, what="parameter run_id", hint=RUN_ID_HINT)

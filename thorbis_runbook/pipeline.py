@@ -19,6 +19,7 @@ from .config import Settings, Target
 from .errors import ConfigError
 from .index_page import write_index
 from .ledger import reports_root
+from .parameters import run_id as checked_run_id
 from .parameters import typed_value
 from .redaction import blank_secret, looks_secret, scrub
 from .runs import new_run_id, operator_name
@@ -134,13 +135,15 @@ def run_pipeline(
 ) -> PipelineResult:
     """Execute runbooks in order against one target, archiving each; stop at the first failure.
 
-    Raises ConfigError, before anything runs, for a parameter value that looks like a credential.
+    Raises ConfigError, before the first runbook starts, for a bad parameter or run id, and
+    for a parameter value that looks like a credential.
     """
     _refuse_credentials(parameters or {})
     paths = {name: notebook_path(settings, name) for name in runbooks}
     typed = {
         name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
     }
+    _check_run_ids(settings, target, typed)
     runs: list[RunbookRun] = []
     pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
     for position, name in enumerate(runbooks):
@@ -186,6 +189,49 @@ def _refuse_credentials(parameters: Mapping[str, Sequence[str]]) -> None:
 Notifier = Callable[[RunSummary], list[notify.Delivery]]
 
 
+def _check_run_ids(
+    settings: Settings, target: Target, typed: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Refuse given run ids that cannot be archived, before the first runbook starts.
+
+    Each run gets its own folder, so one id given to two runbooks (-p run_id=X with several)
+    or an id already in the archive would fail only when that runbook's turn came.
+    Raises ConfigError.
+    """
+    owners: dict[str, str] = {}
+    for runbook, values in typed.items():
+        if not values.get("run_id"):
+            continue
+        run_id = checked_run_id(values["run_id"])
+        if run_id in owners:
+            raise ConfigError(
+                f"run id {run_id} was given to both {owners[run_id]} and {runbook}; "
+                "each runbook's run needs an id of its own",
+                f"give one runbook the id with -p {runbook}.run_id=..., or leave it empty",
+            )
+        owners[run_id] = runbook
+        _new_run_folder(settings, target, run_id, create=False)
+
+
+def _new_run_folder(settings: Settings, target: Target, run_id: str, *, create: bool) -> Path:
+    """The run's archive folder, reports/<target>/<run_id>/, which must not exist yet.
+
+    Raises ConfigError for a run id already archived (a report is never overwritten).
+    """
+    folder = reports_root(settings) / target.name / run_id
+    try:
+        if not create and folder.exists():
+            raise FileExistsError(folder)
+        if create:
+            folder.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            f"run id {run_id} is already archived for target {target.name} ({folder})",
+            "leave run_id empty for a new one; an archived report is never overwritten",
+        ) from None
+    return folder
+
+
 def _notifier(
     target: Target,
     already: list[notify.Delivery],
@@ -225,14 +271,17 @@ def execute(
     progress: bool = False,
     notifications: Notifier | None = None,
 ) -> RunbookRun:
-    """Run one notebook with papermill into its archive folder; a failed run is archived too."""
+    """Run one notebook with papermill into its archive folder; a failed run is archived too.
+
+    Raises ConfigError, before anything runs, for a given run id that cannot name a folder or
+    is already archived for the target.
+    """
     import nbformat
     import papermill
 
-    run_id = str(parameters.get("run_id") or new_run_id())
+    run_id = checked_run_id(parameters["run_id"]) if parameters.get("run_id") else new_run_id()
     root = reports_root(settings)
-    folder = root / target.name / run_id
-    folder.mkdir(parents=True, exist_ok=False)
+    folder = _new_run_folder(settings, target, run_id, create=True)
     output = folder / f"{runbook}.ipynb"
     injected = {
         **parameters, "target": target.name, "run_id": run_id, "report_dir": str(folder),

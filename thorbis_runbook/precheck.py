@@ -18,7 +18,7 @@ from .config import Settings, Target
 from .endpoint import Endpoint
 from .errors import ConfigError
 from .lint import format_size, lint
-from .migrations import Migration, MigrationSet, discover
+from .migrations import Migration, MigrationSet, discover, sql_files
 from .plan import Plan, build_plan
 from .recovery import backup
 from .sessions import Session
@@ -394,17 +394,17 @@ def lint_command(
 
     With ``endpoint`` the target's live table statistics grade each finding; without, lint opens
     no connection and uses the default target's lock_timeout for the no-lock-timeout rule.
+    The folder is read as apply reads it: a missing folder, the root, or a folder or broken
+    symlink named like a migration stops lint as it stops apply.
     Raises ConfigError for a missing file, MigrationFileError or ConnectionFailed.
     """
     chosen = endpoint.target if endpoint else settings.target()
     thresholds = load_thresholds(settings, chosen)
     missing = [str(p) for p in files if not Path(p).is_file()]
     if missing:
-        raise ConfigError(
-            f"no such migration file: {', '.join(missing)}", "give paths to .sql files"
-        )
+        raise ConfigError(f"no migration file at: {', '.join(missing)}", "give paths to .sql files")
     if endpoint is None:
-        paths = list(files) or sorted(settings.migrations_dir.glob("*.sql"))
+        paths = list(files) or sql_files(settings.migrations_dir)
         return lint(paths, thresholds=thresholds, lock_timeout_ms=chosen.lock_timeout_ms)
     with endpoint.connection("thorbis-runbook lint") as conn:
         if files:

@@ -509,14 +509,18 @@ def start(
 ) -> Run:  # fmt: skip
     """Begin a run: load runbook.toml, resolve the target and give the run its id.
 
-    Raises ConfigError for an unknown target or a broken runbook.toml (in the first cell, so a
-    wrong parameter stops the notebook before anything touches a database).
+    Without ``config_path`` (or THORBIS_CONFIG) runbook.toml is found by walking up from the
+    working folder: JupyterLab starts the kernel in notebooks/, the project's file is above it.
+    Raises ConfigError for an unknown target, a broken or missing runbook.toml or a run id that
+    cannot name a report folder (in the first cell, so a wrong parameter stops the notebook
+    before anything touches a database).
     """
     settings = config.load_settings(Path(config_path) if config_path else None)
     chosen = settings.target(target or None)
     return Run(
         runbook, settings, chosen,
-        run_id=run_id or new_run_id(), operator=operator or operator_name(),
+        run_id=parameters.run_id(run_id) if run_id else new_run_id(),
+        operator=operator or operator_name(),
         report_dir=Path(report_dir) if report_dir else None,
     )  # fmt: skip
 

@@ -7,29 +7,26 @@ from importlib import resources
 from pathlib import Path
 
 from .config import Settings
-from .errors import ConfigError
-from .migrations import is_snake_case
+from .errors import ConfigError, MigrationFileError
+from .migrations import SIBLING_SUFFIXES, check_folder, is_snake_case, parse_filename
+
+LAST_VERSION = "99991231235959"  # the last second a 14-digit UTC timestamp can name
 
 
 def new_migration(settings: Settings, name: str, *, now: datetime | None = None) -> list[Path]:
-    """Create ``<UTC timestamp>_<name>.sql`` with its .down.sql and .verify.sql from templates."""
+    """Create ``<UTC timestamp>_<name>.sql`` with its .down.sql and .verify.sql from templates.
+
+    Raises ConfigError for a name that is not snake_case or when no version after the newest
+    file's exists; MigrationFileError for an unusable migrations folder.
+    """
     if not is_snake_case(name):
         raise ConfigError(
             f"migration name {name!r} is not snake_case",
             "use lower-case words joined by underscores, for example add_invoice_due_date",
         )
     folder = settings.migrations_dir
-    if not folder.is_dir():
-        raise ConfigError(
-            f"migrations folder {folder} does not exist", "create it, or set migrations_dir"
-        )
-    moment = (now or datetime.now(UTC)).replace(microsecond=0, tzinfo=None)
-    taken = [p.name[:14] for p in folder.glob("*.sql") if p.name[:14].isdigit()]
-    newest = max(taken, default="")
-    if newest and f"{moment:%Y%m%d%H%M%S}" <= newest:
-        # Never older than the newest file: that would make the new one out of order at once.
-        moment = datetime.strptime(newest, "%Y%m%d%H%M%S") + timedelta(seconds=1)
-    version = f"{moment:%Y%m%d%H%M%S}"
+    check_folder(folder)
+    version = _next_version(folder, now or datetime.now(UTC))
     paths = []
     templates = resources.files(__package__).joinpath("templates")
     for suffix in (".sql", ".down.sql", ".verify.sql"):
@@ -38,3 +35,33 @@ def new_migration(settings: Settings, name: str, *, now: datetime | None = None)
         path.write_text(text.format(version=version, name=name), encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def _next_version(folder: Path, now: datetime) -> str:
+    """Now as a version, or one second after the newest file's: never older than it, which
+    would make the new file out of order at once."""
+    moment = f"{now:%Y%m%d%H%M%S}"
+    newest = max(_versions(folder), default="")
+    if not newest or moment > newest:
+        return moment
+    if newest == LAST_VERSION:
+        raise ConfigError(
+            f"the newest migration's version is {newest}, the last second a version can name, "
+            "so no migration can come after it",
+            "rename that file to the UTC time it was written, then run new again",
+        )
+    later = datetime.strptime(newest, "%Y%m%d%H%M%S") + timedelta(seconds=1)
+    return f"{later:%Y%m%d%H%M%S}"
+
+
+def _versions(folder: Path) -> list[str]:
+    """The versions of the folder's well-named files (a bad name is lint's and apply's to report)."""
+    found = []
+    for path in folder.glob("*.sql"):
+        if path.name.endswith(SIBLING_SUFFIXES):
+            continue
+        try:
+            found.append(parse_filename(path.name)[0])
+        except MigrationFileError:
+            continue
+    return found

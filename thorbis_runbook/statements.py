@@ -69,6 +69,24 @@ class SqlSyntaxError(Exception):
         self.offset = offset
 
 
+class NulByteError(SqlSyntaxError):
+    """The text holds a NUL character, which no PostgreSQL text can (libpg_query would stop at
+    it and report an unterminated string); a file full of them is usually UTF-16."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__("a NUL byte, which PostgreSQL does not accept in SQL text", offset)
+
+
+class CopyDataError(Exception):
+    """COPY FROM STDIN or TO STDOUT: the data would travel with the statement, which the runner
+    sends as SQL only (the driver would fail with "use copy_from()")."""
+
+    def __init__(self, statement: Statement, stream: str) -> None:
+        super().__init__(statement, stream)
+        self.statement = statement
+        self.stream = stream
+
+
 class TransactionControlError(Exception):
     """A top-level BEGIN/COMMIT/ROLLBACK: the runner owns transactions."""
 
@@ -86,10 +104,13 @@ def parse(text: str) -> list[tuple[int, int, Node]]:
     """Parse SQL text into (start, end, node) per top-level statement, in character offsets.
 
     libpg_query's JSON output is several times faster to build than pglast's object tree,
-    which matters when a history holds hundreds of files. Raises SqlSyntaxError.
+    which matters when a history holds hundreds of files. Raises SqlSyntaxError (NulByteError
+    for a NUL character).
     """
     from pglast import parser  # deferred: see the module docstring
 
+    if "\x00" in text:
+        raise NulByteError(text.index("\x00"))
     try:
         tree = json.loads(parser.parse_sql_json(text))
     except parser.ParseError as exc:
@@ -110,8 +131,8 @@ def split_statements(
 ) -> list[Statement]:
     """Split SQL text into located, classified statements.
 
-    Raises SqlSyntaxError when the text does not parse and TransactionControlError when it holds
-    transaction control. ``committing_procedures`` names procedures (lower-case, optionally
+    Raises SqlSyntaxError when the text does not parse, TransactionControlError when it holds
+    transaction control and CopyDataError for a COPY from or to the client. ``committing_procedures`` names procedures (lower-case, optionally
     schema-qualified) known to COMMIT, so that a CALL of one is run outside a transaction; it is
     iterated only when the text holds a CALL, so a caller may pass a lazy iterable whose
     names are costly to find. ``keep_nodes=False`` leaves each statement's ``node`` empty.
@@ -135,8 +156,33 @@ def split_statements(
         )
         if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
             raise TransactionControlError(statement)
+        stream = client_copy(kind, body)
+        if stream:
+            raise CopyDataError(statement, stream)
         statements.append(statement)
     return statements
+
+
+def client_copy(kind: str, body: Node) -> str | None:
+    """Return "FROM STDIN" or "TO STDOUT" for a COPY whose data goes through the client."""
+    if kind != "CopyStmt" or body.get("filename"):
+        return None  # COPY ... FROM/TO 'file' or PROGRAM runs on the server
+    return "FROM STDIN" if body.get("is_from") else "TO STDOUT"
+
+
+def copy_before(text: str, offset: int) -> tuple[int, str] | None:
+    """Return (line, stream) of a client COPY just before the line of a syntax error at
+    ``offset``: the error is then the COPY's inline data (pg_dump's format), not bad SQL."""
+    head = text[: text.rfind("\n", 0, max(0, offset)) + 1]
+    try:
+        spans = parse(head)
+    except SqlSyntaxError:
+        return None
+    if not spans:
+        return None
+    start, _end, node = spans[-1]
+    stream = client_copy(*_unwrap(node))
+    return (line_of(text, start), stream) if stream else None
 
 
 def no_transaction_reason(node: Node, committing_procedures: set[str]) -> str | None:

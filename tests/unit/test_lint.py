@@ -63,6 +63,8 @@ CASES = [
      "CREATE POLICY tenant_isolation ON business_core.notes USING (true);"),
     ("transaction-control", "BEGIN; SELECT 1; COMMIT;", "SAVEPOINT s; SELECT 1; RELEASE SAVEPOINT s;"),
     ("parse-error", "CREATE TABLE (;", "SELECT 1;"),
+    ("no-statement", "-- nothing yet\n", "SELECT 1;"),
+    ("copy-from-client", "COPY orders FROM stdin;", "COPY orders FROM '/srv/orders.csv' CSV;"),
 ]  # fmt: skip
 
 
@@ -78,6 +80,7 @@ def test_every_rule_has_a_fix_and_a_case() -> None:
     covered = {c[0] for c in CASES} | {
         "missing-down", "missing-verify", "file-name", "no-lock-timeout",
         "allow-without-reason", "allow-unknown-rule",
+        "duplicate-version", "orphan-sibling",  # tests/unit/test_file_inputs.py
     }  # fmt: skip
     assert covered == set(RULES)
     assert all(fix for fix in RULES.values())
