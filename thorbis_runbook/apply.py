@@ -10,20 +10,24 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from . import db, queries
+from . import db, failures, queries, resume
+from .batch import Batch
 from .config import Target
 from .display import message_box
 from .errors import MigrationFailed, RunbookError
 from .executor import Autocommit, Executor, reset_session_sql, timeouts_sql, wait_to_retry
 from .migrations import Migration
 from .plan import Plan
-from .statements import Statement, line_of
+from .statements import NO_TRANSACTION_HEADER, Statement
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, Migration, str], None]
+# Given our backend's pid after a final lock timeout, say who held the lock (migrate.py asks
+# the lock monitor); None when nobody was seen.
+LockWaitExplainer = Callable[[int], str | None]
 PROGRESS_SQL = (
     "INSERT INTO runbook.statement_progress (version, statement_index, statement_sha256) "
     "VALUES (%(version)s, %(index)s, %(sha)s) ON CONFLICT (version, statement_index) "
@@ -34,6 +38,7 @@ PROGRESS_ROWS_SQL = (
     "WHERE version = %(version)s ORDER BY statement_index"
 )
 CLEAR_PROGRESS_SQL = "DELETE FROM runbook.statement_progress WHERE version = %(version)s"
+CURRENT_ROLE_SQL = "SELECT current_user"
 # commit_flush = "run": a migration's commit does not wait for its WAL to reach disk. The run's
 # last commit (its runs row, in the session's own synchronous_commit) flushes all WAL before it,
 # so every migration is as durable when apply returns as if each commit had waited; a crash in
@@ -72,34 +77,6 @@ class StepResult:
 STEP_COLUMNS = ("version", "name", "status", "mode", "attempts", "duration_ms", "error")
 
 
-@dataclass
-class _Batch:
-    """A one-round-trip transaction text and where each source file sits inside it."""
-
-    parts: list[str] = field(default_factory=list)
-    segments: list[tuple[int, int, str, str, int]] = field(default_factory=list)
-    length: int = 0
-
-    def add(self, text: str, *, source: str | None = None, source_text: str = "") -> None:
-        if source is not None:
-            self.segments.append((self.length, self.length + len(text), source, source_text, 0))
-        self.parts.append(text)
-        self.length += len(text)
-
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def locate(self, position: int | None) -> tuple[str, int] | None:
-        """Map the server's 1-based error position to (file name, line)."""
-        if position is None:
-            return None
-        offset = position - 1
-        for start, end, source, source_text, _ in self.segments:
-            if start <= offset < end:
-                return source, line_of(source_text, offset - start)
-        return None
-
-
 def apply_plan(
     conn: db.Connection,
     plan: Plan,
@@ -109,23 +86,24 @@ def apply_plan(
     run_id: str,
     operator: str,
     progress: ProgressCallback | None = None,
+    reconnect: Callable[[], db.Connection] | None = None,
+    explain_lock_wait: LockWaitExplainer | None = None,
 ) -> tuple[tuple[StepResult, ...], MigrationFailed | None]:
     """Apply each pending migration in order; stop at the first failure.
 
     Returns the step results and the MigrationFailed of the step that failed, if one did. The
     caller holds the migration lock and has brought the runbook schema up to date.
+    ``reconnect`` opens a new connection to ask the server what became of a migration whose
+    connection was lost; ``explain_lock_wait`` names who held the lock after a lock timeout.
     """
     runner = _Runner(conn, target=target, executor=executor, run_id=run_id, operator=operator)
+    runner.reconnect = reconnect
+    runner.explain_lock_wait = explain_lock_wait
     steps: list[StepResult] = []
-    for migration in plan.pending:
+    for position, migration in enumerate(plan.pending):
         if progress:
             progress("start", migration, "")
-        previous = plan.history.get(migration.version)
-        if migration.transactional:
-            step, failure = runner.apply_transactional(migration)
-        else:
-            resumable = previous is not None and previous.status in ("failed", "running")
-            step, failure = runner.apply_non_transactional(migration, resumable=resumable)
+        step, failure = runner.apply(migration, plan)
         step = replace(
             step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned)
         )
@@ -133,6 +111,10 @@ def apply_plan(
         steps.append(step)
         if progress:
             progress("done", migration, step.status)
+        if failure is not None and step.status == "applied" and position == len(plan.pending) - 1:
+            # The last migration committed before the connection went: the run is complete.
+            log.warning("%s (%s)", failure.message, failure.hint)
+            failure = None
         if failure is not None:
             return tuple(steps), failure
     return tuple(steps), None
@@ -149,26 +131,53 @@ class _Runner:
         self.executor = executor
         self.run_id = run_id
         self.operator = operator
-        self.autocommit = Autocommit(conn, executor, target)
+        self.reconnect: Callable[[], db.Connection] | None = None
+        self.explain_lock_wait: LockWaitExplainer | None = None
+        self.autocommit = Autocommit(conn, executor, target, on_retry=self._attempt_failed)
         self.reset_session_sql = reset_session_sql(conn)
+        self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
+        self._current: Migration | None = None
+        self._attempt_clock = 0.0
+
+    def apply(self, migration: Migration, plan: Plan) -> tuple[StepResult, MigrationFailed | None]:
+        """Apply one migration; a driver error outside its guarded batches fails it cleanly."""
+        self._current = migration
+        self._attempt_clock = time.monotonic()
+        previous = plan.history.get(migration.version)
+        try:
+            if migration.transactional:
+                return self.apply_transactional(migration)
+            resumable = previous is not None and previous.status in ("failed", "running")
+            return self.apply_non_transactional(migration, resumable=resumable)
+        except db.DatabaseError as exc:  # a progress row, a lookup, a session reset
+            if self._lost(exc):
+                return self._lost_during(migration, exc, attempts=1, started=self._attempt_clock)
+            failure = self._failure(migration, exc, None)
+            return self._give_up(
+                migration, failure, attempts=1, elapsed=_ms_since(self._attempt_clock)
+            )
 
     # -- transactional -------------------------------------------------------------------
     def apply_transactional(
         self, migration: Migration
     ) -> tuple[StepResult, MigrationFailed | None]:
-        batch = self._transaction_batch(migration)
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
+            self._attempt_clock = time.monotonic()
+            batch = self._transaction_batch(migration, attempts=attempt)
             try:
                 self.executor.run(batch.text(), label=migration.filename, transactional=True)
             except db.DatabaseError as exc:
                 self._rollback()
+                where = batch.locate(db.error_position(exc), self.executor.reached)
+                if self._lost(exc):
+                    return self._lost_during(migration, exc, attempts=attempt, started=started)
                 if self._should_retry(exc, attempt, migration):
                     continue
                 elapsed = _ms_since(started)
-                failure = self._failure(migration, exc, self._locate_failure(migration, batch, exc))
+                failure = self._failure(migration, exc, where)
                 return self._give_up(
                     migration, failure, attempts=attempt, elapsed=elapsed, counted=attempt
                 )
@@ -177,57 +186,42 @@ class _Runner:
                 migration.version, migration.name, status, True, attempt, _ms_since(started)
             ), None
 
-    def _transaction_batch(self, migration: Migration) -> _Batch:
-        batch = _Batch()
+    def _transaction_batch(self, migration: Migration, *, attempts: int) -> Batch:
+        """The migration, its verify script, its history row and COMMIT: one round trip.
+
+        ``attempts`` counts this run's attempts so far; the history row adds them, and its
+        duration runs from the first failed attempt this run logged (upsert_history.sql).
+        """
+        batch = Batch()
         batch.add(
             f"-- {migration.filename} (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n"
             + (DEFER_FLUSH_SQL if self.target.commit_flush == "run" else "")
         )
-        batch.add(migration.sql, source=migration.filename, source_text=migration.sql)
-        batch.add("\n;\n")
-        if migration.verify_sql and migration.verify_sql.strip() and migration.verify_path:
+        batch.add_statements(migration.filename, migration.sql, migration.statements)
+        if migration.verify_sql and migration.verify_path and migration.verify_statements:
             batch.add(f"-- {migration.verify_path.name}\n")
-            batch.add(
-                migration.verify_sql,
-                source=migration.verify_path.name,
-                source_text=migration.verify_sql,
+            batch.add_statements(
+                migration.verify_path.name, migration.verify_sql, migration.verify_statements
             )
-            batch.add("\n;\n")
-        batch.add(
-            self._history_sql(migration, "applied", attempts=1)
+        batch.end(
+            self._history_sql(migration, "applied", attempts=attempts)
             + ";\nCOMMIT;\n"
             + self.reset_session_sql
             + "\n"
         )
         return batch
 
-    def _locate_failure(
-        self, migration: Migration, batch: _Batch, exc: db.DatabaseError
-    ) -> tuple[str, int] | None:
-        """Find the file and line of a failure; replay statement by statement when the server gave no position."""
-        located = batch.locate(db.error_position(exc))
-        if located or self.executor.dry_run or self.conn.closed:
-            return located
-        sources: list[tuple[str, Statement]] = [
-            (migration.filename, s) for s in migration.statements
-        ]
-        if migration.verify_sql and migration.verify_path:
-            sources += [(migration.verify_path.name, s) for s in migration.verify_statements]
-        try:
-            db.execute(self.conn, f"BEGIN;\n{self._timeouts(local=True)}")
-            for source, statement in sources:
-                try:
-                    db.execute(self.conn, statement.text)
-                except db.DatabaseError:
-                    return source, statement.line
-        finally:
-            self._rollback()
-        return None
-
     # -- outside a transaction -------------------------------------------------------------
     def apply_non_transactional(
         self, migration: Migration, *, resumable: bool
     ) -> tuple[StepResult, MigrationFailed | None]:
+        """Statement by statement; a rerun skips what completed and checks what was in flight.
+
+        In a file found non-transactional by parsing, a statement that can run in a
+        transaction commits together with its progress row, so it is never in doubt; one that
+        cannot (CREATE INDEX CONCURRENTLY, ...) may have finished on the server after its
+        runner was gone, which resume.py looks at before it runs again.
+        """
         started = time.monotonic()
         done = self._completed_statements(migration) if resumable else []
         self.executor.run(
@@ -236,34 +230,49 @@ class _Runner:
             label=migration.filename,
             transactional=False,
         )
-        skipped = 0
-        attempts = 1
-        matching_prefix = True
-        for statement in migration.statements:
-            digest = _sha(statement.text)
-            if matching_prefix and statement.index < len(done) and done[statement.index] == digest:
-                skipped += 1
-                continue
-            matching_prefix = False
-            failure, tries = self._run_alone(migration, statement)
-            attempts = max(attempts, tries)
-            if failure is not None:
-                self._reset_session()
-                return self._give_up(
-                    migration,
-                    failure,
-                    attempts=attempts,
-                    elapsed=_ms_since(started),
-                    skipped=skipped,
-                )
-            self.executor.run(
-                db.mogrify(
-                    self.conn,
-                    PROGRESS_SQL,
-                    {"version": migration.version, "index": statement.index, "sha": digest},
-                ),
-                label=f"{migration.filename} progress",
-                transactional=False,
+        wraps = NO_TRANSACTION_HEADER.search(migration.sql) is None
+        skipped, attempts, matching_prefix, in_doubt = 0, 1, True, resumable
+        try:
+            for statement in migration.statements:
+                digest = _sha(statement.text)
+                if (
+                    matching_prefix
+                    and statement.index < len(done)
+                    and done[statement.index] == digest
+                ):
+                    skipped += 1
+                    self._restore_session_setting(migration, statement)
+                    continue
+                matching_prefix = False
+                wrapped = wraps and statement.no_transaction_reason is None
+                decision = None
+                if in_doubt and not wrapped and not self.executor.dry_run:
+                    decision = self._resume_decision(migration, statement)
+                in_doubt = False
+                if decision is not None and decision.action == resume.DONE:
+                    self._record_progress(migration, statement, digest)
+                    continue
+                if decision is not None and decision.action == resume.CONFLICT:
+                    failure: MigrationFailed | None = self._conflict(migration, statement, decision)
+                    tries = 1
+                elif wrapped:
+                    failure, tries = self._run_in_transaction(migration, statement, digest)
+                else:
+                    failure, tries = self._run_alone(migration, statement, decision)
+                attempts = max(attempts, tries)
+                if failure is not None:
+                    self._reset_session()
+                    return self._give_up(
+                        migration, failure, attempts=attempts, elapsed=_ms_since(started),
+                        skipped=skipped, counted=attempts - 1,
+                    )  # fmt: skip
+                if not wrapped:
+                    self._record_progress(migration, statement, digest)
+        except db.DatabaseError as exc:
+            if not self._lost(exc):
+                raise
+            return self._lost_during(
+                migration, exc, attempts=attempts, started=started, skipped=skipped
             )
         if skipped:
             log.info(
@@ -276,20 +285,17 @@ class _Runner:
     def _finish_non_transactional(
         self, migration: Migration, started: float, attempts: int, skipped: int
     ) -> tuple[StepResult, MigrationFailed | None]:
-        batch = _Batch()
+        batch = Batch()
         batch.add(
             f"-- {migration.filename}: verify and record (one transaction)\nBEGIN;\n{self._timeouts(local=True)}\n"
         )
-        if migration.verify_sql and migration.verify_sql.strip() and migration.verify_path:
-            batch.add(
-                migration.verify_sql,
-                source=migration.verify_path.name,
-                source_text=migration.verify_sql,
+        if migration.verify_sql and migration.verify_path and migration.verify_statements:
+            batch.add_statements(
+                migration.verify_path.name, migration.verify_sql, migration.verify_statements
             )
-            batch.add("\n;\n")
         elapsed = _ms_since(started)
-        batch.add(
-            self._history_sql(migration, "applied", attempts=0, duration_ms=elapsed)
+        batch.end(
+            self._history_sql(migration, "applied", attempts=attempts - 1, duration_ms=elapsed)
             + ";\n"
             + db.mogrify(self.conn, CLEAR_PROGRESS_SQL, {"version": migration.version})
             + ";\nCOMMIT;\n"
@@ -302,8 +308,13 @@ class _Runner:
             )
         except db.DatabaseError as exc:
             self._rollback()
+            if self._lost(exc):
+                return self._lost_during(
+                    migration, exc, attempts=attempts, started=started, skipped=skipped
+                )
             self._reset_session()
-            failure = self._failure(migration, exc, batch.locate(db.error_position(exc)))
+            where = batch.locate(db.error_position(exc), self.executor.reached)
+            failure = self._failure(migration, exc, where)
             return self._give_up(
                 migration, failure, attempts=attempts, elapsed=elapsed, skipped=skipped
             )
@@ -313,17 +324,76 @@ class _Runner:
         ), None
 
     def _run_alone(
-        self, migration: Migration, statement: Statement
+        self, migration: Migration, statement: Statement, decision: resume.Decision | None
     ) -> tuple[MigrationFailed | None, int]:
         """Run one statement in autocommit (clean-up and lock-timeout retries included)."""
+        self._attempt_clock = time.monotonic()
+        if decision is not None and decision.action == resume.FINALIZE:
+            statement = replace(statement, text=decision.sql, resumable=None, index_name=None)
         try:
             attempts = self.autocommit.run(
-                statement, label=f"{migration.filename} statement {statement.index + 1}"
+                statement,
+                label=f"{migration.filename} statement {statement.index + 1}",
+                drop=decision.drop if decision else (),
             )
         except db.DatabaseError as exc:
+            if self._lost(exc):
+                raise
             failure = self._failure(migration, exc, (migration.filename, statement.line))
             return failure, self.autocommit.attempts
         return None, attempts
+
+    def _run_in_transaction(
+        self, migration: Migration, statement: Statement, digest: str
+    ) -> tuple[MigrationFailed | None, int]:
+        """An ordinary statement of a non-transactional file, committed with its progress row."""
+        label = f"{migration.filename} statement {statement.index + 1}"
+        text = (
+            f"BEGIN;\n{statement.text}\n;\n{self._progress_sql(migration, statement, digest)};\n"
+            "COMMIT;"
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            self._attempt_clock = time.monotonic()
+            try:
+                self.executor.run(text, label=label, transactional=True)
+                return None, attempt
+            except db.DatabaseError as exc:
+                self._rollback()
+                if self._lost(exc):
+                    raise
+                if wait_to_retry(
+                    self.target, exc, attempt, what=label, before_wait=self._attempt_failed
+                ):
+                    continue
+                return self._failure(migration, exc, (migration.filename, statement.line)), attempt
+
+    def _resume_decision(self, migration: Migration, statement: Statement) -> resume.Decision:
+        """What the statement an interrupted run had in flight needs now (see resume.py)."""
+        decision = resume.decide(self.conn, statement, lock_timeout_ms=self.target.lock_timeout_ms)
+        log.warning("%s: resuming an interrupted run: %s", migration.filename, decision.reason)
+        return decision
+
+    def _restore_session_setting(self, migration: Migration, statement: Statement) -> None:
+        """A skipped SET still matters: the statements after it ran under it."""
+        if statement.kind == "VariableSetStmt":
+            self.executor.run(
+                statement.text,
+                label=f"{migration.filename} statement {statement.index + 1} (setting, again)",
+                transactional=False,
+            )
+
+    def _record_progress(self, migration: Migration, statement: Statement, digest: str) -> None:
+        self.executor.run(
+            self._progress_sql(migration, statement, digest),
+            label=f"{migration.filename} progress",
+            transactional=False,
+        )
+
+    def _progress_sql(self, migration: Migration, statement: Statement, digest: str) -> str:
+        params = {"version": migration.version, "index": statement.index, "sha": digest}
+        return db.mogrify(self.conn, PROGRESS_SQL, params)
 
     def _completed_statements(self, migration: Migration) -> list[str]:
         rows = db.fetch_all(self.conn, PROGRESS_ROWS_SQL, {"version": migration.version})
@@ -357,7 +427,29 @@ class _Runner:
         return db.mogrify(self.conn, queries.load("upsert_history"), params)
 
     def _should_retry(self, exc: db.DatabaseError, attempt: int, migration: Migration) -> bool:
-        return wait_to_retry(self.target, exc, attempt, what=migration.filename)
+        return wait_to_retry(
+            self.target, exc, attempt, what=migration.filename, before_wait=self._attempt_failed
+        )
+
+    def _attempt_failed(self, exc: db.DatabaseError, attempt: int, delay_ms: int) -> None:
+        """Log an attempt that will be retried: the history row is written by the last one only."""
+        migration = self._current
+        if migration is None or self.executor.dry_run:
+            return
+        detail = (
+            f"attempt {attempt} of {self.target.lock_retries + 1}: {db.error_message(exc)} "
+            f"[SQLSTATE {db.sqlstate(exc)}]; retried after {delay_ms} ms"
+        )
+        params = {
+            "version": migration.version, "run_id": self.run_id, "checksum": migration.checksum,
+            "operator": self.operator, "duration_ms": _ms_since(self._attempt_clock), "detail": detail,
+        }  # fmt: skip
+        self._attempt_clock = time.monotonic() + delay_ms / 1000
+        self.executor.run(
+            db.mogrify(self.conn, queries.load("attempt_failed_log"), params),
+            label=f"{migration.filename} attempt {attempt} log",
+            transactional=False,
+        )
 
     def _failure(
         self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None
@@ -365,42 +457,50 @@ class _Runner:
         code = db.sqlstate(exc)
         message = db.error_message(exc)
         place = f" at {where[0]} line {where[1]}" if where else ""
-        if db.is_connection_lost(exc) or self.conn.closed:
-            return MigrationFailed(
-                f"the connection was lost while applying {migration.filename}: {message}",
-                "an uncommitted migration is rolled back by the server; run thorbis-runbook status, "
-                "then apply again to continue",
-                version=migration.version,
-            )
-        if code == db.LOCK_NOT_AVAILABLE:
-            hint = (
-                f"another session held a conflicting lock for longer than lock_timeout "
-                f"({self.target.lock_timeout_ms} ms) on all {self.target.lock_retries + 1} attempts; "
-                "find it with thorbis-runbook precheck, or run again when traffic is lower"
-            )
-        elif code == db.QUERY_CANCELED:
-            hint = (
-                f"a statement ran longer than statement_timeout ({self.target.statement_timeout_ms} ms); "
-                "raise it for this run with --statement-timeout, or split the migration"
-            )
-        else:
-            hint = (
-                "earlier migrations stay applied and this one left nothing behind; "
-                "fix the file and run apply again"
-            )
-            if not migration.transactional:
-                hint = (
-                    "statements before this one stay applied and are skipped on the next run; "
-                    "fix the file and run apply again"
-                )
-        line = where[1] if where else None
+        role = self._role() if code in failures.PRIVILEGE_CODES else ""
+        hint = failures.hint_for(
+            code, message, target=self.target, transactional=migration.transactional, role=role
+        )
+        if code == db.LOCK_NOT_AVAILABLE and self.explain_lock_wait and self.backend_pid:
+            blocker = self.explain_lock_wait(self.backend_pid)
+            message += f"; {blocker}" if blocker else ""
         return MigrationFailed(
             f"migration {migration.filename} failed{place}: {message} [SQLSTATE {code or 'none'}]",
             hint,
             version=migration.version,
             sqlstate=code,
-            line=line,
+            line=where[1] if where else None,
         )
+
+    def _conflict(
+        self, migration: Migration, statement: Statement, decision: resume.Decision
+    ) -> MigrationFailed:
+        return failures.resume_conflict(
+            migration.filename, migration.version, statement.index + 1, statement.line,
+            decision.reason,
+        )  # fmt: skip
+
+    def _lost_during(
+        self, migration: Migration, exc: db.DatabaseError, *, attempts: int, started: float,
+        skipped: int = 0,
+    ) -> tuple[StepResult, MigrationFailed]:  # fmt: skip
+        """The connection went mid-migration: ask the server what became of it, then say so."""
+        elapsed = _ms_since(started)
+        outcome = failures.outcome_after_loss(
+            self.reconnect, version=migration.version, run_id=self.run_id,
+            backend_pid=self.backend_pid,
+        )  # fmt: skip
+        failure = failures.lost_connection(
+            migration.filename, migration.version, db.error_message(exc),
+            target_name=self.target.name, outcome=outcome, transactional=migration.transactional,
+        )  # fmt: skip
+        committed = outcome.state == failures.COMMITTED
+        status = "applied" if committed else "failed"
+        step = StepResult(
+            migration.version, migration.name, status, migration.transactional, attempts,
+            elapsed, skipped, None if committed else failure.message,
+        )  # fmt: skip
+        return step, failure
 
     def _give_up(
         self, migration: Migration, failure: MigrationFailed, *, attempts: int, elapsed: int,
@@ -423,26 +523,29 @@ class _Runner:
     ) -> None:
         if self.executor.dry_run or self.conn.closed:
             return
+        sql = self._history_sql(
+            migration, "failed", attempts=attempts, duration_ms=elapsed_ms,
+            error=failure.message, error_line=failure.line,
+        )  # fmt: skip
         try:
-            db.execute(
-                self.conn,
-                self._history_sql(
-                    migration,
-                    "failed",
-                    attempts=attempts,
-                    duration_ms=elapsed_ms,
-                    error=failure.message,
-                    error_line=failure.line,
-                ),
-            )
-        except (
-            db.DatabaseError
-        ) as exc:  # the failure itself is what matters; say we could not record it
+            db.execute(self.conn, sql)
+        except db.DatabaseError as exc:
+            # The failure itself is what matters; say it went unrecorded.
             log.error(
                 "could not record the failure of %s in the history: %s",
                 migration.filename,
                 db.error_message(exc),
             )
+
+    def _role(self) -> str:
+        """The role the failed statement ran as (after the rollback, the session's own)."""
+        try:
+            return str(db.fetch_all(self.conn, CURRENT_ROLE_SQL)[0][0])
+        except db.DatabaseError:
+            return ""
+
+    def _lost(self, exc: db.DatabaseError) -> bool:
+        return db.is_connection_lost(exc) or bool(self.conn.closed)
 
     def _rollback(self) -> None:
         if not self.executor.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -19,7 +20,8 @@ _UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}
 _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
     "lock_retries", "retry_backoff", "lock_wait", "on_failure", "backup_before_apply",
-    "commit_flush",
+    "commit_flush", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout",
 }  # fmt: skip
 BACKUP_MODES = ("full", "schema", "none")
 COMMIT_FLUSHES = ("run", "migration")
@@ -66,12 +68,30 @@ class Target:
     # is durable when apply returns, a crash mid-run loses only whole migrations, which the
     # history then shows as pending), or at every migration's commit (migration).
     commit_flush: str = "run"
+    # Client-side liveness: TCP keepalives probe a connection that has been idle for
+    # keepalives_idle, every keepalives_interval, keepalives_count times; tcp_user_timeout bounds
+    # how long sent data may stay unacknowledged. A silently dead peer is noticed in seconds.
+    keepalives: bool = True
+    keepalives_idle_ms: int = 5_000
+    keepalives_interval_ms: int = 5_000
+    keepalives_count: int = 3
+    tcp_user_timeout_ms: int = 20_000
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
         """Return a copy with the per-run overrides that were given (None means keep)."""
         given = {key: value for key, value in overrides.items() if value is not None}
         return dataclasses.replace(self, **given)  # type: ignore[arg-type]
+
+    def liveness(self) -> dict[str, int]:
+        """The liveness settings as libpq connection options (seconds, tcp_user_timeout in ms)."""
+        return {
+            "keepalives": int(self.keepalives),
+            "keepalives_idle": math.ceil(self.keepalives_idle_ms / 1000),
+            "keepalives_interval": math.ceil(self.keepalives_interval_ms / 1000),
+            "keepalives_count": self.keepalives_count,
+            "tcp_user_timeout": self.tcp_user_timeout_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -273,9 +293,8 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
     commit_flush = values.get("commit_flush", "run")
     if commit_flush not in COMMIT_FLUSHES:
         raise ConfigError(f"{where}.commit_flush = {commit_flush!r}", 'use "run" or "migration"')
-    retries = values.get("lock_retries", 3)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigError(f"{where}.lock_retries = {retries!r}", "use a whole number, 0 or more")
+    retries = _count(values.get("lock_retries", 3), f"{where}.lock_retries")
+    keepalives_count = _count(values.get("keepalives_count", 3), f"{where}.keepalives_count")
     embedded = _bool(values.get("embedded", False), f"{where}.embedded")
     dsn_env = values.get("dsn_env")
     if dsn_env is not None and not isinstance(dsn_env, str):
@@ -304,6 +323,17 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         on_failure=on_failure,
         backup_before_apply=backup_mode,
         commit_flush=commit_flush,
+        keepalives=_bool(values.get("keepalives", True), f"{where}.keepalives"),
+        keepalives_idle_ms=parse_duration_ms(
+            values.get("keepalives_idle", "5s"), what=f"{where}.keepalives_idle"
+        ),
+        keepalives_interval_ms=parse_duration_ms(
+            values.get("keepalives_interval", "5s"), what=f"{where}.keepalives_interval"
+        ),
+        keepalives_count=keepalives_count,
+        tcp_user_timeout_ms=parse_duration_ms(
+            values.get("tcp_user_timeout", "20s"), what=f"{where}.tcp_user_timeout"
+        ),
         options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
 
@@ -330,6 +360,12 @@ def _folder_section(value: object, name: str) -> None:
     reject_unknown_keys(section, ("dir",), where=f"[{name}]")
     if "dir" in section:
         _text(section["dir"], f"[{name}] dir")
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{what} = {value!r}", "use a whole number, 0 or more")
+    return value
 
 
 def _bool(value: object, what: str) -> bool:

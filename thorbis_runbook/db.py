@@ -27,13 +27,45 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 _AUTH_FAILED = {"28P01", "28000"}
 _NO_DATABASE = "3D000"
+# Client-side liveness (libpq): a peer that goes silent (a partition, a dead host) is noticed
+# within seconds instead of the operating system's two hours, and a runner never hangs holding
+# the migration lock. keepalives_idle and keepalives_interval are seconds, tcp_user_timeout
+# milliseconds, as libpq takes them; a target overrides them in runbook.toml (config.Target),
+# and a key the DSN sets itself wins over both. Unix sockets ignore them.
+DEFAULT_LIVENESS: Mapping[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}
+# Serializes concurrent first runs creating the embedded database ("thor", 2).
+_ENSURE_LOCK_SQL = "SELECT pg_advisory_lock(1953001330, 2)"
+_DUPLICATE_DATABASE = {"42P04", "23505"}  # duplicate_database; unique_violation in pg_database
 
 
-def connect(dsn: str, *, target_name: str, application_name: str = APPLICATION_NAME) -> Connection:
-    """Open an autocommit connection; raise ConnectionFailed with a redacted, actionable message."""
+def connect(
+    dsn: str,
+    *,
+    target_name: str,
+    application_name: str = APPLICATION_NAME,
+    liveness: Mapping[str, int] | None = None,
+) -> Connection:
+    """Open an autocommit connection; raise ConnectionFailed with a redacted, actionable message.
+
+    ``liveness`` holds the libpq keepalive and tcp_user_timeout options (DEFAULT_LIVENESS when
+    None); the DSN's own settings of those keys are kept.
+    """
+    options: dict[str, Any] = _liveness_options(
+        dsn, DEFAULT_LIVENESS if liveness is None else liveness
+    )
     try:
-        conn = psycopg2.connect(
-            dsn, application_name=application_name, connect_timeout=10, client_encoding="UTF8"
+        conn: Connection = psycopg2.connect(
+            dsn,
+            application_name=application_name,
+            connect_timeout=10,
+            client_encoding="UTF8",
+            **options,
         )
     except psycopg2.Error as exc:
         raise _connection_failed(exc, dsn, target_name) from None
@@ -66,12 +98,32 @@ def connection(
         conn.close()
 
 
+def _liveness_options(dsn: str, liveness: Mapping[str, int]) -> dict[str, int]:
+    """The liveness options the DSN does not set itself (a DSN libpq cannot parse gets all)."""
+    try:
+        given = set(psycopg2.extensions.parse_dsn(dsn)) if dsn else set()
+    except psycopg2.Error:
+        given = set()  # connecting reports the bad DSN, redacted
+    return {key: int(value) for key, value in liveness.items() if key not in given}
+
+
 def ensure_database(admin_dsn: str, database: str) -> None:
-    """Create ``database`` when it does not exist (embedded targets only: we own that server)."""
+    """Create ``database`` when it does not exist (embedded targets only: we own that server).
+
+    Runners started together on a fresh state folder all get here at once: an advisory lock on
+    the maintenance database makes them check and create one after the other, and a database
+    that appears anyway (created by hand meanwhile) is what was wanted.
+    """
     with connection(admin_dsn, target_name="embedded") as conn, conn.cursor() as cur:
+        cur.execute(_ENSURE_LOCK_SQL)  # a session lock: it goes with the connection
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-        if cur.fetchone() is None:
+        if cur.fetchone() is not None:
+            return
+        try:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        except psycopg2.Error as exc:
+            if sqlstate(exc) not in _DUPLICATE_DATABASE:
+                raise
 
 
 def fetch_all(

@@ -38,8 +38,16 @@ class Endpoint:
         return self.target.name
 
     def connect(self, application_name: str = db.APPLICATION_NAME) -> db.Connection:
-        """Open an autocommit connection (the caller closes it); raise ConnectionFailed."""
-        conn = db.connect(self.dsn, target_name=self.name, application_name=application_name)
+        """Open an autocommit connection (the caller closes it); raise ConnectionFailed.
+
+        With the target's keepalives and tcp_user_timeout, so a dead peer is noticed in seconds.
+        """
+        conn = db.connect(
+            self.dsn,
+            target_name=self.name,
+            application_name=application_name,
+            liveness=self.target.liveness(),
+        )
         self.__dict__.setdefault("server_version_num", conn.server_version)
         return conn
 
@@ -122,10 +130,11 @@ def _dsn(settings: Settings, target: Target, env: Mapping[str, str]) -> str:
 def embedded_database(state_dir: Path, database: str) -> str:
     """Return the URI of ``database`` on the embedded server, starting it and creating it if needed.
 
-    Cached per process; a server stopped since (``db stop``, a crash) is started again.
+    Cached per process; a server stopped since (``db stop``, a crash) is started again. A
+    process that has started nothing yet goes straight to the start, which serializes runners
+    started together: reading the server's pid file beside one that is still writing it fails.
     """
-    status = embedded.status(state_dir)
-    if not status.running:
+    if _ensured.cache_info().currsize and not embedded.status(state_dir).running:
         _ensured.cache_clear()
     return _ensured(state_dir, database)
 

@@ -40,6 +40,12 @@ class ConnectionFailed(RunbookError):
     exit_code = 2
 
 
+class ConnectionLost(RunbookError):
+    """The connection to the server went in the middle of a verb; what committed stays."""
+
+    exit_code = 1
+
+
 class ConfirmationRequired(RunbookError):
     """A production target was asked to change without the explicit confirmation flag."""
 

@@ -13,26 +13,37 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import history
-from .apply import STEP_COLUMNS, ProgressCallback, StepResult, apply_plan, failure_box
-from .config import guard_production
+from . import db, failures, history, queries, sessions
+from .apply import (
+    STEP_COLUMNS,
+    LockWaitExplainer,
+    ProgressCallback,
+    StepResult,
+    apply_plan,
+    failure_box,
+)
+from .config import Target, guard_production
 from .display import html_table
 from .endpoint import Endpoint
-from .errors import MigrationFailed, RunbookError
+from .errors import ConfigError, ConnectionLost, MigrationFailed, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
-from .migrations import Migration, discover
+from .migrations import Migration, MigrationSet, discover
 from .monitor import Monitor, MonitorResult
 from .plan import build_plan, check_to_version
 from .recovery import backup
 from .recovery.result import RollbackResult
 from .recovery.rollback import rollback_run
-from .runs import migration_lock, new_run_id, operator_name, recorded_run
+from .runs import finish_run, migration_lock, new_run_id, operator_name, recorded_run
+from .sessions import Session
 from .thresholds import load_thresholds
 
 if TYPE_CHECKING:
     import pandas
 
 log = logging.getLogger(__name__)
+APPLIED_BY_RUN_SQL = (
+    "SELECT version FROM runbook.migration_history WHERE run_id = %(run_id)s AND status = 'applied'"
+)
 
 
 @dataclass(frozen=True)
@@ -116,8 +127,10 @@ def apply(
     """Apply pending migrations (or, with dry_run, write out exactly what would run).
 
     Raises MigrationFileError, ConfigError, ConfirmationRequired, ConnectionFailed and LockBusy
-    before anything changes, and PlanBlocked for drift or out-of-order files. A failing migration
-    is reported in the result (``raise_for_failure``), after the history records it.
+    before anything changes, PlanBlocked for drift or out-of-order files, and ConnectionLost
+    when the connection goes before a migration starts. A failing migration (a lost connection
+    during one included) is reported in the result (``raise_for_failure``), after the history
+    records it.
     """
     target = endpoint.target.with_overrides(
         lock_timeout_ms=request.lock_timeout_ms, statement_timeout_ms=request.statement_timeout_ms
@@ -129,6 +142,34 @@ def apply(
     check_to_version(migrations, request.to_version)
     run_id = request.run_id or new_run_id()
     operator = request.operator or operator_name()
+    try:
+        steps, failure, monitor, unrecorded, script = _apply_locked(
+            endpoint, request, migrations, run_id=run_id, operator=operator, progress=progress
+        )
+    except db.DatabaseError as exc:  # outside the migrations: history, run rows, the lock
+        raise _interrupted(target, exc) from None
+    if unrecorded is not None and not request.dry_run:
+        failure = _confirm_unrecorded_end(endpoint, run_id, steps, failure, unrecorded)
+    watched = monitor.result() if monitor is not None else None
+    undone = None
+    if failure is not None and target.on_failure == "rollback_run" and not request.dry_run:
+        undone = _rollback_run(endpoint, run_id, steps, migrations.by_version())
+    return ApplyResult(
+        run_id, target.name, request.dry_run, steps, failure, script, watched, undone,
+        migrations.migrations,
+    )  # fmt: skip
+
+
+def _apply_locked(
+    endpoint: Endpoint, request: ApplyRequest, migrations: MigrationSet, *, run_id: str,
+    operator: str, progress: ProgressCallback | None,
+) -> tuple[tuple[StepResult, ...], MigrationFailed | None, Monitor | None, str | None, str]:  # fmt: skip
+    """Plan, save the way back and apply under the lock; the run row says how it ended.
+
+    Returns the steps, the failure, the monitor, why the run's end went unrecorded (None when
+    it was recorded) and the dry run's script.
+    """
+    target = endpoint.target
     with endpoint.connection(f"thorbis-runbook {run_id}") as conn:
         executor: LiveExecutor | ScriptExecutor = (
             ScriptExecutor() if request.dry_run else LiveExecutor(conn)
@@ -158,17 +199,105 @@ def apply(
                     steps, failure = apply_plan(
                         conn, plan, target=target, executor=executor, run_id=run_id,
                         operator=operator, progress=progress,
+                        reconnect=lambda: endpoint.connect(f"thorbis-runbook {run_id} check"),
+                        explain_lock_wait=_lock_wait_explainer(conn, monitor),
                     )  # fmt: skip
                 run.finish("failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
-    watched = monitor.result() if monitor is not None else None
-    undone = None
-    if failure is not None and target.on_failure == "rollback_run" and not request.dry_run:
-        undone = _rollback_run(endpoint, run_id, steps, migrations.by_version())
-    return ApplyResult(
-        run_id, target.name, request.dry_run, steps, failure, script, watched, undone,
-        migrations.migrations,
-    )  # fmt: skip
+    return steps, failure, monitor, run.unrecorded, script
+
+
+def _interrupted(target: Target, exc: db.DatabaseError) -> RunbookError:
+    """A driver error outside the migrations, as one sentence with its fix (never a traceback)."""
+    message = db.error_message(exc)
+    if db.is_connection_lost(exc):
+        return ConnectionLost(
+            f"the connection to target {target.name} was lost before any migration of this run "
+            f"started: {message}",
+            "no migration ran; check that the server is up and reachable, then run apply again",
+        )
+    code = db.sqlstate(exc)
+    if code in failures.PRIVILEGE_CODES:
+        return ConfigError(
+            f"target {target.name} refused the runbook's own bookkeeping (its runbook schema "
+            f"and history): {message} [SQLSTATE {code}]",
+            failures.privilege_hint(message, ""),
+        )
+    return RunbookError(
+        f"target {target.name} failed the runbook's own bookkeeping (its runbook schema and "
+        f"history): {message} [SQLSTATE {code or 'none'}]",
+        "no migration ran; run thorbis-runbook troubleshoot to see what the server reports",
+    )
+
+
+def _confirm_unrecorded_end(
+    endpoint: Endpoint, run_id: str, steps: tuple[StepResult, ...],
+    failure: MigrationFailed | None, why: str,
+) -> MigrationFailed | None:  # fmt: skip
+    """The run's row could not be closed: confirm its migrations on a new connection.
+
+    A run that completed stays completed when the history still holds every migration it
+    applied (its row is then closed from here); a server that lost some of them after a crash
+    (commit_flush = "run" defers the flush to that last commit) is a failure, said as such.
+    """
+    applied = [s.version for s in steps if s.status == "applied"]
+    try:
+        with endpoint.connection(f"thorbis-runbook {run_id} check") as conn:
+            found = {row[0] for row in db.fetch_all(conn, APPLIED_BY_RUN_SQL, {"run_id": run_id})}
+            lost = [version for version in applied if version not in found]
+            if not lost:
+                finish_run(conn, run_id, "failed" if failure else "succeeded")
+                log.info("run %s: its end was recorded on a new connection", run_id)
+                return failure
+    except (RunbookError, db.DatabaseError) as exc:
+        reason = exc.message if isinstance(exc, RunbookError) else db.error_message(exc)
+        log.warning(
+            "run %s: its end could not be recorded (%s) nor its migrations confirmed (%s); "
+            "thorbis-runbook status shows what is applied",
+            run_id, why, reason,
+        )  # fmt: skip
+        return failure
+    return failure or MigrationFailed(
+        f"the history of target {endpoint.name} no longer holds migration(s) "
+        f"{', '.join(lost)} of run {run_id}: the connection was lost while the run was being "
+        f"closed ({why}) and the server lost what had not reached disk",
+        "they show as pending in thorbis-runbook status; run apply again to apply them",
+        version=lost[0],
+    )
+
+
+def _lock_wait_explainer(conn: db.Connection, monitor: Monitor | None) -> LockWaitExplainer | None:
+    """Name who held the lock our session timed out on, from what the monitor saw it wait for."""
+    if monitor is None:
+        return None
+
+    def explain(pid: int) -> str | None:
+        waits = [w for w in monitor.result().waits if w.pid == pid and w.blockers]
+        if not waits:
+            return None
+        wait = waits[-1]
+        try:
+            return _describe_blockers(conn, wait)
+        except db.DatabaseError:
+            return None
+
+    return explain
+
+
+def _describe_blockers(conn: db.Connection, wait: Session) -> str:
+    by_pid = {s.pid: s for s in sessions.sessions(conn)}
+    held_by = []
+    for pid in wait.blockers:
+        rows = db.fetch_all(
+            conn, queries.load("lock_held"), {"pid": pid, "relation": wait.relation}
+        )
+        holds = f" holding {rows[0][0]}" if rows and rows[0][0] else ""
+        session = by_pid.get(pid)
+        held_by.append(
+            f"{session.describe()}{holds}" if session else f"pid {pid}{holds} (since gone)"
+        )
+    on = f" on {wait.relation}" if wait.relation else ""
+    return f"it waited for {wait.mode or 'a lock'}{on}, blocked by {'; '.join(held_by)}"
 
 
 def _save_before_apply(endpoint: Endpoint, run_id: str, mode: str) -> None:

@@ -7,6 +7,7 @@ and record a run the same way, here; a run row always ends in a final state.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from . import db, history, redaction
 from .config import Target
 from .executor import Executor
 
+log = logging.getLogger(__name__)
 RUN_INSERT_SQL = (
     "INSERT INTO runbook.runs (run_id, command, target, operator) "
     "VALUES (%(run_id)s, %(command)s, %(target)s, %(operator)s)"
@@ -86,21 +88,43 @@ class RunRecord:
     run_id: str
     upgraded: bool = False  # the runbook schema was created or upgraded for this run
     finished: bool = False
+    # Why the end of the run could not be recorded (a lost connection); None when it was.
+    unrecorded: str | None = None
 
     def finish(self, status: str) -> None:
-        """Record how the run ended: succeeded or failed.
+        """Record how the run ended: succeeded or failed. Never raises.
 
         A commit in the session's own synchronous_commit: it flushes the WAL of every migration
-        committed before it without waiting (apply's commit_flush = "run").
+        committed before it without waiting (apply's commit_flush = "run"). When the connection
+        is gone, the run's outcome stands as it is; ``unrecorded`` says why the row could not be
+        closed, so the caller can confirm the migrations on a new connection.
         """
-        if self.finished or self.conn.closed:
-            return  # a lost connection: nothing more can be recorded from here
+        if self.finished:
+            return
         self.finished = True
-        self.executor.run(
-            db.mogrify(self.conn, RUN_FINISH_SQL, {"run_id": self.run_id, "status": status}),
-            label="close the run",
-            transactional=False,
-        )
+        if self.conn.closed:
+            self.unrecorded = "the connection was already closed"
+            return
+        for attempt in (1, 2):
+            try:
+                self.executor.run(
+                    db.mogrify(
+                        self.conn, RUN_FINISH_SQL, {"run_id": self.run_id, "status": status}
+                    ),
+                    label="close the run",
+                    transactional=False,
+                )
+                return
+            except db.DatabaseError as exc:
+                # An error inside a failed transaction block refuses every statement until the
+                # block ends: end it and try once more.
+                db.rollback_quietly(self.conn)
+                if attempt == 2 or self.conn.closed:
+                    self.unrecorded = db.error_message(exc)
+                    log.warning(
+                        "the end of run %s could not be recorded: %s", self.run_id, self.unrecorded
+                    )
+                    return
 
 
 @contextmanager
@@ -121,8 +145,8 @@ def migration_lock(conn: db.Connection, executor: Executor, *, target: Target) -
             executor.run(
                 history.UNLOCK_SQL, label="release the migration lock", transactional=False
             )
-        elif not conn.closed:
-            history.release_lock(conn)
+        else:
+            _release_quietly(conn)
 
 
 @contextmanager
@@ -166,18 +190,23 @@ def locked_run(
         yield record
 
 
-def _finish_quietly(record: RunRecord) -> None:
-    """Close a run the body left open as failed; a broken connection cannot record it.
+def finish_run(conn: db.Connection, run_id: str, status: str) -> None:
+    """Close a run's row from another connection (the run's own was lost while closing it)."""
+    db.execute(conn, RUN_FINISH_SQL, {"run_id": run_id, "status": status})
 
-    The body may have raised inside a transaction block that failed, where every statement is
-    refused until it ends: end it, then close the run.
+
+def _finish_quietly(record: RunRecord) -> None:
+    """Close a run the body left open as failed; a broken connection cannot record it."""
+    record.finish("failed")
+
+
+def _release_quietly(conn: db.Connection) -> None:
+    """Release the lock; on a lost connection the server already has, with the session.
+
+    Raising here would replace the error that ended the run (a failed backup, say) with a
+    less useful one about the connection.
     """
-    if record.finished:
-        return
-    for attempt in (1, 2):
-        try:
-            record.finish("failed")
-            return
-        except db.DatabaseError:
-            db.rollback_quietly(record.conn)
-            record.finished = attempt == 2
+    try:
+        history.release_lock(conn)
+    except db.DatabaseError as exc:
+        log.info("the migration lock went with the lost connection (%s)", db.error_message(exc))

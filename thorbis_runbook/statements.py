@@ -36,6 +36,47 @@ _ALWAYS_OUTSIDE = {
 }
 
 Node = dict[str, Any]
+# What a rerun checks before repeating a statement that ran outside a transaction (resume.py).
+RESUMABLE_KINDS = (
+    "create_index", "drop_index", "reindex", "detach_partition", "create_database",
+    "drop_database", "create_tablespace", "drop_tablespace",
+)  # fmt: skip
+_SAFE_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+@dataclass(frozen=True)
+class ObjectName:
+    """A possibly schema-qualified name exactly as the parser read it (case and quotes resolved)."""
+
+    schema: str | None
+    name: str
+
+    def quoted(self) -> str:
+        """The name as PostgreSQL's quote_ident would write it, qualified when a schema was given."""
+        parts = (self.schema, self.name) if self.schema else (self.name,)
+        return ".".join(quote_ident(part) for part in parts)
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """What a statement that runs outside a transaction touches, for a rerun after a fault.
+
+    A runner killed or cut off during such a statement cannot know whether the server finished
+    it; the next run looks at these objects to tell (resume.py) instead of failing on
+    "already exists" or rebuilding what is there. ``kind`` is one of RESUMABLE_KINDS;
+    ``relation`` is the table of a CREATE INDEX, the index of a DROP INDEX, the index or table
+    of a REINDEX and the parent of a DETACH; ``name`` is the index, database or tablespace
+    name; ``columns`` the plain key columns of an index (None when one is an expression).
+    """
+
+    kind: str
+    relation: ObjectName | None = None
+    name: str | None = None
+    partition: ObjectName | None = None
+    scope: str | None = None  # REINDEX: index, table, schema, database or system
+    if_not_exists: bool = False
+    unique: bool = False
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +96,11 @@ class Statement:
     line: int
     kind: str
     no_transaction_reason: str | None = None
-    index_name: str | None = None  # for CREATE INDEX CONCURRENTLY: the INVALID leftover to clean
+    index_name: str | None = (
+        None  # CREATE INDEX CONCURRENTLY: the index, quoted as quote_ident does
+    )
     committing_procedure: str | None = None  # a PL/pgSQL procedure defined here that commits
+    resumable: Resumable | None = None  # what a rerun checks (statements outside a transaction)
     node: Node = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
@@ -152,6 +196,7 @@ def split_statements(
             no_transaction_reason=no_transaction_reason(node, procedures or set()),
             index_name=_concurrent_index_name(kind, body),
             committing_procedure=committing_procedure_name(node),
+            resumable=_resumable(kind, body),
             node=node if keep_nodes else {},
         )
         if kind == "TransactionStmt" and body.get("kind") in TRANSACTION_CONTROL_KINDS:
@@ -283,10 +328,107 @@ def _call_name(body: Node) -> str:
 
 
 def _concurrent_index_name(kind: str, body: Node) -> str | None:
+    """The index a CREATE INDEX CONCURRENTLY builds, quoted as quote_ident would quote it.
+
+    The index always lands in its table's schema, so the table's schema qualifies it; each
+    part is quoted on its own ("Conc Idx" stays one mixed-case name, never case-folded).
+    """
     if kind == "IndexStmt" and body.get("concurrent") and body.get("idxname"):
         schema = body.get("relation", {}).get("schemaname")
-        return f"{schema}.{body['idxname']}" if schema else str(body["idxname"])
+        return ObjectName(schema, str(body["idxname"])).quoted()
     return None
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier the way PostgreSQL's quote_ident() does: only when it must."""
+    from pglast import keywords  # deferred: see the module docstring
+
+    reserved = (
+        keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
+    )
+    if _SAFE_IDENTIFIER.match(name) and name not in reserved:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def probe_index_sql(text: str, *, table: str, index: str) -> str:
+    """The statement's CREATE INDEX rewritten to build ``index`` on ``table`` in a transaction.
+
+    Built on an empty copy of the table, the probe shows what the statement would build
+    (columns, expressions, predicate, operator classes) without reading a row, so a rerun can
+    compare it with an index that an interrupted run may have finished. Raises SqlSyntaxError.
+    """
+    import pglast  # deferred: see the module docstring
+    from pglast import ast
+    from pglast.stream import RawStream
+
+    try:
+        statement = pglast.parse_sql(text)[0].stmt
+    except pglast.parser.ParseError as exc:
+        raise SqlSyntaxError(str(exc), 0) from exc
+    if not isinstance(statement, ast.IndexStmt):
+        raise SqlSyntaxError("not a CREATE INDEX statement", 0)
+    statement.relation = ast.RangeVar(
+        schemaname="pg_temp", relname=table, inh=True, relpersistence="p"
+    )
+    statement.idxname = index
+    statement.concurrent = False
+    statement.if_not_exists = False
+    return str(RawStream()(statement))
+
+
+def _resumable(kind: str, body: Node) -> Resumable | None:
+    """Name what a statement that runs outside a transaction changes (see Resumable)."""
+    if kind == "IndexStmt" and body.get("concurrent"):
+        return Resumable(
+            "create_index", relation=_range_var(body.get("relation")), name=body.get("idxname"),
+            if_not_exists=bool(body.get("if_not_exists")), unique=bool(body.get("unique")),
+            columns=_plain_columns(body.get("indexParams")),
+        )  # fmt: skip
+    if kind == "DropStmt" and body.get("concurrent") and body.get("objects"):
+        parts = [p["String"]["sval"] for p in body["objects"][0].get("List", {}).get("items", [])]
+        if parts:
+            return Resumable("drop_index", relation=ObjectName(*_schema_and_name(parts)))
+    if kind == "ReindexStmt" and "concurrently" in _option_names(body.get("params")):
+        scope = str(body.get("kind", "")).removeprefix("REINDEX_OBJECT_").lower()
+        return Resumable(
+            "reindex", relation=_range_var(body.get("relation")), name=body.get("name"),
+            scope=scope,
+        )  # fmt: skip
+    if kind == "AlterTableStmt" and _detaches_concurrently(body):
+        partition = next(
+            cmd["AlterTableCmd"]["def"]["PartitionCmd"].get("name")
+            for cmd in body.get("cmds", ())
+            if cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
+        )
+        return Resumable(
+            "detach_partition", relation=_range_var(body.get("relation")),
+            partition=_range_var(partition),
+        )  # fmt: skip
+    if kind in ("CreatedbStmt", "DropdbStmt"):
+        verb = "create" if kind == "CreatedbStmt" else "drop"
+        return Resumable(f"{verb}_database", name=body.get("dbname"))
+    if kind in ("CreateTableSpaceStmt", "DropTableSpaceStmt"):
+        verb = "create" if kind == "CreateTableSpaceStmt" else "drop"
+        return Resumable(f"{verb}_tablespace", name=body.get("tablespacename"))
+    return None
+
+
+def _range_var(node: Node | None) -> ObjectName | None:
+    if not node or "relname" not in node:
+        return None
+    return ObjectName(node.get("schemaname"), str(node["relname"]))
+
+
+def _schema_and_name(parts: list[str]) -> tuple[str | None, str]:
+    # A DROP INDEX name may carry a database name in front (db.schema.index); only the last
+    # two parts locate it.
+    return (parts[-2] if len(parts) > 1 else None), parts[-1]
+
+
+def _plain_columns(params: list[Node] | None) -> tuple[str, ...] | None:
+    names = [item.get("IndexElem", {}).get("name") for item in params or ()]
+    return tuple(str(n) for n in names) if names and all(names) else None
 
 
 def _plpgsql_commits(body: str | None) -> bool:

@@ -1,6 +1,9 @@
 """Troubleshooting: what is stuck on a target, and the exact SQL a DBA could run to clear it.
 
 Nothing here changes the database: each remedy is written out for a person to read and run.
+A failed or half-applied migration is judged as apply will judge it on its next run (the same
+hints, the same look at a statement an interrupted run left in flight), so troubleshoot never
+asks for a hand-run fix that apply makes itself, nor says "fix the file" of a file that is fine.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import db, history, sessions
+from . import db, failures, history, resume, sessions
 from .checks import (
     Check,
     CheckReport,
@@ -23,14 +26,25 @@ from .checks import (
     skipped,
     warned,
 )
+from .config import Target
 from .endpoint import Endpoint
+from .errors import RunbookError
+from .history import HistoryRow
+from .migrations import Migration, discover
 from .sessions import Session
+from .statements import NO_TRANSACTION_HEADER
 from .thresholds import Thresholds, load_thresholds
 
 if TYPE_CHECKING:
     import pandas
 
 ACTION_COLUMNS = ("check", "sql", "why")
+PROGRESS_ROWS_SQL = (
+    "SELECT statement_index, statement_sha256 FROM runbook.statement_progress "
+    "WHERE version = %(version)s ORDER BY statement_index"
+)
+CURRENT_ROLE_SQL = "SELECT current_user"
+NOTHING_BY_HAND = "-- nothing to run by hand"
 
 
 @dataclass(frozen=True)
@@ -88,22 +102,36 @@ class TroubleshootReport:
 def troubleshoot(endpoint: Endpoint) -> TroubleshootReport:
     """Inspect a target's sessions, locks, history and indexes; raise ConnectionFailed or ConfigError."""
     thresholds = load_thresholds(endpoint.settings, endpoint.target)
+    try:  # the files say what a half-applied migration was doing; without them, less is said
+        files = discover(endpoint.settings.migrations_dir).by_version()
+    except RunbookError:
+        files = {}
     with endpoint.connection("thorbis-runbook troubleshoot") as conn:
-        return diagnose(conn, target_name=endpoint.name, thresholds=thresholds)
+        return diagnose(
+            conn, target_name=endpoint.name, thresholds=thresholds, migrations=files,
+            target=endpoint.target,
+        )  # fmt: skip
 
 
 def diagnose(
-    conn: db.Connection, *, target_name: str, thresholds: Thresholds
-) -> TroubleshootReport:
-    """Run the troubleshooting checks on an open connection."""
+    conn: db.Connection, *, target_name: str, thresholds: Thresholds,
+    migrations: Mapping[str, Migration] | None = None, target: Target | None = None,
+) -> TroubleshootReport:  # fmt: skip
+    """Run the troubleshooting checks on an open connection.
+
+    With the ``migrations`` files (by version) a failed or half-applied migration that ran
+    outside a transaction is judged as apply's next run will judge it (resume.py).
+    """
     seen = sessions.sessions(conn)
     open_ = sessions.in_transaction(seen)
+    judge = _Judge(conn, migrations or {}, target or Target(target_name))
+    history_part = _history(conn, judge)
     results = [
         _long_running(open_, thresholds, idle=False),
         _long_running(open_, thresholds, idle=True),
         _blocked_tree(sessions.waiting(seen), {s.pid: s for s in seen}, thresholds),
-        _history(conn),
-        _invalid_indexes(conn),
+        history_part,
+        _invalid_indexes(conn, judge.rebuilt),
     ]
     checks = [c for part_checks, _ in results for c in part_checks]
     actions = [a for _, part_actions in results for a in part_actions]
@@ -231,7 +259,68 @@ def _descendants(pid: int, children: Mapping[int, list[int]]) -> set[int]:
     return found
 
 
-def _history(conn: db.Connection) -> _Part:
+class _Judge:
+    """What apply's next run does with a failed or half-applied migration, said in one sentence."""
+
+    def __init__(self, conn: db.Connection, files: Mapping[str, Migration], target: Target) -> None:
+        self.conn = conn
+        self.files = files
+        self.target = target
+        self.rebuilt: dict[str, str] = {}  # INVALID index -> the migration whose rerun rebuilds it
+
+    def resume(self, row: HistoryRow) -> resume.Decision | None:
+        """The decision apply makes for the statement the row's migration had in flight."""
+        migration = self.files.get(row.version)
+        if row.transactional or migration is None or migration.checksum != row.checksum:
+            return None
+        try:
+            statements = migration.statements
+            done = _done_prefix(self.conn, row.version, statements)
+            if done >= len(statements):
+                return resume.Decision(
+                    resume.RUN, "every statement completed; apply runs the verify script and "
+                    "records it",
+                )  # fmt: skip
+            statement = statements[done]
+            if (
+                NO_TRANSACTION_HEADER.search(migration.sql) is None
+                and not statement.no_transaction_reason
+            ):
+                return resume.Decision(
+                    resume.RUN,
+                    f"statement {done + 1} runs again: it commits with its progress row, so "
+                    "it did not complete",
+                )
+            decision = resume.decide(
+                self.conn, statement, lock_timeout_ms=self.target.lock_timeout_ms
+            )
+        except (RunbookError, db.DatabaseError):
+            return None
+        for name in decision.drop:
+            self.rebuilt[name] = migration.filename
+        return decision
+
+    def hint(self, row: HistoryRow) -> str:
+        code = failures.sqlstate_of(row.error)
+        role = ""
+        if code in failures.PRIVILEGE_CODES:
+            role = str(db.fetch_all(self.conn, CURRENT_ROLE_SQL)[0][0])
+        return failures.hint_for(
+            code, row.error or "", target=self.target, transactional=row.transactional, role=role
+        )
+
+
+def _done_prefix(conn: db.Connection, version: str, statements: Sequence[object]) -> int:
+    """How many statements, from the first, an earlier run recorded as completed."""
+    done = 0
+    for index, _ in db.fetch_all(conn, PROGRESS_ROWS_SQL, {"version": version}):
+        if index != done or done >= len(statements):
+            break
+        done += 1
+    return done
+
+
+def _history(conn: db.Connection, judge: _Judge) -> _Part:
     if not history.schema_exists(conn):
         return [skipped("migration history", "no runbook schema here: nothing was applied yet")], []
     rows = [r for r in history.read_history(conn) if r.status in ("failed", "running")]
@@ -242,6 +331,17 @@ def _history(conn: db.Connection) -> _Part:
     for row in rows:
         name = f"migration {row.version}_{row.name}"
         version = row.version  # 14 digits, checked by the history table
+        if row.status == "running" and holder is not None:
+            checks.append(
+                warned(
+                    name,
+                    "running",
+                    "applied",
+                    f"in progress: the lock is held by {holder.describe()}",
+                )
+            )
+            continue
+        decision = judge.resume(row)
         if row.status == "failed":
             where = f" at line {row.error_line}" if row.error_line else ""
             checks.append(
@@ -251,16 +351,7 @@ def _history(conn: db.Connection) -> _Part:
             )
             sql = f"SELECT at, event, run_id, detail FROM runbook.migration_log WHERE version = '{version}' ORDER BY at;"
             actions.append(
-                Action(name, sql, "read every attempt; fix the file, then thorbis-runbook apply")
-            )
-        elif holder is not None:
-            checks.append(
-                warned(
-                    name,
-                    "running",
-                    "applied",
-                    f"in progress: the lock is held by {holder.describe()}",
-                )
+                Action(name, sql, f"read every attempt; {_next_step(judge, row, decision)}")
             )
         else:
             detail = f"half-applied: run {row.run_id} stopped and no runner holds the lock"
@@ -269,17 +360,21 @@ def _history(conn: db.Connection) -> _Part:
                 "SELECT statement_index, completed_at FROM runbook.statement_progress "
                 f"WHERE version = '{version}' ORDER BY statement_index;"
             )
-            actions.append(
-                Action(
-                    name,
-                    sql,
-                    "see the statements already done; thorbis-runbook apply resumes after them",
-                )
-            )
+            why = "see the statements already done; thorbis-runbook apply resumes after them"
+            if decision is not None:
+                why += f": {decision.reason}"
+            actions.append(Action(name, sql, why))
     return checks, actions
 
 
-def _invalid_indexes(conn: db.Connection) -> _Part:
+def _next_step(judge: _Judge, row: HistoryRow, decision: resume.Decision | None) -> str:
+    """What to do about a failed migration: apply's own resume when the file is fine."""
+    if decision is not None and (decision.action != resume.RUN or decision.drop):
+        return f"thorbis-runbook apply resumes it: {decision.reason}"
+    return judge.hint(row)
+
+
+def _invalid_indexes(conn: db.Connection, rebuilt: Mapping[str, str]) -> _Part:
     invalid = sorted(history.invalid_indexes(conn))
     if not invalid:
         return [passed("invalid indexes", 0, 0)], []
@@ -291,6 +386,16 @@ def _invalid_indexes(conn: db.Connection) -> _Part:
                 name, "INVALID", "valid", "left by a failed CREATE INDEX CONCURRENTLY or REINDEX"
             )
         )
+        if index in rebuilt:
+            actions.append(
+                Action(
+                    name,
+                    NOTHING_BY_HAND,
+                    f"thorbis-runbook apply drops it and builds it again when it resumes "
+                    f"{rebuilt[index]}",
+                )
+            )
+            continue
         actions.append(
             Action(
                 name,

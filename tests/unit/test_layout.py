@@ -18,9 +18,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config", "dsn", "display", "queries", "embedded", "db", "redaction", "pgtools",
      "endpoint", "checks", "thresholds", "sessions", "summary", "notify", "ledger", "parameters"),
     # migration files and what the database says about them
-    ("statements", "migrations", "plan", "history"),
+    ("statements", "migrations", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
-    ("executor", "runs", "apply", "status", "baseline", "scaffold", "seed"),
+    ("executor", "batch", "failures", "runs", "apply", "status", "baseline", "scaffold", "seed"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
