@@ -21,7 +21,7 @@ from . import (
     config,
     embedded,
     ledger,
-    lint,
+    lint_rules,
     migrate,
     parameters,
     pipeline,
@@ -299,7 +299,7 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
     if rules and not args.json:
         print("\nfixes:")
         for rule in rules:
-            print(f"  {rule}: {lint.RULES.get(rule, '')}")
+            print(f"  {rule}: {lint_rules.RULES.get(rule, '')}")
     return code
 
 

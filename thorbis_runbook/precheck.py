@@ -17,7 +17,8 @@ from .checks import Check, CheckReport, Status, at_most, failed, passed, skipped
 from .config import Settings, Target
 from .endpoint import Endpoint
 from .errors import ConfigError
-from .lint import format_size, lint
+from .lint import lint
+from .lint_rules import format_size
 from .migrations import Migration, MigrationSet, discover, sql_files
 from .plan import Plan, build_plan
 from .recovery import backup
