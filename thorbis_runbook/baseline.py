@@ -39,8 +39,8 @@ def baseline(
     with endpoint.connection(f"thorbis-runbook {run_id}") as conn:
         executor = LiveExecutor(conn)
         with locked_run(
-            conn, executor, target=endpoint.target, run_id=run_id, operator=operator,
-            command="baseline",
+            conn, executor, target=endpoint.target, connect=endpoint.connect, run_id=run_id,
+            operator=operator, command="baseline",
         ) as run:  # fmt: skip
             existing = {row.version for row in history.read_history(conn)}
             for migration in plan.pending:

@@ -46,6 +46,17 @@ class ConnectionLost(RunbookError):
     exit_code = 1
 
 
+class TransactionPooling(ConfigError):
+    """The target is reached through a pooler in transaction mode (PgBouncer, Supavisor).
+
+    Such a pooler lends the runner a server session one transaction at a time, so the session
+    advisory lock, a SET and a batch outside a transaction hold nothing; the fix is the
+    target's DSN (the direct port, or the pooler's session mode).
+    """
+
+    exit_code = 2
+
+
 class ConfirmationRequired(RunbookError):
     """A production target was asked to change without the explicit confirmation flag."""
 

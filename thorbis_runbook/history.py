@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import db, queries
+from . import db, pooler, queries
 from .errors import LockBusy
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,9 @@ LOCK_CLASSID = 0x74686F72
 LOCK_OBJID = 1
 TRY_LOCK_SQL = f"SELECT pg_try_advisory_lock({LOCK_CLASSID}, {LOCK_OBJID})"
 UNLOCK_SQL = f"SELECT pg_advisory_unlock({LOCK_CLASSID}, {LOCK_OBJID})"
+# Through a transaction-mode pooler each unlock may land on another server session: a lock
+# taken by mistake there is released by asking a few times (its holder answers one of them).
+_STRAY_UNLOCK_ATTEMPTS = 4
 
 # The runbook schema's own migrations, in order (yoyo's internal migrations).
 INTERNAL_VERSIONS: tuple[tuple[int, str], ...] = ((1, "history_v1"),)
@@ -97,15 +100,21 @@ def acquire_lock(
     conn: db.Connection,
     *,
     wait_ms: int,
+    target_name: str,
     poll_ms: int = 250,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Take the migration lock, waiting at most ``wait_ms``; raise LockBusy naming the holder."""
+    """Take the migration lock, waiting at most ``wait_ms``; raise LockBusy naming the holder.
+
+    Raises TransactionPooling when the session that took the lock is not the one answering
+    next (a transaction-mode pooler the earlier probe could not catch); the lock is let go.
+    """
     deadline = clock() + wait_ms / 1000
     announced = False
     while True:
         if db.fetch_all(conn, TRY_LOCK_SQL)[0][0]:
+            _check_lock_is_ours(conn, target_name)
             return
         holder = lock_holder(conn)
         if clock() >= deadline:
@@ -123,6 +132,27 @@ def acquire_lock(
             )
             announced = True
         sleep(poll_ms / 1000)
+
+
+def _check_lock_is_ours(conn: db.Connection, target_name: str) -> None:
+    """Ask, in the next statement, whether the session answering holds the lock just taken.
+
+    A session of our own always does. Through a transaction-mode pooler the lock stays with
+    whichever server session took it, held for nobody, while our statements go elsewhere.
+    """
+    params = {"classid": LOCK_CLASSID, "objid": LOCK_OBJID}
+    pid, holders = db.fetch_all(conn, queries.load("lock_owners"), params)[0]
+    if pid in holders:
+        return
+    for _ in range(_STRAY_UNLOCK_ATTEMPTS):
+        if db.fetch_all(conn, UNLOCK_SQL)[0][0]:
+            break
+    held_by = f"pid {', '.join(str(h) for h in holders)}" if holders else "no session"
+    raise pooler.refusal(
+        target_name,
+        f"the migration lock it took is held by {held_by}, while its next statement was "
+        f"answered by pid {pid}",
+    )
 
 
 def release_lock(conn: db.Connection) -> None:

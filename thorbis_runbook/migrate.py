@@ -174,7 +174,7 @@ def _apply_locked(
         executor: LiveExecutor | ScriptExecutor = (
             ScriptExecutor() if request.dry_run else LiveExecutor(conn)
         )
-        with migration_lock(conn, executor, target=target):
+        with migration_lock(conn, executor, target=target, connect=endpoint.connect):
             # The plan parses the pending files: a bad one stops apply here, before the
             # runbook schema or the run's row is written.
             plan = build_plan(migrations, history.read_history(conn), to_version=request.to_version)

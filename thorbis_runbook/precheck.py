@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import db, history, queries, sessions
+from . import db, history, pooler, queries, sessions
 from .checks import Check, CheckReport, Status, at_most, failed, passed, skipped, warned
 from .config import Settings, Target
 from .endpoint import Endpoint
@@ -38,6 +38,7 @@ def precheck(endpoint: Endpoint) -> CheckReport:
     thresholds = load_thresholds(endpoint.settings, endpoint.target)
     migrations = discover(endpoint.settings.migrations_dir)
     with endpoint.connection("thorbis-runbook precheck") as conn:
+        pooler.warn_if_pooled(conn, endpoint.connect, target_name=endpoint.name)
         return run_prechecks(
             conn, settings=endpoint.settings, target=endpoint.target, migrations=migrations,
             thresholds=thresholds,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import db, history, redaction
+from . import db, history, pooler, redaction
 from .config import Target
 from .executor import Executor
 
@@ -128,8 +128,17 @@ class RunRecord:
 
 
 @contextmanager
-def migration_lock(conn: db.Connection, executor: Executor, *, target: Target) -> Iterator[None]:
-    """Hold the database's migration lock (a session advisory lock) for the with block."""
+def migration_lock(
+    conn: db.Connection, executor: Executor, *, target: Target, connect: pooler.Connect
+) -> Iterator[None]:
+    """Hold the database's migration lock (a session advisory lock) for the with block.
+
+    First ``conn`` must prove it has a server session of its own (``connect`` opens the second
+    connection the probe needs): through a transaction-mode pooler the lock would hold nothing,
+    so the verb stops with TransactionPooling before anything is written. A dry run asks too,
+    since the apply it previews would stop there.
+    """
+    pooler.require_own_session(conn, connect, target_name=target.name)
     if executor.dry_run:
         executor.run(
             history.TRY_LOCK_SQL,
@@ -137,7 +146,7 @@ def migration_lock(conn: db.Connection, executor: Executor, *, target: Target) -
             transactional=False,
         )
     else:
-        history.acquire_lock(conn, wait_ms=target.lock_wait_ms)
+        history.acquire_lock(conn, wait_ms=target.lock_wait_ms, target_name=target.name)
     try:
         yield
     finally:
@@ -177,12 +186,12 @@ def recorded_run(
 
 @contextmanager
 def locked_run(
-    conn: db.Connection, executor: Executor, *, target: Target, run_id: str, operator: str,
-    command: str,
+    conn: db.Connection, executor: Executor, *, target: Target, connect: pooler.Connect,
+    run_id: str, operator: str, command: str,
 ) -> Iterator[RunRecord]:  # fmt: skip
     """The migration lock and a recorded run, for a verb that changes the target."""
     with (
-        migration_lock(conn, executor, target=target),
+        migration_lock(conn, executor, target=target, connect=connect),
         recorded_run(
             conn, executor, target=target, run_id=run_id, operator=operator, command=command
         ) as record,

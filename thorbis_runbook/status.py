@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import history
+from . import history, pooler
 from .display import html_table
 from .endpoint import Endpoint
 from .migrations import discover
@@ -49,5 +49,6 @@ def status(endpoint: Endpoint) -> StatusReport:
     """
     migrations = discover(endpoint.settings.migrations_dir)
     with endpoint.connection("thorbis-runbook status") as conn:
+        pooler.warn_if_pooled(conn, endpoint.connect, target_name=endpoint.name)
         rows = history.read_history(conn)
     return StatusReport(endpoint.name, build_plan(migrations, rows))

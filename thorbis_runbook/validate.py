@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import db, queries
+from . import db, pooler, queries
 from .benchmark import BenchmarkResult, BenchmarkSettings, compare, run_queries
 from .checks import Check, CheckReport, at_most, failed, passed, skipped, warned
 from .config import Settings, Target, reject_unknown_keys
@@ -103,6 +103,7 @@ def validate(
     migrations = discover(settings.migrations_dir)
     checks: list[Check] = []
     with endpoint.connection("thorbis-runbook validate") as conn:
+        pooler.warn_if_pooled(conn, endpoint.connect, target_name=chosen.name)
         checks += verification_checks(conn, migrations)
         checks += expectation_checks(conn, config.tables)
         schemas = config.schemas or tuple(r[0] for r in db.fetch_all(conn, _SYSTEM_SCHEMAS_SQL))

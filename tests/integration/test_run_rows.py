@@ -44,7 +44,8 @@ def test_a_run_whose_body_fails_inside_a_transaction_is_closed(
     with endpoint.connection() as runner:
         executor = LiveExecutor(runner)
         with pytest.raises(RuntimeError), locked_run(
-            runner, executor, target=endpoint.target, run_id="r1", operator="o", command="apply"
+            runner, executor, target=endpoint.target, connect=endpoint.connect, run_id="r1",
+            operator="o", command="apply",
         ):  # fmt: skip
             with pytest.raises(db.DatabaseError):
                 db.execute(runner, "BEGIN;\nSELECT 1 / 0;")

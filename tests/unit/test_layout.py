@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "thorbis_runbook"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: configuration, connections, the embedded server, the shared models
     ("errors", "config", "dsn", "display", "queries", "embedded", "db", "redaction", "pgtools",
-     "endpoint", "checks", "thresholds", "sessions", "summary", "notify", "ledger", "parameters"),
+     "endpoint", "pooler", "checks", "thresholds", "sessions", "summary", "notify", "ledger",
+     "parameters"),
     # migration files and what the database says about them
     ("statements", "migrations", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it

@@ -62,7 +62,7 @@ def schema_only(
     notes: list[str] = []
     with endpoint.connection(f"thorbis-runbook {rollback_id}") as conn:
         executor = LiveExecutor(conn)
-        with migration_lock(conn, executor, target=target):
+        with migration_lock(conn, executor, target=target, connect=endpoint.connect):
             run = None if to_version else run_row(conn, run_id, target)
             rows = _chosen_migrations(conn, run[0] if run else None, to_version)
             if not rows:
