@@ -20,6 +20,21 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
+    init_cmd = sub.add_parser(
+        "init",
+        help="start a project: runbook.toml, the four runbooks, reports/ and migrations/ "
+        "(never overwrites a file)",
+    )
+    init_cmd.add_argument(
+        "folder", nargs="?", default=".", help="the project folder (default: the current one)"
+    )
+    init_cmd.add_argument(
+        "--migrations",
+        metavar="PATH",
+        help="adopt an existing migrations folder in place (e.g. supabase/migrations) instead "
+        "of creating migrations/",
+    )
+
     db_cmd = sub.add_parser("db", help="the embedded local PostgreSQL: start, stop, status, url")
     db_cmd.add_argument("action", choices=("start", "stop", "status", "url"))
     db_cmd.add_argument("--target", help="with url: print the URL of this target's database")

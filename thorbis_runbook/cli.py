@@ -26,6 +26,7 @@ from . import (
     parameters,
     pipeline,
     precheck,
+    project,
     redaction,
     rehearse,
     scaffold,
@@ -63,6 +64,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = arguments.parser().parse_args(argv)
     _configure_logging(verbose=args.verbose)
     try:
+        if args.verb == "init":  # init writes the runbook.toml every other verb reads
+            return _init(args)
         settings = config.load_settings(Path(args.config) if args.config else None)
         redaction.gather(settings)
         return HANDLERS[args.verb](args, settings)
@@ -134,6 +137,31 @@ def _scrubbed_output() -> Iterator[None]:
 
 
 # -- verbs ---------------------------------------------------------------------------------
+def _init(args: argparse.Namespace) -> int:
+    migrations = Path(args.migrations) if args.migrations is not None else None
+    result = project.init_project(Path(args.folder), migrations=migrations)
+    for path in result.written:
+        print(f"created {_shown(path, result.root)}{'/' if path.is_dir() else ''}")
+    for path in result.existing:
+        print(f"exists  {_shown(path, result.root)} (left as it was)")
+    if result.adopted:
+        print(f"migrations: {result.migrations_dir} (adopted in place)")
+    if result.config_note:
+        print(f"note: {result.config_note}")
+    if not result.written:
+        print("nothing to write: the project has every file init writes")
+    print("\nnext:")
+    if result.root != Path.cwd().resolve():
+        print(f"  cd {result.root}")
+    for command in project.NEXT_COMMANDS:
+        print(f"  {command}")
+    return 0
+
+
+def _shown(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _db(args: argparse.Namespace, settings: config.Settings) -> int:
     state = settings.state_dir
     if args.action == "start":

@@ -154,7 +154,7 @@ def load_settings(
     if found is None:
         raise ConfigError(
             f"there is no {CONFIG_FILENAME} in {start.resolve()} or any folder above it",
-            "run from the project folder (or below it), or pass --config / set THORBIS_CONFIG",
+            "run from the project folder (or below it), pass --config / set THORBIS_CONFIG, or start a project here with: thorbis-runbook init",
         )
     path = found.resolve()
     if not path.is_file():

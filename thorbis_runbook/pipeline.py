@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import ledger, notify, report
+from . import kernels, ledger, notify, report
 from .config import Settings, Target
 from .errors import ConfigError
 from .index_page import write_index
@@ -59,14 +59,24 @@ class PipelineResult:
 
 
 def notebook_path(settings: Settings, runbook: str) -> Path:
-    """The stored notebook of a runbook; raise ConfigError for an unknown name."""
-    folder = Path(settings.sections.get("notebooks", {}).get("dir", settings.root / "notebooks"))
+    """The project's notebook of a runbook: notebooks/ beside runbook.toml, or [notebooks] dir.
+
+    Raises ConfigError for an unknown name, and for a project without the notebook (an
+    installed package runs the project's notebooks, which `init` writes).
+    """
+    if runbook not in RUNBOOKS:
+        raise ConfigError(f"there is no runbook {runbook!r}", f"choose from: {', '.join(RUNBOOKS)}")
+    configured = settings.sections.get("notebooks", {}).get("dir")
+    folder = Path(configured or settings.root / "notebooks")
     path = (settings.root / folder / f"{runbook}.ipynb").resolve()
-    if runbook not in RUNBOOKS or not path.exists():
-        raise ConfigError(
-            f"there is no runbook {runbook!r} (looked for {path})",
-            f"choose from: {', '.join(RUNBOOKS)}",
+    if not path.is_file():
+        hint = (
+            f"run thorbis-runbook init in {settings.root} to add the four runbook notebooks "
+            "(it never overwrites a file)"
         )
+        if configured:
+            hint = "fix [notebooks] dir in runbook.toml, or remove it and " + hint
+        raise ConfigError(f"the project has no {runbook} runbook: {path} does not exist", hint)
     return path
 
 
@@ -294,6 +304,7 @@ def execute(
         papermill.execute_notebook(
             str(notebook_path(settings, runbook)), str(output), parameters=injected,
             kernel_name="python3", cwd=str(settings.root), progress_bar=progress,
+            config=kernels.kernel_manager_config("python3"),
         )  # fmt: skip
     except papermill.PapermillExecutionError as exc:
         error = scrub(f"{exc.ename}: {_first_line(exc.evalue)}")
