@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
      "recovery.rollback", "monitor", "lint", "precheck", "troubleshoot", "expectations",
-     "integrity", "rls", "benchmark", "validate", "charts"),
+     "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate", "charts"),
     # verbs that compose the layers below
     ("migrate", "rehearse"),
     # the notebooks' facade and the archive
