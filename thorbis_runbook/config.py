@@ -31,6 +31,9 @@ COMMIT_FLUSHES = ("run", "migration")
 _TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
 _TARGET_PATH_KEYS = ("backup_dir", "data_directory", "pg_bin_dir")
 _RUNBOOK_KEYS = {"migrations_dir": "migrations", "state_dir": ".runbook", "default_target": "local"}
+# [runbook] keys without a default: the local server's binaries folder (one server per state
+# folder, so it is a [runbook] setting, not a target's).
+_RUNBOOK_OPTIONAL_KEYS = ("server_bin_dir",)
 # Every top-level table some module reads (grep settings.sections); a misspelt one would be
 # ignored silently and the settings the user wrote would not apply.
 KNOWN_SECTIONS = (
@@ -107,6 +110,9 @@ class Settings:
     # [validate], [benchmark], ...), raw; each is parsed by the module that owns it.
     sections: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     config_path: Path | None = None  # the runbook.toml these came from (notebooks load it again)
+    # The binaries folder of an installed PostgreSQL the local server runs on (Debian's
+    # /usr/lib/postgresql/15/bin, say, for pgcrypto and uuid-ossp); None: the bundled server.
+    server_bin_dir: Path | None = None
 
     def target(self, name: str | None = None) -> Target:
         """Return the named target (or the default); raise ConfigError for an unknown one."""
@@ -180,7 +186,7 @@ def settings_from_mapping(
     """
     reject_unknown_keys(data, KNOWN_SECTIONS, where="runbook.toml", noun="section(s)")
     section = _table(data.get("runbook", {}), "[runbook]")
-    reject_unknown_keys(section, _RUNBOOK_KEYS, where="[runbook]")
+    reject_unknown_keys(section, (*_RUNBOOK_KEYS, *_RUNBOOK_OPTIONAL_KEYS), where="[runbook]")
     for folder_section in _FOLDER_SECTIONS:
         _folder_section(data.get(folder_section, {}), folder_section)
     runbook = {key: _text(section.get(key, default), f"[runbook] {key}")
@@ -190,6 +196,11 @@ def settings_from_mapping(
     tables = _table(data.get("targets", {}), "[targets]")
     targets = {name: _target(name, values) for name, values in tables.items()}
     default = env.get("THORBIS_TARGET") or runbook["default_target"]
+    server_bin_dir = (
+        _text(section["server_bin_dir"], "[runbook] server_bin_dir")
+        if "server_bin_dir" in section
+        else None
+    )
     return Settings(
         root=root,
         migrations_dir=(root / migrations_dir).resolve(),
@@ -197,6 +208,9 @@ def settings_from_mapping(
         default_target=default,
         targets=targets,
         sections={k: v for k, v in data.items() if k not in ("runbook", "targets")},
+        server_bin_dir=(root / Path(server_bin_dir).expanduser()).resolve()
+        if server_bin_dir
+        else None,
     )
 
 

@@ -90,25 +90,29 @@ def pgdata_path(state_dir: Path) -> Path:
 def start(state_dir: Path, *, server_bin_dir: Path | None = None) -> EmbeddedStatus:
     """Start (initialising on first use) the server under ``state_dir``; idempotent.
 
-    The server outlives this process, like a server one installed: stop it with ``stop``.
+    ``server_bin_dir`` names an installed PostgreSQL's binaries (None: the bundled ones). The
+    server outlives this process, like a server one installed: stop it with ``stop``.
     Concurrent starts (ten runners at once on a fresh folder) are serialized by a file lock.
     Raises EmbeddedServerError when the binaries are unusable, the data folder belongs to
-    another major version, or initdb or pg_ctl fails.
+    another major version, or initdb or pg_ctl fails; the first two change nothing on disk.
     """
+    if server_bin_dir is not None:
+        _check_bin_dir(server_bin_dir, chosen=True)  # before the state folder is created
     state_dir.mkdir(parents=True, exist_ok=True)
     with _start_lock(state_dir):
         current = status(state_dir)
         if current.running:
+            _check_running(current, server_bin_dir)
             return current
-        bin_dir = _check_bin_dir(server_bin_dir or bundled_bin_dir())
+        bin_dir = _check_bin_dir(server_bin_dir or bundled_bin_dir(), chosen=bool(server_bin_dir))
         pgdata = pgdata_path(state_dir)
         major = _major(bin_dir)
+        if (pgdata / "PG_VERSION").is_file():
+            _check_data_version(pgdata, major, bin_dir)
         user = _server_user(pgdata)
         if user is not None:
             _let_traverse(bin_dir)
-        if (pgdata / "PG_VERSION").is_file():
-            _check_data_version(pgdata, major, bin_dir)
-        else:
+        if not (pgdata / "PG_VERSION").is_file():
             _initdb(bin_dir, pgdata, user)
         _give_to(pgdata, user)
         _write_server_file(state_dir, server_bin_dir)
@@ -175,22 +179,54 @@ def _start_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_bin_dir(bin_dir: Path) -> Path:
-    missing = [tool for tool in ("postgres", "initdb", "pg_ctl") if not (bin_dir / tool).is_file()]
-    if missing:
-        raise EmbeddedServerError(
-            f"the PostgreSQL binaries folder {bin_dir} has no {', '.join(missing)}",
-            "set server_bin_dir to a folder holding a PostgreSQL server's binaries, for example "
-            "/usr/lib/postgresql/15/bin, or remove it to use the bundled server",
-        )
-    return bin_dir
+def _check_bin_dir(bin_dir: Path, *, chosen: bool) -> Path:
+    """Return ``bin_dir`` when it holds a server (postgres, initdb, pg_ctl); else say which
+    setting is wrong: a chosen server_bin_dir, or a damaged bundled install."""
+    where = f"server_bin_dir {bin_dir}" if chosen else f"the bundled PostgreSQL folder {bin_dir}"
+    if not bin_dir.is_dir():
+        problem = "does not exist" if not bin_dir.exists() else "is not a folder"
+    else:
+        missing = [t for t in ("postgres", "initdb", "pg_ctl") if not (bin_dir / t).is_file()]
+        if not missing:
+            return bin_dir
+        problem = f"has no {' or '.join(missing)}, so no server can run from it"
+    hint = (
+        "set server_bin_dir in the [runbook] table of runbook.toml to the folder holding an "
+        "installed PostgreSQL's postgres, initdb and pg_ctl (for example "
+        "/usr/lib/postgresql/15/bin), or remove it to use the bundled server"
+        if chosen
+        else "reinstall thorbis-runbook, or set server_bin_dir to an installed PostgreSQL's "
+        "binaries folder"
+    )
+    raise EmbeddedServerError(f"{where} {problem}", hint)
+
+
+def _check_running(current: EmbeddedStatus, server_bin_dir: Path | None) -> None:
+    """A running server serves as it is; but binaries of another major version than its data
+    would be refused at the next start, so say so now rather than run on what was not asked."""
+    wanted = server_bin_dir or bundled_bin_dir()
+    running = current.bin_dir()
+    if wanted.resolve() == running.resolve():
+        return
+    major = _major(wanted)
+    if current.version is not None and major != current.version:
+        _check_data_version(current.pgdata, major, wanted)
+    log.warning(
+        "the local PostgreSQL runs on %s, not %s; run thorbis-runbook db stop, then db start, "
+        "to switch",
+        running,
+        wanted,
+    )
 
 
 def _major(bin_dir: Path) -> int:
     out = _run([str(bin_dir / "postgres"), "--version"], user=None, what="postgres --version")
     match = _VERSION.search(out)
     if not match:
-        raise EmbeddedServerError(f"cannot read the version of {bin_dir / 'postgres'}", "")
+        raise EmbeddedServerError(
+            f"cannot read the PostgreSQL version of {bin_dir / 'postgres'} ({out.strip()!r})",
+            "point server_bin_dir at a PostgreSQL server's binaries folder",
+        )
     return int(match[1])
 
 
@@ -200,8 +236,9 @@ def _check_data_version(pgdata: Path, major: int, bin_dir: Path) -> None:
         raise EmbeddedServerError(
             f"the local data folder {pgdata} belongs to PostgreSQL {version}, but the server "
             f"binaries in {bin_dir} are PostgreSQL {major}",
-            f"point server_bin_dir at PostgreSQL {version}'s binaries, or run thorbis-runbook "
-            f"db stop and move {pgdata} away to start afresh",
+            f"point server_bin_dir at PostgreSQL {version}'s binaries (or remove it, if the "
+            f"bundled server made the folder), or run thorbis-runbook db stop and move {pgdata} "
+            "away to start afresh",
         )
 
 

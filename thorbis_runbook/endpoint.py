@@ -112,7 +112,9 @@ def resolve(
 
 def _dsn(settings: Settings, target: Target, env: Mapping[str, str]) -> str:
     if target.embedded:
-        return embedded_database(settings.state_dir, target.database)
+        return embedded_database(
+            settings.state_dir, target.database, server_bin_dir=settings.server_bin_dir
+        )
     if target.dsn_env:
         dsn = env.get(target.dsn_env, "")
         if not dsn.strip():
@@ -127,20 +129,22 @@ def _dsn(settings: Settings, target: Target, env: Mapping[str, str]) -> str:
     return ""
 
 
-def embedded_database(state_dir: Path, database: str) -> str:
+def embedded_database(state_dir: Path, database: str, *, server_bin_dir: Path | None = None) -> str:
     """Return the URI of ``database`` on the embedded server, starting it and creating it if needed.
 
-    Cached per process; a server stopped since (``db stop``, a crash) is started again. A
-    process that has started nothing yet goes straight to the start, which serializes runners
-    started together: reading the server's pid file beside one that is still writing it fails.
+    ``server_bin_dir`` is the [runbook] setting: the installed PostgreSQL the server runs on
+    (None: the bundled one). Cached per process; a server stopped since (``db stop``, a crash)
+    is started again. A process that has started nothing yet goes straight to the start, which
+    serializes runners started together: reading the server's pid file beside one that is still
+    writing it fails. Raises EmbeddedServerError when the server cannot start.
     """
     if _ensured.cache_info().currsize and not embedded.status(state_dir).running:
         _ensured.cache_clear()
-    return _ensured(state_dir, database)
+    return _ensured(state_dir, database, server_bin_dir)
 
 
 @lru_cache(maxsize=32)
-def _ensured(state_dir: Path, database: str) -> str:
-    server = embedded.start(state_dir)
+def _ensured(state_dir: Path, database: str, server_bin_dir: Path | None) -> str:
+    server = embedded.start(state_dir, server_bin_dir=server_bin_dir)
     db.ensure_database(server.uri("postgres"), database)
     return server.uri(database)

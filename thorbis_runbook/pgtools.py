@@ -52,13 +52,16 @@ class PgTools:
 def find_tools(settings: Settings, target: Target, *, server_version_num: int) -> PgTools:
     """Find client tools no older than the server: pg_dump refuses to dump a newer server.
 
-    Embedded targets use the server's own tools; others the target's ``pg_bin_dir`` option, else
-    PATH. Raises ConfigError when the tools are missing or older than the server.
+    Embedded targets use the server's own tools: those of the binaries it was started with, else
+    the [runbook] server_bin_dir, else the bundled ones. Others use the target's ``pg_bin_dir``
+    option, else PATH. Raises ConfigError when the tools are missing or older than the server.
     """
     server_major = server_version_num // 10000
     if target.embedded:
         status = embedded.status(settings.state_dir)
-        bin_dir: Path | None = status.bin_dir()
+        bin_dir: Path | None = (
+            status.server_bin_dir or settings.server_bin_dir or embedded.bundled_bin_dir()
+        )
         os_user = embedded.server_user(settings.state_dir)
     else:
         option = target.options.get("pg_bin_dir")

@@ -1,7 +1,7 @@
-"""Validation after a migration: verify scripts, history, schema, integrity, RLS, metrics, speed.
+"""Validation after a migration: verify scripts, history, indexes, integrity, RLS, metrics, speed.
 
 ``validate`` gathers every check into one CheckReport; each concern lives in its own module
-(expectations, integrity, rls, benchmark). Nothing here writes: verify scripts and probes run
+(amcheck, expectations, integrity, rls, benchmark). Nothing here writes: verify scripts and probes run
 in transactions that are rolled back.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import db, pooler, queries
+from . import amcheck, db, pooler, queries
 from .benchmark import BenchmarkResult, BenchmarkSettings, compare, run_queries
 from .checks import Check, CheckReport, at_most, failed, passed, skipped, warned
 from .config import Settings, Target, reject_unknown_keys
@@ -37,7 +37,7 @@ from .thresholds import Thresholds, load_thresholds
 
 log = logging.getLogger(__name__)
 
-_KEYS = {"schemas", "workers", "tables", "references", "rules", "formats", "rls"}
+_KEYS = {"schemas", "workers", "tables", "references", "rules", "formats", "rls", "amcheck"}
 _SYSTEM_SCHEMAS_SQL = (
     "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname NOT LIKE 'pg\\_%'"
     " AND nspname NOT IN ('information_schema', 'runbook') ORDER BY 1"
@@ -56,6 +56,9 @@ class ValidateSettings:
     formats: tuple[FormatRule, ...] = ()
     rls: RlsSettings = field(default_factory=RlsSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # bt_index_check of the latest run's indexes: with every table row looked up in the index
+    # (heapallindexed, a full scan of each table), the index's own pages only, or off.
+    amcheck: str = "heapallindexed"
 
     @classmethod
     def from_settings(cls, settings: Settings, target: Target) -> ValidateSettings:
@@ -75,6 +78,12 @@ class ValidateSettings:
         workers = section.get("workers", 2)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"validate.workers = {workers!r}", "write a whole number, 1 or more")
+        mode = section.get("amcheck", "heapallindexed")
+        if mode not in amcheck.MODES:
+            raise ConfigError(
+                f"validate.amcheck = {mode!r} is not a mode",
+                'write "heapallindexed", "structure" or "off"',
+            )
         return cls(
             schemas=tuple(schemas) if schemas is not None else None,
             workers=workers,
@@ -83,6 +92,7 @@ class ValidateSettings:
             rules=parse_rules(section.get("rules")),
             formats=parse_formats(section.get("formats")),
             rls=RlsSettings.parse(section.get("rls")),
+            amcheck=mode,
             # One [thresholds] table (and the target's own) serves every check.
             thresholds=load_thresholds(settings, target),
         )
@@ -105,6 +115,10 @@ def validate(
     with endpoint.connection("thorbis-runbook validate") as conn:
         pooler.warn_if_pooled(conn, endpoint.connect, target_name=chosen.name)
         checks += verification_checks(conn, migrations)
+        checks += amcheck.index_checks(
+            conn, migrations, mode=config.amcheck, lock_timeout_ms=chosen.lock_timeout_ms,
+            statement_timeout_ms=chosen.statement_timeout_ms,
+        )  # fmt: skip
         checks += expectation_checks(conn, config.tables)
         schemas = config.schemas or tuple(r[0] for r in db.fetch_all(conn, _SYSTEM_SCHEMAS_SQL))
         probes = integrity_probes(

@@ -74,7 +74,7 @@ def managed_cluster(settings: Settings, target: Target) -> ManagedCluster:
     if target.embedded:
         status = embedded.status(settings.state_dir)
         if not status.running:
-            status = embedded.start(settings.state_dir)
+            status = embedded.start(settings.state_dir, server_bin_dir=settings.server_bin_dir)
         return ManagedCluster(
             status.pgdata, status.bin_dir(), _owner(status.pgdata),
             f'-h "" -k "{status.socket_dir}"',
