@@ -46,11 +46,14 @@ def test_a_table_waits_for_its_data_indexes_constraints_and_the_foreign_keys_to_
     assert "business_core.odd" not in waits and len(waits) == 2  # a name with a space: left out
 
 
-def test_progress_completes_a_table_when_its_last_item_is_reported() -> None:
+def test_progress_completes_a_table_when_its_last_item_is_reported_and_counts_workers() -> None:
     progress = RestoreProgress(table_waits(LISTING))
     assert progress.feed("pg_restore: processing item 240 TABLE customers") == []
     assert progress.feed("pg_restore: launching item 2964 TABLE DATA customers") == []
+    assert progress.feed("pg_restore: launching item 2966 TABLE DATA work_orders") == []
+    assert progress.running == 2
     assert progress.feed("pg_restore: finished item 2964 TABLE DATA customers") == []
+    assert progress.running == 1
     for item in (2645, 2648, 2725, 2966):
         assert progress.feed(f"pg_restore: finished item {item} X y") == []
     assert progress.feed("pg_restore: finished item 2659 CONSTRAINT work_orders pk") == []

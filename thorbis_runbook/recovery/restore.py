@@ -8,11 +8,10 @@ waits for, and a pool of sessions counts and analyzes every table as soon as it 
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,15 +40,13 @@ _TOC_ENTRY = re.compile(r"(\d+); (\d+) \d+ (.*)")
 _TOC_DEPENDS = re.compile(r";\s+depends on:([\d ]*)")
 # Names with spaces would make the fields ambiguous: such a table is checked after the restore.
 _TABLE_DATA = re.compile(r"TABLE DATA (\S+) (\S+) \S+")
-_ITEM_DONE = re.compile(
-    r"pg_restore: (?:processing|processing missed|skipping|finished) item (\d+) "
+_ITEM = re.compile(
+    r"pg_restore: (processing|processing missed|skipping|launching|finished) item (\d+) "
 )
-_ERROR_LINES = (
-    "pg_restore: error",
-    "pg_restore: warning",
-    "pg_restore: detail",
-    "pg_restore: hint",
-)
+# The lines that say what went wrong (the others report progress): the failed item, the
+# server's error and its command. The first few are the cause.
+_ERROR_LINES = ("pg_restore: error", "pg_restore: warning", "pg_restore: detail",
+                "pg_restore: hint", "pg_restore: from TOC entry")  # fmt: skip
 
 
 def full_restore(
@@ -240,7 +237,7 @@ def _restore_and_check(
     pool = _CheckPool(restored, jobs=jobs, application_name=application_name)
     try:
         with restored.connection(application_name) as catalog:
-            messages = _follow(process.stderr, progress, pool, catalog)
+            messages = _follow(process.stderr, progress, pool, catalog, jobs=jobs)
             if pool.failed:
                 process.kill()
                 pool.close()  # raises what the session met
@@ -269,9 +266,18 @@ def _restore_and_check(
 
 
 def _follow(
-    stderr: IO[str] | None, progress: RestoreProgress, pool: _CheckPool, catalog: db.Connection
+    stderr: IO[str] | None,
+    progress: RestoreProgress,
+    pool: _CheckPool,
+    catalog: db.Connection,
+    *,
+    jobs: int,
 ) -> list[str]:
     """Read pg_restore's messages until it exits, handing each complete table to the pool.
+
+    The pool works with the job slots pg_restore leaves idle (its last big table's indexes,
+    say, while the other workers have nothing left); on a machine whose cores pg_restore's
+    jobs already keep busy, a session more would only slow the restore down.
 
     Returns the first of its error lines. Stops early when a session of the pool fails.
     """
@@ -292,6 +298,7 @@ def _follow(
             table = tables.get(name)
             if table is not None and not table.inherits:
                 pool.submit(table)
+        pool.share(jobs - progress.running)
         if pool.failed:
             break
     return messages
@@ -305,17 +312,24 @@ def _tables(conn: db.Connection) -> dict[str, _Table]:
 
 
 class _CheckPool:
-    """``jobs`` sessions on the restored copy, counting and analyzing the tables handed to them."""
+    """``jobs`` sessions on the restored copy, counting and analyzing the tables handed to them.
+
+    While pg_restore runs, only as many of them work at once as its own jobs leave free (see
+    share): the restore itself keeps the cores it was given.
+    """
 
     def __init__(self, restored: Endpoint, *, jobs: int, application_name: str) -> None:
         self.counts: dict[str, int] = {}
         self.submitted: set[str] = set()
-        self._tasks: queue.SimpleQueue[tuple[str, str, str] | None] = queue.SimpleQueue()
+        self._tasks: deque[tuple[str, str, str]] = deque()
         self._errors: list[BaseException] = []
-        self._stop = threading.Event()
+        self._slots = self._size = max(jobs, 1)
+        self._busy = 0
+        self._closing = self._stopped = False
+        self._changed = threading.Condition()
         self._threads = [
             threading.Thread(target=self._work, args=(restored, application_name), daemon=True)
-            for _ in range(max(jobs, 1))
+            for _ in range(self._size)
         ]
         for thread in self._threads:
             thread.start()
@@ -327,43 +341,66 @@ class _CheckPool:
     def submit(self, table: _Table) -> None:
         # Two tasks, so two sessions can take one big table at once: count(*) and ANALYZE take
         # locks that do not conflict. ANALYZE first: on a big table it is the longer of the two.
-        self.submitted.add(table.name)
-        self._tasks.put(("analyze", table.name, table.analyze_sql))
-        self._tasks.put(("count", table.name, table.count_sql))
+        with self._changed:
+            self.submitted.add(table.name)
+            self._tasks.append(("analyze", table.name, table.analyze_sql))
+            self._tasks.append(("count", table.name, table.count_sql))
+            self._changed.notify_all()
+
+    def share(self, slots: int) -> None:
+        """Let at most ``slots`` sessions work at once (a statement already running finishes)."""
+        with self._changed:
+            self._slots = slots
+            self._changed.notify_all()
 
     def close(self) -> dict[str, int]:
-        """Wait until every table handed out is done; raise the first error a session met."""
-        self._join()
+        """Work with every session until all handed out is done; raise a session's first error."""
+        with self._changed:
+            self._closing, self._slots = True, self._size
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join()
         if self._errors:
             raise self._errors[0]
         return self.counts
 
     def cancel(self) -> None:
-        """Skip what is still queued and wait for the sessions to end (idempotent)."""
-        self._stop.set()
-        self._join()
-
-    def _join(self) -> None:
-        if any(thread.is_alive() for thread in self._threads):
-            for _ in self._threads:
-                self._tasks.put(None)
+        """Drop what is still queued and wait for the sessions to end (idempotent)."""
+        with self._changed:
+            self._closing = self._stopped = True
+            self._tasks.clear()
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join()
+
+    def _next(self) -> tuple[str, str, str] | None:
+        with self._changed:
+            while not self._stopped and (self._tasks or not self._closing):
+                if self._tasks and self._busy < self._slots:
+                    self._busy += 1
+                    return self._tasks.popleft()
+                self._changed.wait()
+            return None
 
     def _work(self, restored: Endpoint, application_name: str) -> None:
         try:
             with restored.connection(application_name) as conn:
-                while (task := self._tasks.get()) is not None:
+                while (task := self._next()) is not None:
                     kind, name, statement = task
-                    if self._stop.is_set():
-                        continue
-                    if kind == "count":
-                        self.counts[name] = int(db.fetch_all(conn, statement)[0][0])
-                    else:
-                        db.execute(conn, statement)
+                    try:
+                        if kind == "count":
+                            self.counts[name] = int(db.fetch_all(conn, statement)[0][0])
+                        else:
+                            db.execute(conn, statement)
+                    finally:
+                        with self._changed:
+                            self._busy -= 1
+                            self._changed.notify_all()
         except (RunbookError, db.DatabaseError) as exc:
-            self._errors.append(exc)
-            self._stop.set()
+            with self._changed:
+                self._errors.append(exc)
+                self._stopped = True
+                self._changed.notify_all()
 
 
 def table_waits(listing: str) -> dict[str, frozenset[int]]:
@@ -416,9 +453,11 @@ def _dependents_of(item: int, dependents: Mapping[int, Iterable[int]]) -> set[in
 
 
 class RestoreProgress:
-    """Which tables a verbose pg_restore has completed, read from its messages line by line."""
+    """What a verbose parallel pg_restore is doing, read from its messages line by line: the
+    tables it has completed and how many items its workers are running."""
 
     def __init__(self, waits: Mapping[str, frozenset[int]]) -> None:
+        self.running = 0
         self._pending = {name: set(items) for name, items in waits.items()}
         self._waiting_on: dict[int, list[str]] = defaultdict(list)
         for name, items in waits.items():
@@ -427,10 +466,14 @@ class RestoreProgress:
 
     def feed(self, line: str) -> list[str]:
         """Return the tables the item this line reports as done completes (often none)."""
-        done = _ITEM_DONE.match(line)
-        if done is None:
+        reported = _ITEM.match(line)
+        if reported is None:
             return []
-        item = int(done[1])
+        if reported[1] == "launching":
+            self.running += 1
+            return []
+        self.running -= reported[1] == "finished"
+        item = int(reported[2])
         complete = []
         for name in self._waiting_on.pop(item, ()):
             self._pending[name].discard(item)
