@@ -1,24 +1,31 @@
 """Benchmark: our verified backup and full restore against raw pg_dump -Fd -j2 / pg_restore -j2.
 
-On one throwaway embedded PostgreSQL, the Thorbis schema is seeded with 1,000,000 work orders
-(``seed(conn, businesses=1000)``). Then, round-robin in each of ``--repeats`` repeats (default 3):
+On one throwaway embedded PostgreSQL the Thorbis schema is seeded with ``--businesses`` (default
+1000: 1,000,000 work orders, about 1 GB by ``pg_database_size``). Then, in each of ``--repeats``
+repeats (default 5), after one untimed warm-up restore:
 
 - ``raw_dump``: ``pg_dump -Fd -j2 -f DIR`` of the database (the server's own pg_dump).
-- ``backup``: ``thorbis_runbook.recovery.backup.take_backup(...)``: the same dump plus row counts in the
-  dump's snapshot, SHA-256 of every file, manifest, and verification (checksums re-read,
-  ``pg_restore --list``).
-- ``raw_restore``: ``pg_restore -j2`` of a raw dump into a fresh empty database.
-- ``full_restore``: ``thorbis_runbook.recovery.restore.full_restore(...)`` of a backup: checksums
-  re-verified, maintenance mode, ``pg_restore -j2`` into a new database, row counts compared
-  with the manifest, ANALYZE, swap by rename.
+- ``backup``: ``thorbis_runbook.recovery.backup.take_backup(...)``: the same dump plus row counts
+  in the dump's snapshot, SHA-256 of every file, manifest, and verification (checksums re-read,
+  ``pg_restore --list``). This backup is the one both restores below read.
+- ``raw_restore``: ``pg_restore -j2 --exit-on-error`` of that backup's archive into a fresh empty
+  database (created outside the timed region, dropped after).
+- ``full_restore``: ``thorbis_runbook.recovery.restore.full_restore(...)`` of the same backup:
+  checksums re-verified, maintenance mode, a new database, ``pg_restore -j2``, every row count
+  compared with the manifest, ANALYZE, swap by rename. Its phases (``result.timings``) are kept.
 
-Medians and the ratio ours / raw are printed and written to
-``benchmarks/results/backup_restore-<timestamp>.json``. Then the recovery time of each rollback
-strategy is measured once on the same database: schema_only (a migration adding a column and a
-concurrent index to business_hs.work_orders, undone by its down script), full_restore (above)
-and point_in_time (``pitr enable``, the migration applied, recovery to just before it).
+Both pairs alternate which contender goes first from one repeat to the next. Before every timed
+contender the server is settled (no autovacuum worker running, CHECKPOINT, sync), and after a
+full restore the swapped-in database is vacuumed (untimed), so every repeat starts from the same
+state. Medians, min and max, the ratio of medians and the median of the per-repeat (paired)
+ratios are printed and written to ``benchmarks/results/backup_restore-<timestamp>.json``.
 
-Run: ``.venv/bin/python benchmarks/backup_restore.py [--repeats N] [--businesses N]``.
+Unless ``--restore-only``, the recovery time of each rollback strategy is then measured once on
+the same database: schema_only (a migration adding a column and a concurrent index to
+business_hs.work_orders, undone by its down script), full_restore (the median above) and
+point_in_time (``pitr enable``, the migration applied, recovery to just before it).
+
+Run: ``.venv/bin/python benchmarks/backup_restore.py [--repeats N] [--businesses N] [--restore-only]``.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from thorbis_runbook import db, embedded, migrate, seed
 from thorbis_runbook.config import Settings, settings_from_mapping
-from thorbis_runbook.endpoint import resolve
+from thorbis_runbook.endpoint import Endpoint, resolve
 from thorbis_runbook.recovery import backup, down_scripts, pitr, restore, rollback
 from thorbis_runbook.recovery.result import RollbackResult
 from thorbis_runbook.runs import new_run_id
@@ -46,17 +54,32 @@ from thorbis_runbook.runs import new_run_id
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 EXTRA = "20250301000000_work_order_rating"
+SCHEMA_VERSION = "20250131000008"
+PAIRS = {"raw_dump": "backup", "raw_restore": "full_restore"}  # raw -> ours
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--businesses", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--businesses", type=int, default=1000, help="1000 = about 1 GB")
+    parser.add_argument(
+        "--restore-only",
+        action="store_true",
+        help="time only raw_restore and full_restore (the backup they read is taken untimed) "
+        "and skip the recovery time of each strategy",
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed raw restores first")
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     state = Path(tempfile.mkdtemp(prefix="bench-backup-"))
     try:
-        report = run(state, repeats=args.repeats, businesses=args.businesses)
+        report = run(
+            state,
+            repeats=args.repeats,
+            businesses=args.businesses,
+            restore_only=args.restore_only,
+            warmup=args.warmup,
+        )
     finally:
         embedded.destroy(state)
         shutil.rmtree(state, ignore_errors=True)
@@ -66,60 +89,116 @@ def main() -> None:
     print(f"\nwritten to {out}")
 
 
-def run(state: Path, *, repeats: int, businesses: int) -> dict[str, object]:
+def run(
+    state: Path, *, repeats: int, businesses: int, restore_only: bool, warmup: int
+) -> dict[str, object]:
     settings = _settings(state)
-    target = settings.target()
+    endpoint = resolve(settings, settings.target())
     load_start = os.getloadavg()
     started = time.monotonic()
     migrate.apply(
-        resolve(settings), migrate.ApplyRequest(to_version="20250131000008")
+        resolve(settings), migrate.ApplyRequest(to_version=SCHEMA_VERSION)
     ).raise_for_failure()
-    dsn = resolve(settings, target).dsn
-    with db.connection(dsn, target_name="bench") as conn:
+    with endpoint.connection() as conn:
         seeded = seed.seed(conn, businesses=businesses)
         db.execute(conn, "VACUUM ANALYZE")
-        size = db.fetch_all(conn, "SELECT pg_database_size(current_database())")[0][0]
+        size = int(db.fetch_all(conn, "SELECT pg_database_size(current_database())")[0][0])
     print(
-        f"seeded {seeded.work_orders} work orders ({size / 1e6:.0f} MB) in {time.monotonic() - started:.0f} s"
+        f"seeded {seeded.work_orders} work orders ({size / 1e6:.0f} MB) "
+        f"in {time.monotonic() - started:.0f} s"
     )
     bin_dir = embedded.status(state).bin_dir()
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("raw_dump", "backup", "raw_restore", "full_restore")
-    }
-    contenders: list[tuple[str, Callable[[], float]]] = [
-        ("raw_dump", lambda: _raw_dump(bin_dir, dsn, state)),
-        ("backup", lambda: _our_backup(settings)),
-        ("raw_restore", lambda: _raw_restore(bin_dir, dsn, state)),
-        ("full_restore", lambda: _our_full_restore(settings)),
-    ]
+    names = ["raw_restore", "full_restore"] if restore_only else [*PAIRS, *PAIRS.values()]
+    samples: dict[str, list[float]] = {name: [] for name in names}
     phases: list[dict[str, float]] = []
-    for repeat in range(repeats):
-        order = contenders[repeat % 2 * 2 :] + contenders[: repeat % 2 * 2]  # alternate pairs
-        for name, contender in order:
-            seconds = contender()
-            samples[name].append(seconds)
-            print(f"repeat {repeat + 1}: {name:13s} {seconds:7.2f} s")
-        phases.append(_LAST_RESTORE_PHASES.copy())
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    ratios = {
-        "backup / raw_dump": medians["backup"] / medians["raw_dump"],
-        "full_restore / raw_restore": medians["full_restore"] / medians["raw_restore"],
+    for repeat in range(-warmup, repeats):
+        run_id = new_run_id()
+        if repeat < 0:  # warm-up: one raw restore of an untimed backup, nothing recorded
+            manifest = backup.take_backup(endpoint, run_id=run_id).manifest
+            _settle(endpoint)
+            print(f"warm-up: raw_restore {_raw_restore(endpoint, bin_dir, manifest):7.2f} s")
+            backup.remove_backup(manifest)
+            continue
+        label = f"repeat {repeat + 1}"
+        if restore_only:
+            manifest = backup.take_backup(endpoint, run_id=run_id).manifest
+        else:
+            manifest, timed = _dump_pair(
+                endpoint, bin_dir, state, run_id, first_raw=repeat % 2 == 0
+            )
+            _record(samples, timed, label)
+        # A run of its own for full_restore to undo (nothing pending: it only records the run).
+        migrate.apply(
+            resolve(settings), migrate.ApplyRequest(run_id=run_id, to_version=SCHEMA_VERSION)
+        ).raise_for_failure()
+        contenders: list[tuple[str, Callable[[], float]]] = [
+            ("raw_restore", partial(_raw_restore, endpoint, bin_dir, manifest)),
+            ("full_restore", partial(_full_restore, endpoint, run_id, phases)),
+        ]
+        timed = {}
+        for name, contender in contenders if repeat % 2 == 0 else contenders[::-1]:
+            _settle(endpoint)
+            timed[name] = contender()
+        _record(samples, timed, label)
+        backup.remove_backup(manifest)
+    summary = _summary(samples)
+    phase_medians = {
+        key: statistics.median(p[key] for p in phases if key in p)
+        for key in dict.fromkeys(k for p in phases for k in p)
     }
-    for name, ratio in ratios.items():
-        print(f"{name}: {ratio:.2f}x")
-    recovery = _recovery_times(settings, medians["full_restore"])
-    for strategy, seconds in recovery.items():
-        print(f"recovery time {strategy}: {seconds:.2f} s")
+    print("\nfull_restore phases (median s): " + _phase_text(phase_medians))
+    recovery: dict[str, float] = {}
+    if not restore_only:
+        recovery = _recovery_times(settings, statistics.median(samples["full_restore"]))
+        for strategy, seconds in recovery.items():
+            print(f"recovery time {strategy}: {seconds:.2f} s")
     return {
         "businesses": businesses, "work_orders": seeded.work_orders, "database_bytes": size,
-        "repeats": repeats, "samples": samples, "medians": medians, "ratios": ratios,
-        "full_restore_phases": phases, "recovery_seconds": recovery,
-        "machine": {"nproc": os.cpu_count(), "load_start": load_start, "load_end": os.getloadavg(),
-                    "server_version": embedded.status(state).version},
+        "repeats": repeats, "warmup": warmup, "samples": samples, "summary": summary,
+        "full_restore_phases": phases, "full_restore_phase_medians": phase_medians,
+        "recovery_seconds": recovery,
+        "machine": {"nproc": os.cpu_count(), "load_start": load_start,
+                    "load_end": os.getloadavg(), "server_version": embedded.status(state).version,
+                    "git_commit": _git("rev-parse", "HEAD").strip(),
+                    "package_has_uncommitted_changes": bool(
+                        _git("status", "--porcelain", "--", "thorbis_runbook").strip())},
     }  # fmt: skip
 
 
-_LAST_RESTORE_PHASES: dict[str, float] = {}
+def _record(samples: dict[str, list[float]], timed: Mapping[str, float], label: str) -> None:
+    for name, seconds in timed.items():
+        print(f"{label}: {name:13s} {seconds:7.2f} s")
+        samples[name].append(seconds)
+
+
+def _summary(samples: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Median, min, max per contender; ratio of medians and median paired ratio per pair."""
+    summary: dict[str, dict[str, float]] = {}
+    print()
+    for name, values in samples.items():
+        summary[name] = {
+            "median": statistics.median(values), "min": min(values), "max": max(values),
+        }  # fmt: skip
+        print(f"{name:13s} median {summary[name]['median']:7.2f} s  "
+              f"min {min(values):7.2f}  max {max(values):7.2f}")  # fmt: skip
+    for raw, ours in PAIRS.items():
+        if raw not in samples:
+            continue
+        paired = [o / r for o, r in zip(samples[ours], samples[raw], strict=True)]
+        summary[f"{ours} / {raw}"] = {
+            "ratio_of_medians": summary[ours]["median"] / summary[raw]["median"],
+            "median_paired_ratio": statistics.median(paired),
+            "min_paired_ratio": min(paired),
+            "max_paired_ratio": max(paired),
+        }
+        print(f"{ours} / {raw}: {summary[ours]['median'] / summary[raw]['median']:.3f}x "
+              f"(median paired {statistics.median(paired):.3f}x, "
+              f"paired {', '.join(f'{p:.3f}' for p in paired)})")  # fmt: skip
+    return summary
+
+
+def _phase_text(phases: Mapping[str, float]) -> str:
+    return ", ".join(f"{key} {seconds:.2f}" for key, seconds in phases.items())
 
 
 def _settings(state: Path) -> Settings:
@@ -145,64 +224,78 @@ def _settings(state: Path) -> Settings:
     return settings_from_mapping(data, root=state, env={})
 
 
+def _settle(endpoint: Endpoint) -> None:
+    """Start every timed contender from the same state: no autovacuum, a checkpoint, a sync."""
+    with endpoint.on_database("postgres").connection() as conn:
+        deadline = time.monotonic() + 120
+        while (
+            time.monotonic() < deadline
+            and db.fetch_all(
+                conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+            )[0][0]
+        ):
+            time.sleep(0.5)
+        db.execute(conn, "CHECKPOINT")
+    os.sync()
+
+
 def _timed(command: list[str]) -> float:
     started = time.monotonic()
     subprocess.run(command, check=True, capture_output=True)
     return time.monotonic() - started
 
 
-def _raw_dump(bin_dir: Path, dsn: str, state: Path) -> float:
-    folder = state / f"raw-{secrets.token_hex(3)}"
-    seconds = _timed([str(bin_dir / "pg_dump"), "-Fd", "-j2", "-f", str(folder), f"--dbname={dsn}"])
-    shutil.rmtree(state / "raw-dump", ignore_errors=True)
-    folder.rename(state / "raw-dump")  # kept for raw_restore
-    return seconds
+def _dump_pair(
+    endpoint: Endpoint, bin_dir: Path, state: Path, run_id: str, *, first_raw: bool
+) -> tuple[backup.BackupManifest, dict[str, float]]:
+    """Time raw pg_dump and our backup (order alternating); return our backup for the restores."""
+    timed: dict[str, float] = {}
+    manifest: backup.BackupManifest | None = None
+    for name in ("raw_dump", "backup") if first_raw else ("backup", "raw_dump"):
+        _settle(endpoint)
+        if name == "raw_dump":
+            folder = state / f"raw-{secrets.token_hex(3)}"
+            timed[name] = _timed([str(bin_dir / "pg_dump"), "-Fd", "-j2", "-f", str(folder),
+                                  f"--dbname={endpoint.dsn}"])  # fmt: skip
+            shutil.rmtree(folder)
+        else:
+            started = time.monotonic()
+            manifest = backup.take_backup(endpoint, run_id=run_id).manifest
+            timed[name] = time.monotonic() - started
+    assert manifest is not None
+    return manifest, timed
 
 
-def _raw_restore(bin_dir: Path, dsn: str, state: Path) -> float:
-    name = f"raw_{secrets.token_hex(3)}"
-    admin = dsn.replace("/thorbis?", "/postgres?")
-    with db.connection(admin, target_name="bench") as conn:
-        db.execute(conn, f'CREATE DATABASE "{name}" TEMPLATE template0')
-    try:
+def _raw_restore(endpoint: Endpoint, bin_dir: Path, manifest: backup.BackupManifest) -> float:
+    """pg_restore -j2 of the backup's archive into a fresh empty database (created untimed)."""
+    with backup.scratch_database(endpoint, prefix="raw") as scratch:
         return _timed([str(bin_dir / "pg_restore"), "-j2", "--exit-on-error",
-                       f"--dbname={dsn.replace('/thorbis?', f'/{name}?')}", str(state / "raw-dump")])  # fmt: skip
-    finally:
-        with db.connection(admin, target_name="bench") as conn:
-            db.execute(conn, f'DROP DATABASE "{name}" WITH (FORCE)')
+                       f"--dbname={scratch.dsn}", manifest.path])  # fmt: skip
 
 
-def _our_backup(settings: Settings) -> float:
-    target = settings.target()
+def _full_restore(endpoint: Endpoint, run_id: str, phases: list[dict[str, float]]) -> float:
     started = time.monotonic()
-    result = backup.take_backup(resolve(settings, target))
+    result = restore.full_restore(endpoint, run_id=run_id)
     seconds = time.monotonic() - started
-    backup.remove_backup(result.manifest)
+    result.raise_for_failures()
+    phases.append(dict(result.timings))
+    print("  phases: " + _phase_text(result.timings))
+    _drop_kept(endpoint, result)
+    with endpoint.connection() as conn:  # the swapped-in copy: vacuumed as the seed left it
+        db.execute(conn, "VACUUM")
     return seconds
 
 
-def _our_full_restore(settings: Settings) -> float:
-    target = settings.target()
-    run_id = new_run_id()
-    manifest = backup.take_backup(resolve(settings, target), run_id=run_id).manifest  # untimed
-    migrate.apply(
-        resolve(settings), migrate.ApplyRequest(run_id=run_id, to_version="20250131000008")
-    )
-    started = time.monotonic()
-    result = restore.full_restore(resolve(settings, target), run_id=run_id)
-    seconds = time.monotonic() - started
-    _LAST_RESTORE_PHASES.clear()
-    _LAST_RESTORE_PHASES.update(result.timings)
-    _drop_kept(settings, result)
-    backup.remove_backup(manifest)
-    return seconds
-
-
-def _drop_kept(settings: Settings, result: RollbackResult) -> None:
+def _drop_kept(endpoint: Endpoint, result: RollbackResult) -> None:
     kept = next(n for n in result.notes if "kept as" in n).split("kept as ")[1].split(" ")[0]
-    admin = resolve(settings).on_database("postgres").dsn
-    with db.connection(admin, target_name="bench") as conn:
-        db.execute(conn, f'DROP DATABASE "{kept}" WITH (FORCE)')
+    with endpoint.on_database("postgres").connection() as conn:
+        db.execute(conn, backup.identifier_sql(conn, "DROP DATABASE %I WITH (FORCE)", kept))
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return done.stdout
 
 
 def _recovery_times(settings: Settings, full_restore_median: float) -> dict[str, float]:
