@@ -8,8 +8,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import ledger
-from .config import Settings
 from .display import AXIS, BACKGROUND, COLOURS, HEADER_BACKGROUND, RULE, TEXT, UNKNOWN
 from .summary import RunSummary
 
@@ -139,12 +137,3 @@ def _chart(runs: Sequence[dict[str, Any]]) -> str:
         f"<text x='4' y='34' font-size='10'>{top:.0f} s</text>"
         f"{''.join(bars)}</svg>"
     )
-
-
-def write_index(settings: Settings) -> Path:
-    """Regenerate reports/index.html from the ledger: every run, newest first, filterable."""
-    root = ledger.reports_root(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "index.html"
-    path.write_text(render_index(root, ledger.entries(root)), encoding="utf-8")
-    return path

@@ -17,8 +17,8 @@ from typing import Any
 from . import kernels, ledger, notify, report
 from .config import Settings, Target
 from .errors import ConfigError
-from .index_page import write_index
 from .ledger import reports_root
+from .pages import write_pages
 from .parameters import run_id as checked_run_id
 from .parameters import typed_value
 from .redaction import blank_secret, looks_secret, scrub
@@ -174,7 +174,7 @@ def run_pipeline(
             # its run's migrations (migrate.apply does it, whichever way apply was started);
             # its report shows what was undone.
             break
-    index = write_index(settings)
+    index = write_pages(settings)
     return PipelineResult(tuple(runs), index)
 
 

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # verbs that compose the layers below
     ("migrate", "rehearse"),
     # the notebooks' facade and the archive
-    ("runbook", "report", "index_page", "pipeline"),
+    ("runbook", "report", "index_page", "pages", "pipeline"),
     # the shell
     ("cli", "arguments", "__init__"),
 )  # fmt: skip

@@ -1,0 +1,40 @@
+"""The archive's derived pages: index.html and one record page per change, rendered from the ledger.
+
+A derived page is a pure function of the ledger and the archived run files, rendered the same
+way every time (no clock, no random ids), so `reports verify` can render it again and compare:
+an edited page no longer matches what the ledger says. Pages are never listed in the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import ledger
+from .config import Settings
+from .index_page import render_index
+
+INDEX_PAGE = "index.html"
+
+
+def derived_pages(root: Path, entries: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Every derived page of the archive, keyed by its path relative to ``root``."""
+    return {INDEX_PAGE: render_index(root, entries)}
+
+
+def write_pages(settings: Settings) -> Path:
+    """Render every derived page again from the ledger; returns the index page's path.
+
+    Each page is replaced atomically, so a reader (or a concurrent verify) never sees half of one.
+    """
+    root = ledger.reports_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in derived_pages(root, ledger.entries(root)).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    return root / INDEX_PAGE
