@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "endpoint", "pooler", "checks", "thresholds", "sessions", "summary", "notify", "ledger",
      "parameters", "kernels"),
     # migration files and what the database says about them
-    ("statements", "migrations", "plan", "history", "resume"),
+    ("statements", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
     ("executor", "batch", "failures", "runs", "apply", "status", "baseline", "scaffold", "seed",
      "project"),
@@ -31,6 +31,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "charts"),
     # verbs that compose the layers below
     ("migrate", "rehearse"),
+    # a change: what was pinned, approved and promoted, read back from the ledger
+    ("changes",),
     # the notebooks' facade and the archive
     ("runbook", "report", "index_page", "pages", "pipeline"),
     # the shell
