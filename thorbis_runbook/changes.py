@@ -171,10 +171,9 @@ def _apply_record(root: Path, change: Change | None, entry: Mapping[str, Any]) -
             git_commit=str(entry.get("git_commit", "")), approvals=voided, records=records,
         )  # fmt: skip
     if action == "approved":
-        pin = str(entry.get("pin", ""))
-        approval = Approval(
-            by, at, str(entry.get("comment", "")), pin, seq, pin == change.pin_sha256
-        )
+        approved = str(entry.get("pin", ""))
+        valid = approved == change.pin_sha256
+        approval = Approval(by, at, str(entry.get("comment", "")), approved, seq, valid)
         return replace(change, approvals=(*change.approvals, approval), records=records)
     if action == "note":
         note = Note(by, at, str(entry.get("text", "")), int(entry.get("refers_to") or 0), seq)
