@@ -6,6 +6,7 @@ cli.py maps each verb to its handler; keeping the grammar apart keeps both reada
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
         "--backup", choices=("full", "schema", "none"),
         help="what to save before applying (default: the target's backup_before_apply, full)",
     )  # fmt: skip
+    change_flag(apply_cmd)
 
     new_cmd = sub.add_parser(
         "new", help="create a migration (and its down and verify files) from the template"
@@ -122,6 +124,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="notebook parameter for every runbook that has it (apply.NAME=VALUE for one)",
     )
+    run_cmd.add_argument(
+        "--confirm-production", action="store_true",
+        help="required to change a production target (confirm_production=true for each runbook)",
+    )  # fmt: skip
+    change_flag(run_cmd)
+    change_verb(sub)
 
     reports_cmd = sub.add_parser("reports", help="the report archive: verify the ledger, list runs")
     reports_cmd.add_argument("action", choices=("verify", "list"))
@@ -212,6 +220,63 @@ def parser() -> argparse.ArgumentParser:
     pitr_cmd.add_argument("action", choices=("enable",))
     common(pitr_cmd)
     return parser
+
+
+def change_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--change", metavar="ID", default="",
+        help="the change this run belongs to: checked against its pinned files, approvals and "
+        "promotion evidence before anything runs",
+    )  # fmt: skip
+
+
+def change_verb(sub: Any) -> None:
+    """`change open|update|approve|note|show|list`: the records of a change."""
+    change_cmd = sub.add_parser(
+        "change", help="changes: open (pin the migrations), update, approve, note, show, list"
+    )
+    actions = change_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    opened = actions.add_parser(
+        "open", help="open a change pinning every migration file; prints its id alone"
+    )
+    opened.add_argument("--ticket", required=True, help="the ticket it answers, e.g. OPS-142")
+    opened.add_argument("--reason", required=True, help="why, in one line")
+    opened.add_argument(
+        "--category", choices=("standard", "normal", "emergency"), default="normal",
+        help="emergency skips approvals and promotion, and is overdue until approved afterwards",
+    )  # fmt: skip
+    opened.add_argument("--planned-start", default="", metavar="ISO", help="window start (UTC)")
+    opened.add_argument("--planned-end", default="", metavar="ISO", help="window end (UTC)")
+    as_name(opened, "the author (default: THORBIS_OPERATOR or the OS user)")
+    update = actions.add_parser(
+        "update", help="re-pin the change to the files as they are now (voids its approvals)"
+    )
+    update.add_argument("change_id", metavar="ID")
+    update.add_argument("--reason", required=True, help="why it was re-pinned, in one line")
+    as_name(update, "who re-pins (default: THORBIS_OPERATOR or the OS user)")
+    approve = actions.add_parser("approve", help="approve the change's current pinned set")
+    approve.add_argument("change_id", metavar="ID")
+    as_name(approve, "the approver (required)", required=True)
+    approve.add_argument("--comment", default="", help="one line for the record")
+    note = actions.add_parser("note", help="add a note (an amendment refers to an earlier line)")
+    note.add_argument("change_id", metavar="ID")
+    note.add_argument("--text", required=True, help="the note, in one line")
+    note.add_argument(
+        "--refers-to", type=int, metavar="SEQ",
+        help="the ledger line it amends (default: the change's opened line)",
+    )  # fmt: skip
+    as_name(note, "who writes it (default: THORBIS_OPERATOR or the OS user)")
+    show = actions.add_parser(
+        "show", help="state, runs, approvals, and what each target still lacks"
+    )
+    show.add_argument("change_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    listed = actions.add_parser("list", help="every change of the archive, newest first")
+    listed.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def as_name(cmd: argparse.ArgumentParser, help_text: str, *, required: bool = False) -> None:
+    cmd.add_argument("--as", dest="as_name", metavar="NAME", required=required, help=help_text)
 
 
 def common(cmd: argparse.ArgumentParser) -> None:

@@ -17,6 +17,8 @@ from . import (
     arguments,
     baseline,
     benchmark,
+    change_verb,
+    changes,
     checks,
     config,
     embedded,
@@ -27,6 +29,7 @@ from . import (
     pipeline,
     precheck,
     project,
+    promotion,
     redaction,
     rehearse,
     scaffold,
@@ -45,6 +48,7 @@ from .recovery import backup, pitr
 from .recovery import rollback as recovery
 from .recovery.result import DATA_LOSS_COLUMNS
 from .recovery.result import STEP_COLUMNS as ROLLBACK_STEP_COLUMNS
+from .runs import operator_name
 from .sessions import SESSION_COLUMNS
 
 log = logging.getLogger("thorbis_runbook")
@@ -238,6 +242,8 @@ def _status(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
+    pinned = _apply_gate(args, settings, settings.target(args.target))
+    endpoint = _endpoint(args, settings)
     request = migrate.ApplyRequest(
         to_version=args.to, dry_run=args.dry_run,
         confirm_production=args.confirm_production, allow_drift=args.allow_drift,
@@ -246,10 +252,10 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         statement_timeout_ms=parameters.duration_ms(
             args.statement_timeout, what="--statement-timeout"
         ),
-        backup=args.backup,
+        backup=args.backup, pinned=pinned, change_id=args.change,
     )  # fmt: skip
     with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
-        result = migrate.apply(_endpoint(args, settings), request, progress=bar.update)
+        result = migrate.apply(endpoint, request, progress=bar.update)
     if args.dry_run:
         print(result.script)
     _report_apply(result, as_json=args.json)
@@ -260,6 +266,27 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         )
     result.raise_for_failure()
     return 0
+
+
+def _apply_gate(
+    args: argparse.Namespace, settings: config.Settings, target: config.Target
+) -> dict[str, str] | None:
+    """The change policy for the apply verb, checked before a connection is opened; returns
+    the pinned forward files apply compares with the files it reads.
+
+    Production's confirmation is asked for first, so the refusal names the flag before the
+    paperwork. Raises ConfirmationRequired, ConfigError, ChangeNotFound or ChangeRefused.
+    """
+    if not args.dry_run:
+        config.guard_production(target, "apply would change it", confirmed=args.confirm_production)
+    change = (
+        changes.load_change(ledger.reports_root(settings), args.change) if args.change else None
+    )
+    promotion.require_allowed(
+        change, target, operator=operator_name(), runbook="apply", settings=settings,
+        dry_run=args.dry_run,
+    )  # fmt: skip
+    return change.pin.checksums() if change is not None else None
 
 
 def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -314,10 +341,17 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
     target = settings.target(args.target)
-    given = pipeline.distribute_parameters(settings, args.runbooks, args.parameter or [])
+    if args.change:
+        changes.check_change_id(args.change)  # before any file is read
+    pairs = [
+        *(args.parameter or []),
+        *(["confirm_production=true"] if args.confirm_production else []),
+    ]
+    given = pipeline.distribute_parameters(settings, args.runbooks, pairs)
     result = pipeline.run_pipeline(
-        settings, args.runbooks, target=target, parameters=given, progress=sys.stderr.isatty()
-    )
+        settings, args.runbooks, target=target, parameters=given, progress=sys.stderr.isatty(),
+        change_id=args.change,
+    )  # fmt: skip
     rows = [(r.runbook, r.run_id, r.status, str(r.folder), r.error) for r in result.runs]
     _print_table(("runbook", "run_id", "status", "report", "error"), rows)
     print(f"\nreports: {result.index}")
@@ -587,6 +621,7 @@ HANDLERS: dict[str, Handler] = {
     "rollback": _rollback,
     "rehearse": _rehearse,
     "pitr": _pitr,
+    "change": change_verb.change,
 }
 
 

@@ -21,7 +21,7 @@ _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
     "lock_retries", "retry_backoff", "lock_wait", "on_failure", "backup_before_apply",
     "commit_flush", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
-    "tcp_user_timeout",
+    "tcp_user_timeout", "approvals_required", "separation_of_duties", "promote_from",
 }  # fmt: skip
 BACKUP_MODES = ("full", "schema", "none")
 COMMIT_FLUSHES = ("run", "migration")
@@ -79,6 +79,13 @@ class Target:
     keepalives_interval_ms: int = 5_000
     keepalives_count: int = 3
     tcp_user_timeout_ms: int = 20_000
+    # Change policy (a production target's defaults are set where runbook.toml is read: 1
+    # approval, separation of duties). A target with approvals or promote_from applies only
+    # under a change; promote_from names the target whose succeeded precheck, apply and
+    # validate of the same pinned files a run here needs first.
+    approvals_required: int = 0
+    separation_of_duties: bool = False
+    promote_from: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
@@ -95,6 +102,11 @@ class Target:
             "keepalives_count": self.keepalives_count,
             "tcp_user_timeout": self.tcp_user_timeout_ms,
         }
+
+    @property
+    def demands_change(self) -> bool:
+        """True when apply here needs a change (approvals or promotion evidence to check)."""
+        return self.approvals_required > 0 or self.promote_from is not None
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,7 @@ def settings_from_mapping(
     state_dir = env.get("THORBIS_STATE_DIR") or runbook["state_dir"]
     tables = _table(data.get("targets", {}), "[targets]")
     targets = {name: _target(name, values) for name, values in tables.items()}
+    _check_promotions(targets)
     default = env.get("THORBIS_TARGET") or runbook["default_target"]
     server_bin_dir = (
         _text(section["server_bin_dir"], "[runbook] server_bin_dir")
@@ -348,8 +361,51 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
         tcp_user_timeout_ms=parse_duration_ms(
             values.get("tcp_user_timeout", "20s"), what=f"{where}.tcp_user_timeout"
         ),
+        **_change_policy(values, where),
         options={k: v for k, v in values.items() if k in _TARGET_OPTION_KEYS},
     )
+
+
+def _change_policy(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """approvals_required, separation_of_duties and promote_from, with a production target's
+    defaults: one approval, by someone other than the operator and the change's author."""
+    production = values.get("production") is True
+    promote_from = values.get("promote_from")
+    if promote_from is not None and (not isinstance(promote_from, str) or not promote_from):
+        raise ConfigError(
+            f"{where}.promote_from = {promote_from!r} is not a target name",
+            'name the target changes pass first, for example promote_from = "staging"',
+        )
+    return {
+        "approvals_required": _count(
+            values.get("approvals_required", 1 if production else 0),
+            f"{where}.approvals_required",
+        ),
+        "separation_of_duties": _bool(
+            values.get("separation_of_duties", production), f"{where}.separation_of_duties"
+        ),
+        "promote_from": promote_from,
+    }
+
+
+def _check_promotions(targets: Mapping[str, Target]) -> None:
+    """promote_from must name another defined target (checked once every target is read)."""
+    for target in targets.values():
+        source = target.promote_from
+        if source is None:
+            continue
+        if source == target.name:
+            raise ConfigError(
+                f"targets.{target.name}.promote_from names the target itself",
+                "name the target changes pass before this one, for example staging",
+            )
+        if source not in targets:
+            known = ", ".join(sorted(n for n in targets if n != target.name)) or "none"
+            raise ConfigError(
+                f"targets.{target.name}.promote_from = {source!r} is not a target of "
+                f"runbook.toml (it defines: {known})",
+                "name one of those, or add a [targets.NAME] table for it",
+            )
 
 
 def _table(value: object, where: str) -> Mapping[str, Any]:

@@ -158,3 +158,10 @@ class SeedError(RunbookError):
 
 class AlreadySeeded(SeedError):
     """The database already holds demo (or real) businesses; seed loads only an empty schema."""
+
+
+class ChangeRefused(ConfigError):
+    """A target's change policy refuses this run: a missing change, approval or promotion
+    evidence, or migration files that differ from the change's pinned set."""
+
+    exit_code = 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from .apply import (
 from .config import Target, guard_production
 from .display import html_table
 from .endpoint import Endpoint
-from .errors import ConfigError, ConnectionLost, MigrationFailed, RunbookError
+from .errors import ChangeRefused, ConfigError, ConnectionLost, MigrationFailed, RunbookError
 from .executor import LiveExecutor, ScriptExecutor
 from .migrations import Migration, MigrationSet, discover
 from .monitor import Monitor, MonitorResult
@@ -62,6 +62,10 @@ class ApplyRequest:
     operator: str | None = None
     monitor: bool = True  # sample locks and activity on a second connection while applying
     backup: str | None = None  # full, schema or none: overrides the target's backup_before_apply
+    # A change's pinned forward files (file name -> SHA-256): apply refuses, before it takes
+    # the lock, any file it read that differs, and any pinned file gone or unpinned one added.
+    pinned: Mapping[str, str] | None = None
+    change_id: str = ""  # the change ``pinned`` belongs to, named in the refusal
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ def apply(
     if not request.dry_run:
         guard_production(target, "apply would change it", confirmed=request.confirm_production)
     migrations = discover(endpoint.settings.migrations_dir)
+    if request.pinned is not None:
+        _check_pinned(migrations, request.pinned, request.change_id)
     check_to_version(migrations, request.to_version)
     run_id = request.run_id or new_run_id()
     operator = request.operator or operator_name()
@@ -205,6 +211,32 @@ def _apply_locked(
                 run.finish("failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
     return steps, failure, monitor, run.unrecorded, script
+
+
+def _check_pinned(migrations: MigrationSet, pinned: Mapping[str, str], change_id: str) -> None:
+    """Compare the forward files as discovery read them with the change's pin.
+
+    Raises ChangeRefused naming the first file that differs, is new, or is gone.
+    """
+    read = {m.filename: m.checksum for m in migrations}
+    change = f"change {change_id}" if change_id else "the change"
+    for name in sorted(read.keys() | pinned.keys()):
+        if read.get(name) == pinned.get(name):
+            continue
+        if name not in pinned:
+            problem = "is not in the pinned set (added after the change was pinned)"
+        elif name not in read:
+            problem = "was pinned but is gone from the migrations folder"
+        else:
+            problem = (
+                f"differs from the pinned set (sha256 {pinned[name][:12]} pinned, "
+                f"{read[name][:12]} read)"
+            )
+        raise ChangeRefused(
+            f"{change}: migration {name} {problem}",
+            f"restore the pinned files, or re-pin with thorbis-runbook change update "
+            f"{change_id or 'ID'} --reason TEXT (which voids its approvals and evidence)",
+        )
 
 
 def _interrupted(target: Target, exc: db.DatabaseError) -> RunbookError:

@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import kernels, ledger, notify, report
+from . import changes, kernels, ledger, notify, promotion, report
 from .config import Settings, Target
 from .errors import ConfigError
 from .ledger import reports_root
 from .pages import write_pages
 from .parameters import run_id as checked_run_id
 from .parameters import typed_value
+from .pins import pin_folder
 from .redaction import blank_secret, looks_secret, scrub
 from .runs import new_run_id, operator_name
 from .summary import ErrorSummary, RunSummary
@@ -142,11 +143,14 @@ def run_pipeline(
     target: Target,
     parameters: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
+    change_id: str = "",
 ) -> PipelineResult:
     """Execute runbooks in order against one target, archiving each; stop at the first failure.
 
     Raises ConfigError, before the first runbook starts, for a bad parameter or run id, and
-    for a parameter value that looks like a credential.
+    for a parameter value that looks like a credential; ChangeNotFound and ChangeRefused for
+    what the target's change policy refuses (every runbook of the list checked, so a refused
+    apply never lets the precheck before it run).
     """
     _refuse_credentials(parameters or {})
     paths = {name: notebook_path(settings, name) for name in runbooks}
@@ -154,6 +158,7 @@ def run_pipeline(
         name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
     }
     _check_run_ids(settings, target, typed)
+    typed = _check_change(settings, target, paths, typed, change_id)
     runs: list[RunbookRun] = []
     pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
     for position, name in enumerate(runbooks):
@@ -197,6 +202,44 @@ def _refuse_credentials(parameters: Mapping[str, Sequence[str]]) -> None:
 
 
 Notifier = Callable[[RunSummary], list[notify.Delivery]]
+
+
+def _check_change(
+    settings: Settings, target: Target, paths: Mapping[str, Path],
+    typed: Mapping[str, Mapping[str, Any]], change_id: str,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Check the change and the target's policy for every runbook, in order, before any runs;
+    return the parameters with ``change_id`` given to each notebook.
+
+    Raises ConfigError (a malformed id, -p change_id, a runbook without the parameter),
+    ChangeNotFound or ChangeRefused.
+    """
+    import papermill
+
+    if any("change_id" in values for values in typed.values()):
+        raise ConfigError(
+            "the change is given with --change, not as the parameter change_id",
+            "run again with --change ID (the run is then checked against the change first)",
+        )
+    change = changes.load_change(reports_root(settings), change_id) if change_id else None
+    current = pin_folder(settings.migrations_dir) if change is not None else None
+    result = {name: dict(values) for name, values in typed.items()}
+    for name, values in result.items():
+        if change is not None and "change_id" not in papermill.inspect_notebook(str(paths[name])):
+            raise ConfigError(
+                f"the project's {name} runbook ({paths[name]}) predates changes: it has no "
+                "change_id parameter",
+                f"move {paths[name].name} away and run thorbis-runbook init, which writes the "
+                "packaged runbook in its place",
+            )
+        operator = blank_secret(str(values.get("operator") or operator_name()))
+        promotion.require_allowed(
+            change, target, operator=operator, runbook=name, settings=settings,
+            dry_run=values.get("dry_run") is True, current=current,
+        )  # fmt: skip
+        if change is not None:
+            values["change_id"] = change.change_id
+    return result
 
 
 def _check_run_ids(
@@ -321,12 +364,29 @@ def execute(
     nbformat.write(notebook, str(output))
     report.export_html(notebook, output, summary)
     entry = {
-        "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
+        **_change_fields(runbook, parameters, summary), "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
         "operator": summary.operator, "started": summary.started,
         "finished": summary.finished, "files": ledger.run_files(root, folder),
     }  # fmt: skip
     ledger.append(root, entry)
     return RunbookRun(runbook, run_id, target.name, summary.status, folder, summary)
+
+
+def _change_fields(
+    runbook: str, parameters: Mapping[str, Any], summary: RunSummary
+) -> dict[str, Any]:
+    """A run line's change fields: the change, the pin it was checked against (empty when the
+    notebook stopped before its check), and for an apply that promotion must not count,
+    why (a dry run, or only up to a version)."""
+    change_id = str(parameters.get("change_id") or summary.change_id or "")
+    if not change_id:
+        return {}
+    fields: dict[str, Any] = {"change_id": change_id, "pin": summary.pin}
+    if runbook == "apply" and parameters.get("dry_run"):
+        fields["partial"] = "dry run"
+    elif runbook == "apply" and parameters.get("to_version"):
+        fields["partial"] = f"up to {parameters['to_version']}"
+    return fields
 
 
 def _complete_summary(
@@ -338,6 +398,7 @@ def _complete_summary(
     summary = RunSummary.read(folder) or RunSummary(
         runbook=runbook, run_id=run_id, target=target.name, status="failed",
         started=started.isoformat(), operator=str(injected.get("operator") or ""),
+        change_id=str(injected.get("change_id") or ""),
     )  # fmt: skip
     finished = summary.finished or datetime.now(UTC).isoformat()
     parameters = {k: ("***" if looks_secret(k, v) else v) for k, v in injected.items()}

@@ -19,12 +19,14 @@ from typing import Any
 
 from . import (
     benchmark,
+    changes,
     charts,
     config,
     ledger,
     migrate,
     parameters,
     precheck,
+    promotion,
     redaction,
     rehearse,
     rls,
@@ -34,7 +36,7 @@ from . import (
     validate,
 )
 from .checks import CheckReport
-from .display import Notice, html_table
+from .display import Notice, html_table, message_box
 from .endpoint import Endpoint, resolve
 from .errors import AlreadySeeded, ConfigError, RunbookError
 from .recovery import backup
@@ -63,7 +65,7 @@ class Run:
 
     def __init__(
         self, runbook: str, settings: config.Settings, target: config.Target, *,
-        run_id: str, operator: str, report_dir: Path | None,
+        run_id: str, operator: str, report_dir: Path | None, change_id: str = "",
     ) -> None:  # fmt: skip
         self.runbook = runbook
         self.settings = settings
@@ -87,6 +89,9 @@ class Run:
         self.rls_report: CheckReport | None = None
         self.context: list[str] = []  # what a reader of a failed run needs beside the error
         self._endpoint: Endpoint | None = None
+        # The change this run is attached to: its files must be the pinned ones from the
+        # first cell on; apply and rollback check the change again when their step starts.
+        self.change = self._attach(change_id) if change_id else None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -124,6 +129,7 @@ class Run:
                 allow_out_of_order=allow_out_of_order,
                 allow_missing=allow_missing,
             )
+            pinned = self._gate("apply", dry_run=dry_run)
             request = migrate.ApplyRequest(
                 to_version=to_version or None, dry_run=dry_run,
                 confirm_production=confirm_production, allow_drift=allow_drift,
@@ -132,7 +138,8 @@ class Run:
                 statement_timeout_ms=parameters.duration_ms(
                     statement_timeout, what="statement_timeout"
                 ),
-                run_id=self.run_id, operator=self.operator,
+                run_id=self.run_id, operator=self.operator, pinned=pinned,
+                change_id=self.change.change_id if self.change else "",
             )  # fmt: skip
             before = None if dry_run else self._rls_snapshot()
             with _live_log():
@@ -298,6 +305,7 @@ class Run:
 
         def run() -> Any:
             parameters.expect_bools(confirm_production=confirm_production, rehearsal=rehearsal)
+            self._gate("rollback")
             moment = parameters.moment(to_time, what="to_time") if to_time else None
             request = recovery.RollbackRequest(
                 strategy=strategy, run_id=rollback_run or None, to_version=to_version or None,
@@ -344,6 +352,8 @@ class Run:
             steps=tuple(StepSummary(s.name, s.status, s.detail) for s in self.steps),
             checks=tuple(c for s in self.steps for c in s.checks), figures=dict(self.figures),
             error=self._error_summary() if self.failure else None,
+            change_id=self.change.change_id if self.change else "",
+            pin=self.change.pin_sha256 if self.change else "",
         )  # fmt: skip
 
     def _error_summary(self) -> ErrorSummary:
@@ -382,11 +392,62 @@ class Run:
             ("migrations folder", str(self.settings.migrations_dir)),
             ("lock_timeout", f"{self.target.lock_timeout_ms} ms"),
             ("statement_timeout", f"{self.target.statement_timeout_ms} ms (0 = none)"),
+            ("change", self._change_text()),
         ]  # fmt: skip
-        return html_table(("", "value"), rows, title=f"Run {self.run_id}")
+        table = html_table(("", "value"), rows, title=f"Run {self.run_id}")
+        if self.change is not None and self.change.emergency:
+            warning = "EMERGENCY change: approvals and promotion are skipped; approve it afterwards"
+            return message_box("fail", warning, label="emergency") + table
+        return table
 
     def __repr__(self) -> str:
         return f"Run({self.runbook!r}, target={self.target.name!r}, run_id={self.run_id!r})"
+
+    # -- the change ----------------------------------------------------------------------
+    def _attach(self, change_id: str) -> changes.Change:
+        """Load the run's change and refuse files that differ from its pin.
+
+        Raises ConfigError (a malformed id), ChangeNotFound or ChangeRefused.
+        """
+        change = changes.load_change(ledger.reports_root(self.settings), change_id)
+        promotion.require_pinned(change, self.settings)
+        return change
+
+    def _gate(self, runbook: str, *, dry_run: bool = False) -> dict[str, str] | None:
+        """Check the target's change policy as the step starts (papermill or an orchestrator may
+        run this notebook without the CLI's own check); return the pin apply compares with.
+
+        The change is read again: an approval may have come, or a re-pin voided one, since
+        the first cell. Raises ChangeRefused, which the step records as its failure.
+        """
+        change = None
+        if self.change is not None:
+            change = changes.load_change(ledger.reports_root(self.settings), self.change.change_id)
+        promotion.require_allowed(
+            change, self.target, operator=self.operator, runbook=runbook,
+            settings=self.settings, dry_run=dry_run,
+        )  # fmt: skip
+        if change is not None and change.pin_sha256 != self.change_pin:
+            raise ConfigError(
+                f"change {change.change_id} was re-pinned while this run was going "
+                f"(pin {change.pin_number} now)",
+                "run this runbook again: it is checked against the new pin",
+            )
+        return change.pin.checksums() if change is not None else None
+
+    @property
+    def change_pin(self) -> str:
+        return self.change.pin_sha256 if self.change is not None else ""
+
+    def _change_text(self) -> str:
+        change = self.change
+        if change is None:
+            return "none"
+        flag = "EMERGENCY, " if change.emergency else ""
+        return (
+            f"{change.change_id} ({flag}{change.category}, ticket {change.ticket}, "
+            f"pin {change.pin_number} {change.pin_sha256[:12]})"
+        )
 
     # -- internals -----------------------------------------------------------------------
     def _step(
@@ -505,7 +566,7 @@ class Run:
 
 def start(
     runbook: str, *, target: str = "", config_path: str = "", run_id: str = "", operator: str = "",
-    report_dir: str = "",
+    report_dir: str = "", change_id: str = "",
 ) -> Run:  # fmt: skip
     """Begin a run: load runbook.toml, resolve the target and give the run its id.
 
@@ -513,7 +574,9 @@ def start(
     working folder: JupyterLab starts the kernel in notebooks/, the project's file is above it.
     Raises ConfigError for an unknown target, a broken or missing runbook.toml or a run id that
     cannot name a report folder (in the first cell, so a wrong parameter stops the notebook
-    before anything touches a database).
+    before anything touches a database). With ``change_id`` the run is attached to that
+    change: ChangeNotFound for an unknown one, ChangeRefused when a migration file differs
+    from its pin.
     """
     settings = config.load_settings(Path(config_path) if config_path else None)
     chosen = settings.target(target or None)
@@ -521,7 +584,7 @@ def start(
         runbook, settings, chosen,
         run_id=parameters.run_id(run_id) if run_id else new_run_id(),
         operator=operator or operator_name(),
-        report_dir=Path(report_dir) if report_dir else None,
+        report_dir=Path(report_dir) if report_dir else None, change_id=change_id,
     )  # fmt: skip
 
 

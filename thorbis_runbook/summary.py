@@ -90,6 +90,8 @@ class RunSummary:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     cell_seconds: tuple[CellTiming, ...] = ()
     notifications: tuple[Mapping[str, Any], ...] = ()
+    change_id: str = ""  # the change the run was attached to (empty: none)
+    pin: str = ""  # the SHA-256 of the change's pinned set the run was checked against
 
     @property
     def ok(self) -> bool:

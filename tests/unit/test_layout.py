@@ -32,11 +32,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # verbs that compose the layers below
     ("migrate", "rehearse"),
     # a change: what was pinned, approved and promoted, read back from the ledger
-    ("changes",),
+    ("changes", "promotion"),
     # the notebooks' facade and the archive
     ("runbook", "report", "index_page", "pages", "pipeline"),
     # the shell
-    ("cli", "arguments", "__init__"),
+    ("cli", "arguments", "change_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
