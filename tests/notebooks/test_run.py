@@ -44,11 +44,12 @@ def project(tmp_path: Path, pg_server, pg_database: str):  # type: ignore[no-unt
     owner.close()
     migrations = write_migrations(tmp_path / "migrations", GOOD)
     config = tmp_path / "runbook.toml"
+    # prod asks for the confirmation alone: its change policy is tested in test_changes.py.
     config.write_text(
         f'[runbook]\nmigrations_dir = "{migrations}"\ndefault_target = "test"\n'
         '[targets.test]\ndsn_env = "THORBIS_TEST_DSN"\nlock_wait = "2s"\n'
         'notify = { webhook_url_env = "THORBIS_TEST_HOOK", events = ["failed"] }\n'
-        '[targets.prod]\ndsn_env = "THORBIS_TEST_DSN"\nproduction = true\n'
+        '[targets.prod]\ndsn_env = "THORBIS_TEST_DSN"\nproduction = true\napprovals_required = 0\n'
         f'[notebooks]\ndir = "{REPO / "notebooks"}"\n[reports]\ndir = "{tmp_path / "reports"}"\n'
     )
     dsn = f"postgresql://{PASSWORD_ROLE}:{PASSWORD}@/{database}?host={pg_server.socket_dir}"
