@@ -17,6 +17,7 @@ from typing import Any
 from . import changes, ledger, pages, promotion
 from .config import Settings
 from .display import text_table
+from .errors import RunbookError
 from .pins import pin_folder
 from .runs import operator_name
 
@@ -98,9 +99,9 @@ def _note(args: argparse.Namespace, settings: Settings) -> int:
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
     shown = changes.load_change(ledger.reports_root(settings), args.change_id)
-    states = promotion.target_states(shown, settings, current=pin_folder(settings.migrations_dir))
+    states, problem = _states(settings, [shown])
     if args.json:
-        _print_json(change_record(shown, states))
+        _print_json({**change_record(shown, states[0]), **problem})
         return 0
     category = _red("EMERGENCY") if shown.emergency else shown.category
     window = " to ".join(t for t in (shown.planned_start, shown.planned_end) if t) or "not given"
@@ -110,7 +111,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         ("window", window),
         ("pin", f"{shown.pin_number} (sha256 {shown.pin_sha256[:12]}, "
                 f"{len(shown.pin.files)} files, git {shown.git_commit or 'unknown'})"),
-        ("state", _state_text(shown, states)),
+        ("state", _state_text(shown, states[0])),
     ]  # fmt: skip
     print(text_table(("", "value"), rows))
     print("\napprovals")
@@ -128,7 +129,9 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
             [(n.seq, n.by, n.at, n.refers_to, n.text) for n in shown.notes],
         ))  # fmt: skip
     print("\ntargets")
-    _print_targets(states, only_missing=False)
+    _print_targets(states[0], only_missing=False)
+    for text in problem.values():
+        print(f"unknown: {text}")
     return 0
 
 
@@ -138,10 +141,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         changes.changes_from(root, ledger.entries(root)).values(),
         key=lambda c: c.opened_at, reverse=True,
     )  # fmt: skip
-    current = pin_folder(settings.migrations_dir) if found else None
-    listed = [(c, promotion.target_states(c, settings, current=current)) for c in found]
+    states, problem = _states(settings, found)
+    listed = list(zip(found, states, strict=True))
     if args.json:
-        _print_json([change_record(c, states, full=False) for c, states in listed])
+        _print_json([{**change_record(c, s, full=False), **problem} for c, s in listed])
         return 0
     print(text_table(
         ("opened", "change", "category", "ticket", "author", "pin", "approvals", "runs", "state"),
@@ -150,6 +153,19 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
          for c, states in listed],
     ))  # fmt: skip
     return 0
+
+
+def _states(
+    settings: Settings, found: Sequence[changes.Change]
+) -> tuple[list[list[promotion.TargetState]], dict[str, str]]:
+    """Each change's state on every target; a record stays readable when the migrations folder
+    is not (no states then, and the reason under ``targets_unknown``)."""
+    try:
+        current = pin_folder(settings.migrations_dir)
+    except RunbookError as exc:
+        reason = f"the migrations folder cannot be read: {exc.message}"
+        return [[] for _ in found], {"targets_unknown": reason}
+    return [promotion.target_states(c, settings, current=current) for c in found], {}
 
 
 def change_record(
