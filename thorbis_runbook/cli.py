@@ -277,6 +277,8 @@ def _apply_gate(
     Production's confirmation is asked for first, so the refusal names the flag before the
     paperwork. Raises ConfirmationRequired, ConfigError, ChangeNotFound or ChangeRefused.
     """
+    if args.change:
+        changes.check_change_id(args.change)  # before any file is read
     if not args.dry_run:
         config.guard_production(target, "apply would change it", confirmed=args.confirm_production)
     change = (

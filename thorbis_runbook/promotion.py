@@ -56,7 +56,7 @@ def missing_for(
             return [_no_change(target)]
         return []
     pinned = current if current is not None else pin_folder(settings.migrations_dir)
-    found = _pin_missing(change, target, pinned)
+    found = _pin_missing(change, target, pinned, runbook)
     if not changes_target:
         return found
     if target.promote_from is not None and not change.emergency:
@@ -85,12 +85,12 @@ def require_allowed(
         raise ChangeRefused(blocking[0].what, blocking[0].command)
 
 
-def require_pinned(change: Change, settings: Settings) -> None:
+def require_pinned(change: Change, settings: Settings, *, runbook: str = "") -> None:
     """Refuse when a migration file differs from the change's pin (any runbook, any target).
 
     Raises ChangeRefused naming the first file that differs.
     """
-    found = _pin_missing(change, None, pin_folder(settings.migrations_dir))
+    found = _pin_missing(change, None, pin_folder(settings.migrations_dir), runbook)
     if found:
         raise ChangeRefused(found[0].what, found[0].command)
 
@@ -161,7 +161,9 @@ def _no_change(target: Target) -> Missing:
     )
 
 
-def _pin_missing(change: Change, target: Target | None, current: PinnedSet) -> list[Missing]:
+def _pin_missing(
+    change: Change, target: Target | None, current: PinnedSet, runbook: str
+) -> list[Missing]:
     differences = change.pin.differences(current)
     if not differences:
         return []
@@ -171,7 +173,8 @@ def _pin_missing(change: Change, target: Target | None, current: PinnedSet) -> l
             target.name if target else "",
             f"change {change.change_id}: migration {differences[0]}{more}",
             f"restore the pinned files, or re-pin with thorbis-runbook change update "
-            f"{change.change_id} --reason TEXT (which voids its approvals and evidence)",
+            f"{change.change_id} --reason TEXT (which voids its approvals and evidence)"
+            + ("; a rollback may also run without --change" if runbook == "rollback" else ""),
         )
     ]
 

@@ -410,7 +410,7 @@ class Run:
         Raises ConfigError (a malformed id), ChangeNotFound or ChangeRefused.
         """
         change = changes.load_change(ledger.reports_root(self.settings), change_id)
-        promotion.require_pinned(change, self.settings)
+        promotion.require_pinned(change, self.settings, runbook=self.runbook)
         return change
 
     def _gate(self, runbook: str, *, dry_run: bool = False) -> dict[str, str] | None:

@@ -48,7 +48,7 @@ promote_from = "staging"
 approvals_required = 1
 separation_of_duties = true
 lock_wait = "2s"
-backup_before_apply = "none"
+backup_before_apply = "schema"
 
 [notebooks]
 dir = "{REPO / "notebooks"}"
@@ -398,6 +398,37 @@ def test_an_emergency_change_skips_approval_and_staging_and_is_overdue_until_app
         "state": "applied",
         "missing": [],
     }
+    (apply_line,) = [line for line in _ledger(project) if line.get("runbook") == "apply"]
+    report = project.reports / "production" / str(apply_line["run_id"]) / "apply.audit.html"
+    assert "EMERGENCY change: approvals and promotion are skipped" in report.read_text()
+
+
+def test_rollback_is_never_held_up_by_approvals_or_promotion(opened: Project) -> None:
+    """The way back needs no paperwork: a change never approved nor staged rolls production back."""
+    project = opened
+    code, hotfix, err = project.cli(
+        "change", "open", "--ticket", "INC-8", "--reason", "hotfix", "--category", "emergency"
+    )
+    assert code == 0, err
+    assert project.cli("run", "apply", *PRODUCTION, "--change", hotfix.strip())[0] == 0
+    code, back_out, err = project.cli(
+        "change", "open", "--ticket", "INC-8", "--reason", "back the hotfix out"
+    )
+    assert code == 0, err
+    code, out, err = project.cli(
+        "run", "rollback", *PRODUCTION, "--change", back_out.strip(), operator="dave"
+    )
+    assert code == 0, out + err
+    assert project.production_untouched() is False, "the runbook schema stays, with the history"
+    (line,) = [line for line in _ledger(project) if line.get("runbook") == "rollback"]
+    assert (line["status"], line["change_id"], line["operator"]) == (
+        "succeeded", back_out.strip(), "dave",
+    )  # fmt: skip
+    connection = psycopg2.connect(project.production_dsn)
+    with connection.cursor() as cur:
+        cur.execute("SELECT to_regclass('public.work_orders')")
+        assert cur.fetchone() == (None,)
+    connection.close()
 
 
 def test_a_notebook_run_directly_is_gated_inside_its_apply_step(
