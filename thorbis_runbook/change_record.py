@@ -73,8 +73,7 @@ class RunRecord:
 
     @property
     def seq(self) -> int:
-        value = self.entry.get("seq")
-        return value if isinstance(value, int) else 0
+        return seq_of(self.entry)
 
     @property
     def seconds(self) -> float | None:
@@ -152,6 +151,12 @@ class Outcome:
         return {
             "applied and validated": "succeeded", "failed": "failed", "rolled back": "rolled_back",
         }.get(self.status, "pending")  # fmt: skip
+
+
+def seq_of(entry: Mapping[str, Any]) -> int:
+    """A ledger line's number; 0 for a line whose seq is not one (verify names such a line)."""
+    value = entry.get("seq")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def files_of(entry: Mapping[str, Any]) -> Mapping[str, Any]:

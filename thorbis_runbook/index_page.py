@@ -98,17 +98,17 @@ def _sort_key(value: Any) -> str:
 def _groups(
     runs: Sequence[Mapping[str, Any]], changes: Mapping[str, Change]
 ) -> list[tuple[Change | None, list[Mapping[str, Any]]]]:
-    """Each change with its runs, then the runs of no change, ordered by latest activity."""
-    owner = {
-        int(run.get("seq") or 0): change_id
-        for change_id, change in changes.items()
-        for run in change.runs
-    }
+    """Each change with its runs, then the runs of no change, ordered by latest activity.
+
+    A change holds the very entries it was built from, so a run is matched by identity: a
+    tampered line's seq cannot move it into another change's group.
+    """
+    owner = {id(run): change_id for change_id, change in changes.items() for run in change.runs}
     grouped: list[tuple[Change | None, list[Mapping[str, Any]]]] = [
-        (change, [r for r in runs if owner.get(int(r.get("seq") or 0)) == change_id])
+        (change, [r for r in runs if owner.get(id(r)) == change_id])
         for change_id, change in changes.items()
     ]
-    outside = [r for r in runs if int(r.get("seq") or 0) not in owner]
+    outside = [r for r in runs if id(r) not in owner]
     if outside:
         grouped.append((None, outside))
 

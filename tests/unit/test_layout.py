@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # a change: what was pinned, approved and promoted, read back from the ledger
     ("changes",),
     # the notebooks' facade and the archive
-    ("runbook", "sql_archive", "report", "change_record", "change_chart", "change_page",
+    ("runbook", "sql_archive", "report", "change_record", "change_chart", "page_html",
+     "change_evidence", "change_page",
      "index_page", "pages", "pipeline"),
     # the shell
     ("cli", "arguments", "__init__"),
