@@ -90,6 +90,7 @@ class RunSummary:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     cell_seconds: tuple[CellTiming, ...] = ()
     notifications: tuple[Mapping[str, Any], ...] = ()
+    change_id: str = ""  # the change the run was attached to (empty: none)
 
     @property
     def ok(self) -> bool:

@@ -3,6 +3,7 @@ re-pin voided, emergency changes, files that are missing or edited, and the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,8 @@ from thorbis_runbook import ledger
 from thorbis_runbook.change_page import SECTIONS, render_change
 from thorbis_runbook.changes import changes_from, load_change
 from thorbis_runbook.pages import derived_pages
+from thorbis_runbook.report import summary_banner
+from thorbis_runbook.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,6 +215,13 @@ def test_the_page_needs_no_script_and_prints_without_navigation(tmp_path: Path) 
 
 
 def _sha(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_run_report_links_to_its_change_record() -> None:
+    summary = RunSummary("apply", "r1", "staging", "succeeded", "2026-03-01T10:00:00+00:00")
+    assert "change:" not in summary_banner(summary)
+    banner = summary_banner(summary.with_changes(change_id=CHANGE_ID))
+    assert f"href='../../changes/{CHANGE_ID}/index.html'" in banner
+    forged = summary_banner(summary.with_changes(change_id="<a href=x>CHG</a>"))
+    assert "<a href=x>" not in forged and "href='../../changes" not in forged
