@@ -155,10 +155,8 @@ def _runs(change: Change, runs: Sequence[RunRecord]) -> str:
             pin = f"pin {number}" if number else ("" if not run.pin else "unknown pin")
             if number and run.pin != change.pin_sha256:
                 pin += " (superseded)"
-            runbook = run.runbook + (" (dry run)" if run.dry_run else "")
-            runbook += " (rehearsal)" if run.runbook == "rollback" and run.rehearsal else ""
             rows.append([
-                esc(runbook), status(run.status), esc(when(run.started)), esc(seconds(run.seconds)),
+                esc(run.label), status(run.status), esc(when(run.started)), esc(seconds(run.seconds)),
                 esc(f"{wait} ms" if isinstance(wait, (int, float)) else ""), esc(run.operator),
                 esc(pin), run_link(run),
             ])  # fmt: skip

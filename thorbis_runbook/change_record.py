@@ -101,6 +101,15 @@ class RunRecord:
         return self.parameter("rehearsal") is True or any(s.name == "rehearsal" for s in steps)
 
     @property
+    def label(self) -> str:
+        """The runbook, and what kind of run it was when that matters (a dry run, a rehearsal)."""
+        if self.runbook == "apply" and self.dry_run:
+            return "apply (dry run)"
+        if self.runbook == "rollback" and self.rehearsal:
+            return "rollback (rehearsal)"
+        return self.runbook
+
+    @property
     def checks(self) -> tuple[CheckRow, ...]:
         return self.summary.checks if self.summary is not None else ()
 
@@ -242,7 +251,7 @@ def _target_outcome(target: str, runs: Sequence[RunRecord]) -> TargetOutcome:
     if not applies:
         last = runs[-1]
         return TargetOutcome(
-            target, "pending", f"not applied yet (last: {last.runbook} {last.status})"
+            target, "pending", f"not applied yet (last: {last.label} {last.status})"
         )
     apply, after = runs[applies[-1]], runs[applies[-1] + 1 :]
     rollbacks = [r for r in after if r.runbook == "rollback" and not r.rehearsal]
