@@ -16,14 +16,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the main job on the embedded PostgreSQL: precheck, a rollback rehearsal, apply (with
-## demo data) and validate of the Thorbis migrations, each archived as a report
+## demo: the main job on the embedded PostgreSQL: a change opened for the Thorbis migrations,
+## then precheck, a rollback rehearsal, apply (with demo data) and validate under it, each
+## archived as a report; the change's record page shows all of it. `change open` prints the
+## new change's id alone on stdout.
 demo: $(STAMP)
 	$(RUNBOOK) db start
-	$(RUNBOOK) run precheck rollback apply validate --target local \
-		-p rollback.rehearsal=true -p apply.demo_businesses=$(DEMO_BUSINESSES)
-	@echo
-	@echo "Reports for auditors: $(CURDIR)/reports/index.html"
+	ID=$$($(RUNBOOK) change open --ticket DEMO-1 --category standard \
+		--reason "make demo: the Thorbis Business OS schema on the local server") && \
+	echo "change $$ID opened" && \
+	$(RUNBOOK) run precheck rollback apply validate --target local --change $$ID \
+		-p rollback.rehearsal=true -p apply.demo_businesses=$(DEMO_BUSINESSES) && \
+	echo && \
+	echo "The change record:     $(CURDIR)/reports/changes/$$ID/index.html" && \
+	echo "Reports for auditors:  $(CURDIR)/reports/index.html"
 	@echo "The local database keeps running: psql \"$$($(RUNBOOK) db url --target local)\" (stop: $(RUNBOOK) db stop)"
 
 ## test: the whole suite against a throwaway embedded PostgreSQL

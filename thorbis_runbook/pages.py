@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import ledger
+from .change_page import render_change
+from .changes import CHANGES_FOLDER, changes_from
 from .config import Settings
 from .index_page import render_index
 
@@ -20,8 +22,12 @@ INDEX_PAGE = "index.html"
 
 
 def derived_pages(root: Path, entries: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Every derived page of the archive, keyed by its path relative to ``root``."""
-    return {INDEX_PAGE: render_index(root, entries)}
+    """Every derived page of the archive, keyed by its path relative to ``root``: the index and
+    ``changes/<id>/index.html`` for every change the ledger opened, in ledger order."""
+    pages = {INDEX_PAGE: render_index(root, entries)}
+    for change_id, change in changes_from(root, entries).items():
+        pages[f"{CHANGES_FOLDER}/{change_id}/{INDEX_PAGE}"] = render_change(root, change)
+    return pages
 
 
 def write_pages(settings: Settings) -> Path:

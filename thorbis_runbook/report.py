@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .changes import CHANGE_ID, CHANGES_FOLDER
 from .display import COLOURS, html_table
 from .dsn import MASK
 from .redaction import looks_secret, scrub
@@ -111,7 +112,18 @@ def summary_banner(summary: RunSummary) -> str:
         )
     parts.append("</div>")
     parts.append(html_table(("", "value"), rows))
+    parts.append(_change_line(summary.change_id))
     return "".join(parts)
+
+
+def _change_line(change_id: str) -> str:
+    """The change the run belongs to, linked to its record page (the run's folder is two below)."""
+    if not change_id:
+        return ""
+    if not CHANGE_ID.fullmatch(change_id):
+        return f"<p>change: {html.escape(change_id)}</p>"
+    href = f"../../{CHANGES_FOLDER}/{change_id}/index.html"
+    return f"<p>change: <a href='{href}'>{change_id}</a> (its record: approvals, every run, the SQL)</p>"
 
 
 def _scrub_in_place(node: Any) -> None:

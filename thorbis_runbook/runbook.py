@@ -31,6 +31,7 @@ from . import (
     rehearse,
     rls,
     seed,
+    sql_archive,
     status,
     troubleshoot,
     validate,
@@ -281,7 +282,7 @@ class Run:
                 self._fail_checks(report)
             return report
 
-        return self._step("validate", run, record=self._record_checks)
+        return self._step("validate", run, record=self._record_validate)
 
     def chart_benchmark(self) -> Any:
         """Benchmark medians before (the baseline) and after, with the threshold drawn."""
@@ -501,6 +502,21 @@ class Run:
         self.figures["benchmark_median_ms"] = {q.name: q.median_ms for q in result.queries}
         step.detail = f"{len(result.queries)} queries timed"
 
+    def _record_validate(self, step: StepRecord, report: Any) -> None:
+        """The checks, and the baseline's medians: the change record draws before against after."""
+        self._record_checks(step, report)
+        if self.baseline_path is None:
+            return
+        try:
+            before = benchmark.BenchmarkResult.load(self.baseline_path)
+        except RunbookError:
+            return  # validate already said what is wrong with the baseline
+        self.figures["baseline_median_ms"] = {q.name: q.median_ms for q in before.queries}
+        inside = self.baseline_path.resolve().is_relative_to(ledger.reports_root(self.settings))
+        self.figures["baseline"] = (
+            self.baseline_path.parent.name if inside else self.baseline_path.name
+        )
+
     def _baseline(self, given: str) -> Path | None:
         return ledger.benchmark_baseline(
             self.settings, self.target.name, given, exclude_run=self.run_id
@@ -511,6 +527,8 @@ class Run:
         step.detail = f"{result.strategy}: undid {', '.join(result.undone) or 'nothing'}"
         self.figures["recovery_seconds"] = result.timings.get("total")
         self.figures["undone"] = list(result.undone)
+        self.figures["rollback_strategy"] = result.strategy
+        self.figures["undone_run"] = result.undone_run or ""
 
     def _record_troubleshoot(self, step: StepRecord, report: Any) -> None:
         self._record_checks(step, report.checks)
@@ -554,6 +572,34 @@ class Run:
             self.figures["max_lock_wait_ms"] = result.monitor.max_blocked_ms
             self.figures["deadlocks"] = result.monitor.deadlocks
         self._attach_checksums(result)
+        self._record_way_back(result)
+        self._record_sql(step, result)
+
+    def _record_way_back(self, result: migrate.ApplyResult) -> None:
+        """What this run could go back to: the target's policy and the verified backup it took."""
+        self.figures["backup_before_apply"] = self.target.backup_before_apply
+        self.figures["on_failure"] = self.target.on_failure
+        if result.dry_run:
+            return
+        taken = [
+            m.backup_id
+            for m in backup.list_backups(self.settings, self.target).backups
+            if m.run_id == self.run_id and m.verified
+        ]
+        self.figures["backup_id"] = taken[-1] if taken else ""
+
+    def _record_sql(self, step: StepRecord, result: migrate.ApplyResult) -> None:
+        """Archive the files this run applied or planned beside its report (the change record's SQL)."""
+        if self.report_dir is None:
+            return
+        ran = {s.version for s in result.steps}
+        copies = sql_archive.archive_sql(self.report_dir, result.migrations, ran)
+        self.figures["sql_files"] = [c.to_figure() for c in copies]
+        missed = [c for c in copies if not c.archived]
+        for copy in missed:
+            log.warning("%s was not archived with the run: %s", copy.name, copy.note)
+        if missed:
+            step.detail += f"; not archived: {', '.join(c.name for c in missed)} (see sql_files)"
 
     def _attach_checksums(self, result: migrate.ApplyResult) -> None:
         """Every migration file with the checksum apply read, and what this run did to it."""

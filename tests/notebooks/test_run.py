@@ -83,7 +83,9 @@ def test_a_good_run_is_archived_verified_and_never_shows_the_password(project) -
         "apply.html",
         "apply.audit.html",
         "summary.json",
+        "sql",
     }
+    assert sorted(p.name for p in (folder / "sql").iterdir()) == sorted(GOOD), "the SQL it ran"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["operator"] == "auditor-test"
     assert [(m["version"], m["this_run"]) for m in summary["migrations"]] == [

@@ -34,7 +34,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # a change: what was pinned, approved and promoted, read back from the ledger
     ("changes", "promotion"),
     # the notebooks' facade and the archive
-    ("runbook", "report", "index_page", "pages", "pipeline"),
+    ("runbook", "sql_archive", "report", "change_record", "change_chart", "page_html",
+     "change_evidence", "change_page",
+     "index_page", "pages", "pipeline"),
     # the shell
     ("cli", "arguments", "change_verb", "__init__"),
 )  # fmt: skip
