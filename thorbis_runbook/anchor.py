@@ -16,10 +16,7 @@ from .errors import RunbookError
 
 log = logging.getLogger(__name__)
 ANCHOR_VERSION = 2  # the runbook schema version that holds the ledger columns
-NO_SCHEMA = (
-    "the target has no runbook schema, so nothing was recorded in it (a precheck or validate "
-    "on a database no apply has touched creates nothing)"
-)
+NO_SCHEMA = "the target has no runbook schema (a precheck on a fresh database creates nothing)"
 OLD_SCHEMA = (
     "the target's runbook schema predates anchoring (version {version}); its next archived run "
     "upgrades it"

@@ -107,8 +107,8 @@ def _page_checks(root: Path, derived: Mapping[str, str]) -> list[Check]:
         elif path.read_bytes() != text.encode("utf-8"):
             checks.append(failed(f"page {name}", "does not match the ledger",
                                  "rendered from the ledger",
-                                 "the page was edited (or rendered by another version: "
-                                 f"{RENDER_COMMAND} renders it again from the ledger)"))  # fmt: skip
+                                 f"edited, or rendered by another version ({RENDER_COMMAND} "
+                                 "writes it again)"))  # fmt: skip
         else:
             checks.append(passed(f"page {name}", "matches", "rendered from the ledger"))
     return checks
@@ -129,8 +129,8 @@ def anchor_checks(root: Path, target: str, anchors: anchor.Anchors) -> list[Chec
     if anchors.rows and not checks:
         latest = anchors.rows[-1]
         checks.append(passed(name, f"{len(anchors.rows)} run(s) match", "anchored lines",
-                             f"line {latest.seq} (run {latest.run_id}) is the latest the database "
-                             f"recorded: through the chain it pins lines 1-{latest.seq}"))  # fmt: skip
+                             f"line {latest.seq} (run {latest.run_id}), the latest recorded, pins "
+                             f"lines 1-{latest.seq} through the chain"))  # fmt: skip
     recorded = {row.run_id for row in anchors.rows}
     missing = [
         entry for _, entry in lines
@@ -139,9 +139,8 @@ def anchor_checks(root: Path, target: str, anchors: anchor.Anchors) -> list[Chec
     ]  # fmt: skip
     for entry in missing[:_MISSING_SHOWN]:
         checks.append(warned(f"run {entry.get('run_id')}", "not recorded", name,
-                             f"a {entry.get('runbook')} run of target {target} in the archive "
-                             "that the database has no record of (it had no runbook schema "
-                             "then, or could not be reached)"))  # fmt: skip
+                             f"the database has no record of this {entry.get('runbook')} run "
+                             "(no runbook schema then, or unreachable)"))  # fmt: skip
     if len(missing) > _MISSING_SHOWN:
         checks.append(warned(f"{len(missing) - _MISSING_SHOWN} more run(s)", "not recorded",
                              name, f"runs of target {target} the database has no record of"))  # fmt: skip

@@ -28,10 +28,8 @@ from .ledger import (
     sha256_file,
 )
 
-UNSIGNED = (
-    "the archive is unsigned: anyone who can write reports/ can rewrite it consistently; "
-    "pin a key (thorbis-runbook reports keygen)"
-)
+# The warning of an unsigned archive (after "the archive is unsigned").
+UNSIGNED = "anyone who can write reports/ can rewrite it consistently; pin a key (reports keygen)"
 
 
 def verify(
@@ -116,6 +114,7 @@ class _Signatures:
         self.first_signed = 0
         self.unsigned_before = 0
         self.last_signed = False
+        self.failures = 0
         self.key_ids: set[str] = set()
         # key id -> (first line, last line, count) of lines signed by a key other than the pinned
         self.foreign: dict[str, tuple[int, int, int]] = {}
@@ -125,18 +124,17 @@ class _Signatures:
             self.last_signed = False
             return []
         self.last_signed = "sig" in entry
-        name = f"ledger line {number}"
         if not self.last_signed:
-            if self.first_signed:
-                return [failed(name, "unsigned", f"signed by key {self._expected()}",
-                               "every line after the first signed one must be signed: "
-                               "this one was added by someone without the signing key")]  # fmt: skip
-            self.unsigned_before += 1
-            return []
+            if not self.first_signed:
+                self.unsigned_before += 1
+                return []
+            return self._failed(
+                number, "unsigned", "after the first signed line every line is signed: added by "
+                "someone without the key",
+            )  # fmt: skip
         key_id = str(entry.get("key"))
         self.key_ids.add(key_id)
-        if not self.first_signed:
-            self.first_signed = number
+        self.first_signed = self.first_signed or number
         if self.key is None:
             return []
         if key_id != self.key.key_id:
@@ -144,37 +142,51 @@ class _Signatures:
             self.foreign[key_id] = (first, number, count + 1)
             return []
         if not self.key.verify(entry):
-            return [failed(name, "signature does not match", f"signed by key {key_id}",
-                           "the line was edited, or written by someone without the signing key, "
-                           "after it was signed")]  # fmt: skip
+            return self._failed(
+                number, "signature does not match", "the line was edited, or written by someone "
+                "without the signing key, after it was signed",
+            )  # fmt: skip
         return []
+
+    def _failed(self, number: int, observed: str, detail: str) -> list[Check]:
+        self.failures += 1
+        return [
+            failed(f"ledger line {number}", observed, f"signed by key {self._expected()}", detail)
+        ]
 
     def finish(self, count: int) -> list[Check]:
         if self.key is None:
             if self.first_signed:
                 ids = ", ".join(sorted(self.key_ids))
-                return [warned("signatures", f"signed by key {ids}", "a pinned public key",
-                               "no public key is pinned in runbook.toml or given with "
-                               "--public-key, so the signatures were not checked")]  # fmt: skip
-            return [warned("signatures", "unsigned", "a pinned public key", UNSIGNED)]
+                return [
+                    warned("signatures", f"signed by key {ids}", "a pinned public key",
+                           "no key pinned in runbook.toml or given with --public-key: not checked")
+                ]  # fmt: skip
+            return [
+                warned("signatures", "the archive is unsigned", "a pinned public key", UNSIGNED)
+            ]
         rows = [
             failed(f"ledger line {first}", f"signed by key {key_id}", f"key {self.key.key_id}",
-                   f"{n} line(s), from line {first} to line {last}, are signed with a key other "
-                   "than the pinned one")
+                   f"{n} line(s), lines {first}-{last}, signed by another key than the pinned one")
             for key_id, (first, last, n) in sorted(self.foreign.items(), key=lambda i: i[1])
         ]  # fmt: skip
         if count and not self.first_signed:
-            rows.append(failed(f"ledger line {count}", "unsigned", f"signed by key {self.key.key_id}",
-                               "a key is pinned, so the last line must be signed: the next run "
-                               "signs it, covering every line before"))  # fmt: skip
+            rows.append(
+                failed(f"ledger line {count}", "unsigned", f"signed by key {self.key.key_id}",
+                       "a key is pinned, so the last line must be signed (the next run's covers all)")
+            )  # fmt: skip
         if self.first_signed and self.unsigned_before:
-            rows.append(passed(f"ledger lines 1-{self.first_signed - 1}",
-                               f"unsigned, covered by the chain of line {self.first_signed}",
-                               None, "written before the archive was signed; the first signed "
-                               "line holds the hash of the line before it"))  # fmt: skip
-        if self.first_signed and not rows:
-            rows.append(passed("signatures", f"lines {self.first_signed}-{count} signed",
-                               f"key {self.key.key_id}", "every signed line verified"))  # fmt: skip
+            rows.append(
+                passed(f"ledger lines 1-{self.first_signed - 1}",
+                       f"unsigned, covered by the chain of line {self.first_signed}", None,
+                       "written before the archive was signed; line "
+                       f"{self.first_signed} holds the hash of the line before it")
+            )  # fmt: skip
+        if self.first_signed and not rows and not self.failures:
+            rows.append(
+                passed("signatures", f"lines {self.first_signed}-{count} signed",
+                       f"key {self.key.key_id}", "every signed line verified")
+            )  # fmt: skip
         return rows
 
     def _expected(self) -> str:
@@ -233,17 +245,15 @@ def _check_head(
     expected = f"names line {count}"
     if seq > count:
         return [failed(HEAD_FILE, f"names line {seq}", expected,
-                       f"truncated: the head names line {seq}, the ledger ends at line {count}; "
-                       "lines were removed from the end")]  # fmt: skip
+                       f"truncated: the head names line {seq}, the ledger ends at line {count}")]  # fmt: skip
     if seq < 1 or hashlib.sha256(lines[seq - 1]).hexdigest() != digest:
         return [failed(HEAD_FILE, f"line {seq} differs", expected,
-                       f"line {seq} is not the line the head names: the end of the ledger was "
-                       "rewritten")]  # fmt: skip
+                       f"line {seq} is not the line the head names: the end was rewritten")]  # fmt: skip
     rows = []
     if seq < count:
         rows.append(failed(HEAD_FILE, f"names line {seq}", expected,
-                           f"lines {seq + 1}-{count} were appended without the head: not by "
-                           "thorbis-runbook (or it stopped between the two writes)"))  # fmt: skip
+                           f"lines {seq + 1}-{count} appended without the head: not by "
+                           "thorbis-runbook (or it stopped midway)"))  # fmt: skip
     if key is not None and (signed or "sig" in head):
         if "sig" not in head:
             rows.append(failed(HEAD_FILE, "unsigned", f"signed by key {key.key_id}",
