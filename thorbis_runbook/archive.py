@@ -62,7 +62,7 @@ def verify_archive(
             "give the folder holding ledger.jsonl with --archive, or set [reports] dir",
         )
     with ledger.reading(root):  # the pages rendered from the ledger the lines are checked in
-        entries = ledger.entries(root)
+        entries = ledger.entries(root, warn=False)
         derived = pages.derived_pages(root, entries)
         report = ledger_verify.verify(root, public_key=public_key, derived=derived.keys())
         checks = [*report, *_pub_checks(root, entries, public_key), *_page_checks(root, derived)]

@@ -224,9 +224,9 @@ def _replace(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-def entries(root: Path) -> list[dict[str, Any]]:
+def entries(root: Path, *, warn: bool = True) -> list[dict[str, Any]]:
     """Every record of the ledger (runs and changes), in order; a line that is not one is
-    skipped with a warning.
+    skipped, with a warning unless ``warn`` is false (verify, which names it in a failed row).
 
     Readers (reports list, the pages, baselines) show what can be shown; ``verify`` is where a
     bad line fails.
@@ -237,6 +237,8 @@ def entries(root: Path) -> list[dict[str, Any]]:
             continue
         entry, problem = entry_of(raw)
         if entry is None:
+            if not warn:
+                continue
             log.warning(
                 "%s line %d skipped: %s (thorbis-runbook reports verify checks the archive)",
                 LEDGER_FILE, number, problem,

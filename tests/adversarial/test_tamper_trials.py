@@ -91,15 +91,16 @@ def signed(
     project = tmp_path_factory.mktemp("tamper")
     write_migrations(project / "migrations", MIGRATIONS)
     config_path = _config(project, project / "reports", pinned=public.text)
-    with database(pg_server, prefix="tamper") as dsn, pytest.MonkeyPatch.context() as env:
-        env.setenv(DSN_ENV, dsn)
-        env.setenv(signing.KEY_ENV, _pem(key))
-        env.setenv("THORBIS_OPERATOR", "tamper-test")
-        outputs = []
-        for args in (("apply", "--backup", "none"), ("run", "precheck"), ("run", "precheck")):
-            code, output = _cli(config_path, *args)
-            assert code == 0, output
-            outputs.append(output)
+    with database(pg_server, prefix="tamper") as dsn:
+        with pytest.MonkeyPatch.context() as env:  # for building it only: tests set their own
+            env.setenv(DSN_ENV, dsn)
+            env.setenv(signing.KEY_ENV, _pem(key))
+            env.setenv("THORBIS_OPERATOR", "tamper-test")
+            outputs = []
+            for args in (("apply", "--backup", "none"), ("run", "precheck"), ("run", "precheck")):
+                code, output = _cli(config_path, *args)
+                assert code == 0, output
+                outputs.append(output)
         reports = project / "reports"
         runs = [str(e["run_id"]) for e in ledger.run_entries(reports)]
         yield Archive(project, config_path, reports, dsn, key, public, runs, outputs)
