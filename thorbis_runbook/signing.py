@@ -69,10 +69,7 @@ class Signer:
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        raw = private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.public_key = PublicKey(raw)
+        self.public_key = PublicKey(_raw_public(private.public_key()))
         self.key_id = self.public_key.key_id
 
     @property
@@ -90,6 +87,10 @@ class Signer:
         return f"Signer(key_id={self.key_id!r})"
 
 
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def parse_public_key(text: str, *, source: str) -> PublicKey:
     """Read ``ed25519:<base64>`` (alone, or in a ``public_key = "..."`` line, or a PEM public
     key). Raises ConfigError naming ``source`` when it holds no single Ed25519 public key."""
@@ -104,7 +105,7 @@ def parse_public_key(text: str, *, source: str) -> PublicKey:
         except (ValueError, UnsupportedAlgorithm):
             key = None
         if isinstance(key, Ed25519PublicKey):
-            return PublicKey(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))  # fmt: skip
+            return PublicKey(_raw_public(key))
     raise ConfigError(
         f"{source} is not one Ed25519 public key",
         'write it as ed25519:<base64 of 32 bytes>, the public_key = "..." line reports keygen printed',
