@@ -131,9 +131,7 @@ def parser() -> argparse.ArgumentParser:
     change_flag(run_cmd)
     change_verb(sub)
 
-    reports_cmd = sub.add_parser("reports", help="the report archive: verify the ledger, list runs")
-    reports_cmd.add_argument("action", choices=("verify", "list"))
-    reports_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    reports(sub)
 
     lint_cmd = sub.add_parser(
         "lint", help="review migrations for lock, data-loss and RLS risks (exit 1 on a fail)"
@@ -277,6 +275,43 @@ def change_verb(sub: Any) -> None:
 
 def as_name(cmd: argparse.ArgumentParser, help_text: str, *, required: bool = False) -> None:
     cmd.add_argument("--as", dest="as_name", metavar="NAME", required=required, help=help_text)
+
+
+def reports(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``reports verify | list | keygen | render``: the archive, its signatures and pages."""
+    reports_cmd = sub.add_parser(
+        "reports", help="the report archive: verify it, list runs, make a signing key, render pages"
+    )
+    action = reports_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = action.add_parser(
+        "verify",
+        help="check the ledger's chain, signatures and head, every file under reports/ and the "
+        "pages; with --against, the runs the target database recorded (exit 1 on a failure)",
+    )
+    verify.add_argument(
+        "--against", metavar="TARGET",
+        help="also compare with the ledger lines recorded in this target's runbook.runs",
+    )  # fmt: skip
+    verify.add_argument(
+        "--archive", metavar="DIR",
+        help="the archive folder (default: [reports] dir); with --public-key no runbook.toml "
+        "is read, so an auditor needs only the folder and the key",
+    )  # fmt: skip
+    verify.add_argument(
+        "--public-key", metavar="KEY|FILE",
+        help="check signatures with this key (ed25519:... or a file holding it) instead of "
+        "the one pinned in runbook.toml",
+    )  # fmt: skip
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    listing = action.add_parser("list", help="every archived run, newest first")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    keygen = action.add_parser(
+        "keygen",
+        help="write a new Ed25519 signing key (mode 0600, never over a file) and print the "
+        "public_key line to pin in runbook.toml",
+    )
+    keygen.add_argument("--out", metavar="PATH", required=True, help="the private key's file")
+    action.add_parser("render", help="write index.html and every change page again from the ledger")
 
 
 def common(cmd: argparse.ArgumentParser) -> None:

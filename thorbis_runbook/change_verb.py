@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import changes, ledger, pages, promotion
+from . import archive, changes, ledger, promotion
 from .config import Settings
 from .display import text_table
 from .errors import RunbookError
@@ -36,7 +36,7 @@ def _open(args: argparse.Namespace, settings: Settings) -> int:
         planned_start=args.planned_start, planned_end=args.planned_end,
         author=args.as_name or operator_name(),
     )  # fmt: skip
-    pages.write_pages(settings)
+    archive.write_pages(settings)
     _say(
         f"opened change {opened.change_id} ({opened.category}) for ticket {opened.ticket} by "
         f"{opened.author}: pin 1 holds {len(opened.pin.files)} migration file(s), sha256 "
@@ -56,7 +56,7 @@ def _update(args: argparse.Namespace, settings: Settings) -> int:
     updated = changes.update_change(
         settings, args.change_id, reason=args.reason, by=args.as_name or operator_name()
     )
-    pages.write_pages(settings)
+    archive.write_pages(settings)
     differences = before.pin.differences(updated.pin)
     print(
         f"re-pinned change {updated.change_id}: pin {updated.pin_number} "
@@ -77,7 +77,7 @@ def _approve(args: argparse.Namespace, settings: Settings) -> int:
     approved = changes.approve_change(
         settings, args.change_id, approver=args.as_name, comment=args.comment
     )
-    pages.write_pages(settings)
+    archive.write_pages(settings)
     print(
         f"{args.as_name.strip()} approved pin {approved.pin_number} of change "
         f"{approved.change_id} ({len(approved.valid_approvals)} approval(s) of this pin)"
@@ -91,7 +91,7 @@ def _note(args: argparse.Namespace, settings: Settings) -> int:
         settings, args.change_id, by=args.as_name or operator_name(), text=args.text,
         refers_to=args.refers_to,
     )  # fmt: skip
-    pages.write_pages(settings)
+    archive.write_pages(settings)
     last = noted.notes[-1]
     print(f"noted on change {noted.change_id} (ledger line {last.seq}, refers to {last.refers_to})")
     return 0

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import ledger
+from . import ledger, signing
 from .config import Settings
 from .errors import ChangeRefused, ConfigError
 from .pins import PinnedSet, pin_folder
@@ -247,9 +247,10 @@ def open_change(
             "add one with thorbis-runbook new NAME, then open the change",
         )
     root = ledger.reports_root(settings)
+    signer = signing.load_signer(settings)  # a bad key refuses before anything is written
     change_id = _new_folder(root)
     pinned = _write_pin(root, change_id, 1, pin)
-    _append(settings, {
+    _append(settings, signer, {
         "kind": "change", "change_id": change_id, "action": "opened", "by": author, "at": _now(),
         "files": pinned, "ticket": ticket, "reason": reason, "category": category,
         "planned_start": start, "planned_end": end, "pin": pin.sha256, "pin_number": 1,
@@ -267,6 +268,7 @@ def update_change(settings: Settings, change_id: str, *, reason: str, by: str) -
     check_change_id(change_id)
     reason, by = _line(reason, "reason"), _name(by)
     root = ledger.reports_root(settings)
+    signer = signing.load_signer(settings)  # a bad key refuses before anything is written
     change = load_change(root, change_id)
     pin = _pin_now(settings)
     if not change.pin.differences(pin):
@@ -277,7 +279,7 @@ def update_change(settings: Settings, change_id: str, *, reason: str, by: str) -
         )
     number = change.pin_number + 1
     pinned = _write_pin(root, change_id, number, pin)
-    _append(settings, {
+    _append(settings, signer, {
         "kind": "change", "change_id": change_id, "action": "updated", "by": by, "at": _now(),
         "files": pinned, "reason": reason, "pin": pin.sha256, "pin_number": number,
         "git_commit": pin.git_commit,
@@ -299,6 +301,7 @@ def approve_change(
     approver = _name(approver)
     comment = _line(comment, "comment", required=False)
     root = ledger.reports_root(settings)
+    signer = signing.load_signer(settings)  # a bad key refuses before anything is written
     change = load_change(root, change_id)
     differences = change.pin.differences(pin_folder(settings.migrations_dir))
     if differences:
@@ -314,7 +317,7 @@ def approve_change(
             f"another approval must come from someone else: thorbis-runbook change approve "
             f"{change_id} --as NAME",
         )
-    _append(settings, {
+    _append(settings, signer, {
         "kind": "change", "change_id": change_id, "action": "approved", "by": approver,
         "at": _now(), "files": {}, "pin": change.pin_sha256, "comment": comment,
         "refers_to": change.opened_seq,
@@ -333,6 +336,7 @@ def note_change(
     check_change_id(change_id)
     by, text = _name(by), _line(text, "text")
     root = ledger.reports_root(settings)
+    signer = signing.load_signer(settings)  # a bad key refuses before anything is written
     change = load_change(root, change_id)
     lines = {int(r.get("seq") or 0) for r in (*change.records, *change.runs)}
     target = change.opened_seq if refers_to is None else refers_to
@@ -342,7 +346,7 @@ def note_change(
             f"name one of its lines ({', '.join(map(str, sorted(lines)))}; thorbis-runbook "
             f"change show {change_id} --json lists them), or leave --refers-to out",
         )
-    _append(settings, {
+    _append(settings, signer, {
         "kind": "change", "change_id": change_id, "action": "note", "by": by, "at": _now(),
         "files": {}, "text": text, "refers_to": target,
     })  # fmt: skip
@@ -354,9 +358,15 @@ def same_person(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
 
-def _append(settings: Settings, entry: dict[str, Any]) -> dict[str, Any]:
-    """Every line a change writes goes through here: the one place the ledger is appended."""
-    return ledger.append(ledger.reports_root(settings), entry)
+def _append(
+    settings: Settings, signer: signing.Signer | None, entry: dict[str, Any]
+) -> dict[str, Any]:
+    """Every line a change writes goes through here: the one place the ledger is appended.
+
+    The caller loaded ``signer`` before writing anything (a pin file included), so a missing or
+    wrong key refuses the action whole.
+    """
+    return ledger.append(ledger.reports_root(settings), entry, signer=signer)
 
 
 def _check_duties(settings: Settings, change: Change, approver: str) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    archive,
     arguments,
     baseline,
     benchmark,
@@ -34,6 +36,7 @@ from . import (
     rehearse,
     scaffold,
     seed,
+    signing,
     status,
     troubleshoot,
     validate,
@@ -70,6 +73,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.verb == "init":  # init writes the runbook.toml every other verb reads
             return _init(args)
+        if args.verb == "reports":  # an auditor's verify and keygen need no runbook.toml
+            return _reports(args, _reports_settings(args))
         settings = config.load_settings(Path(args.config) if args.config else None)
         redaction.gather(settings)
         return HANDLERS[args.verb](args, settings)
@@ -360,22 +365,63 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0 if result.ok else 1
 
 
-def _reports(args: argparse.Namespace, settings: config.Settings) -> int:
-    root = ledger.reports_root(settings)
+def _reports_settings(args: argparse.Namespace) -> config.Settings | None:
+    """The settings a reports action needs: none for keygen, nor for verify of an archive
+    folder with a key given; verify --archive alone reads runbook.toml only where there is one
+    (for its pinned key). Everything else, --against included, needs runbook.toml."""
+    standalone = args.action == "keygen" or (
+        args.action == "verify" and args.archive and not args.against
+    )
+    if standalone and (args.action == "keygen" or args.public_key):
+        return None
+    found = args.config or os.environ.get("THORBIS_CONFIG") or config.find_config(Path.cwd())
+    if standalone and not found:
+        return None
+    settings = config.load_settings(Path(args.config) if args.config else None)
+    redaction.gather(settings)
+    return settings
+
+
+def _reports(args: argparse.Namespace, settings: config.Settings | None) -> int:
+    if args.action == "keygen":
+        return _keygen(Path(args.out))
     if args.action == "verify":
-        checks = ledger.verify(root)
-        if args.json:
-            print(checks.to_json())
-        else:
-            _print_table(("name", "status", "observed", "expected", "detail"), checks.rows())
-        return 0 if checks.ok else 1
-    entries = ledger.entries(root)
+        return _verify(args, settings)
+    assert settings is not None  # only keygen and verify go without
+    if args.action == "render":
+        print(f"rendered {archive.write_pages(settings)} and every change page from the ledger")
+        return 0
+    entries = ledger.run_entries(ledger.reports_root(settings))
     rows = [(e.get("finished"), e.get("target"), e.get("runbook"), e.get("status"), e.get("operator"), e.get("run_id"))
             for e in reversed(entries)]  # fmt: skip
     if args.json:
         _print_json(entries)
     else:
         _print_table(("finished", "target", "runbook", "status", "operator", "run_id"), rows)
+    return 0
+
+
+def _verify(args: argparse.Namespace, settings: config.Settings | None) -> int:
+    if args.archive:
+        root = Path(args.archive).expanduser().resolve()
+    else:
+        assert settings is not None
+        root = ledger.reports_root(settings)
+    public_key = signing.load_public_key(settings, args.public_key)
+    against = resolve(settings, args.against) if settings and args.against else None
+    report = archive.verify_archive(root, public_key=public_key, against=against)
+    return _print_checks(report, as_json=args.json)
+
+
+def _keygen(out: Path) -> int:
+    key = signing.generate_key(out)
+    print(f"wrote a new Ed25519 signing key to {out} (mode 0600; key {key.key_id})")
+    print("pin its public key: add these lines to runbook.toml")
+    print(f"\n[reports]\n{key.line}\nsigning_key_file = {json.dumps(str(out.resolve()))}\n")
+    print(
+        f"(or give the key in {signing.KEY_ENV} instead of signing_key_file). Keep the private "
+        "key out of git and out of reports/; an auditor needs only the public_key line."
+    )
     return 0
 
 
@@ -612,7 +658,6 @@ HANDLERS: dict[str, Handler] = {
     "baseline": _baseline,
     "seed": _seed,
     "run": _run,
-    "reports": _reports,
     "lint": _lint,
     "precheck": _precheck,
     "troubleshoot": _troubleshoot,

@@ -39,8 +39,9 @@ _RUNBOOK_OPTIONAL_KEYS = ("server_bin_dir",)
 KNOWN_SECTIONS = (
     "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports",
 )  # fmt: skip
-# [notebooks] and [reports] hold one folder each, read by pipeline and ledger.
-_FOLDER_SECTIONS = ("notebooks", "reports")
+# [notebooks] and [reports] hold one folder each, read by pipeline and ledger; [reports] also
+# the archive's pinned public key and the signing key's file, read (and checked) by signing.
+_FOLDER_SECTIONS = {"notebooks": ("dir",), "reports": ("dir", "public_key", "signing_key_file")}
 # A name that becomes one component of a path (a target's folder under reports/ or the state
 # folder, a run id): no separator, no leading dot (so never "." or ".."), nothing a shell or a
 # file system treats specially.
@@ -199,8 +200,8 @@ def settings_from_mapping(
     reject_unknown_keys(data, KNOWN_SECTIONS, where="runbook.toml", noun="section(s)")
     section = _table(data.get("runbook", {}), "[runbook]")
     reject_unknown_keys(section, (*_RUNBOOK_KEYS, *_RUNBOOK_OPTIONAL_KEYS), where="[runbook]")
-    for folder_section in _FOLDER_SECTIONS:
-        _folder_section(data.get(folder_section, {}), folder_section)
+    for folder_section, keys in _FOLDER_SECTIONS.items():
+        _folder_section(data.get(folder_section, {}), folder_section, keys)
     runbook = {key: _text(section.get(key, default), f"[runbook] {key}")
                for key, default in _RUNBOOK_KEYS.items()}  # fmt: skip
     migrations_dir = env.get("THORBIS_MIGRATIONS_DIR") or runbook["migrations_dir"]
@@ -424,10 +425,10 @@ def _text(value: object, what: str) -> str:
     return value
 
 
-def _folder_section(value: object, name: str) -> None:
+def _folder_section(value: object, name: str, keys: tuple[str, ...]) -> None:
     """[notebooks] and [reports] each name one folder: ``dir``, text."""
     section = _table(value, f"[{name}]")
-    reject_unknown_keys(section, ("dir",), where=f"[{name}]")
+    reject_unknown_keys(section, keys, where=f"[{name}]")
     if "dir" in section:
         _text(section["dir"], f"[{name}] dir")
 

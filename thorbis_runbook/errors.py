@@ -57,6 +57,15 @@ class TransactionPooling(ConfigError):
     exit_code = 2
 
 
+class SigningKeyError(ConfigError):
+    """The archive's signing key is missing, malformed, unprotected or not the pinned one.
+
+    Raised before anything runs, and never with the key's text in it.
+    """
+
+    exit_code = 2
+
+
 class ConfirmationRequired(RunbookError):
     """A production target was asked to change without the explicit confirmation flag."""
 

@@ -7,15 +7,12 @@ an edited page no longer matches what the ledger says. Pages are never listed in
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import ledger
 from .change_page import render_change
 from .changes import CHANGES_FOLDER, changes_from
-from .config import Settings
 from .index_page import render_index
 
 INDEX_PAGE = "index.html"
@@ -28,19 +25,3 @@ def derived_pages(root: Path, entries: Sequence[dict[str, Any]]) -> dict[str, st
     for change_id, change in changes_from(root, entries).items():
         pages[f"{CHANGES_FOLDER}/{change_id}/{INDEX_PAGE}"] = render_change(root, change)
     return pages
-
-
-def write_pages(settings: Settings) -> Path:
-    """Render every derived page again from the ledger; returns the index page's path.
-
-    Each page is replaced atomically, so a reader (or a concurrent verify) never sees half of one.
-    """
-    root = ledger.reports_root(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in derived_pages(root, ledger.entries(root)).items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(path)
-    return root / INDEX_PAGE

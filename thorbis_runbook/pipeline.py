@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import changes, kernels, ledger, notify, promotion, report
+from . import anchor, changes, kernels, ledger, notify, promotion, report, signing
+from .archive import write_pages
 from .config import Settings, Target
-from .errors import ConfigError
+from .endpoint import resolve
+from .errors import ConfigError, RunbookError
 from .ledger import reports_root
-from .pages import write_pages
 from .parameters import run_id as checked_run_id
 from .parameters import typed_value
 from .pins import pin_folder
@@ -150,7 +151,7 @@ def run_pipeline(
     Raises ConfigError, before the first runbook starts, for a bad parameter or run id, and
     for a parameter value that looks like a credential; ChangeNotFound and ChangeRefused for
     what the target's change policy refuses (every runbook of the list checked, so a refused
-    apply never lets the precheck before it run).
+    apply never lets the precheck before it run); SigningKeyError for a signing key that is missing, malformed or not the pinned one.
     """
     _refuse_credentials(parameters or {})
     paths = {name: notebook_path(settings, name) for name in runbooks}
@@ -159,6 +160,7 @@ def run_pipeline(
     }
     _check_run_ids(settings, target, typed)
     typed = _check_change(settings, target, paths, typed, change_id)
+    signer = signing.load_signer(settings)
     runs: list[RunbookRun] = []
     pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
     for position, name in enumerate(runbooks):
@@ -171,6 +173,7 @@ def run_pipeline(
             parameters=typed[name],
             progress=progress,
             notifications=notifier,
+            signer=signer,
         )
         pending = []
         runs.append(run)
@@ -323,9 +326,12 @@ def execute(
     parameters: Mapping[str, Any],
     progress: bool = False,
     notifications: Notifier | None = None,
+    signer: signing.Signer | None = None,
 ) -> RunbookRun:
     """Run one notebook with papermill into its archive folder; a failed run is archived too.
 
+    Its ledger line is signed with ``signer`` (run_pipeline loads it, refusing a bad key
+    before anything runs) and then recorded in the target's runbook.runs.
     Raises ConfigError, before anything runs, for a given run id that cannot name a folder or
     is already archived for the target.
     """
@@ -364,11 +370,13 @@ def execute(
     nbformat.write(notebook, str(output))
     report.export_html(notebook, output, summary)
     entry = {
-        **_change_fields(runbook, parameters, summary), "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
+        "kind": "run", **_change_fields(runbook, parameters, summary), "run_id": run_id,
+        "runbook": runbook, "target": target.name, "status": summary.status,
         "operator": summary.operator, "started": summary.started,
         "finished": summary.finished, "files": ledger.run_files(root, folder),
     }  # fmt: skip
-    ledger.append(root, entry)
+    written = ledger.append(root, entry, signer=signer)
+    _anchor(settings, target, written)
     return RunbookRun(runbook, run_id, target.name, summary.status, folder, summary)
 
 
@@ -387,6 +395,29 @@ def _change_fields(
     elif runbook == "apply" and parameters.get("to_version"):
         fields["partial"] = f"up to {parameters['to_version']}"
     return fields
+
+
+def _anchor(settings: Settings, target: Target, written: Mapping[str, Any]) -> None:
+    """Record the run's ledger line in its target; a target that cannot take it is logged,
+    never a failure (the run happened and is archived)."""
+    line = anchor.Line(
+        run_id=str(written["run_id"]), runbook=str(written["runbook"]), target=target.name,
+        status=str(written["status"]), operator=str(written.get("operator") or ""),
+        started=str(written.get("started") or ""), finished=str(written.get("finished") or ""),
+        seq=int(written["seq"]), sha256=ledger.line_sha256(written),
+        change_id=written.get("change_id"),
+    )  # fmt: skip
+    try:
+        why_not = anchor.record(resolve(settings, target), line)
+    except RunbookError as exc:  # the DSN variable unset, the local server gone
+        why_not = exc.message
+    if why_not == anchor.NO_SCHEMA:
+        log.info("run %s (ledger line %d) not recorded in target %s: %s",
+                 line.run_id, line.seq, target.name, why_not)  # fmt: skip
+    elif why_not:
+        log.warning("run %s (ledger line %d) could not be recorded in target %s: %s; reports "
+                    "verify --against %s will list it", line.run_id, line.seq, target.name,
+                    why_not, target.name)  # fmt: skip
 
 
 def _complete_summary(

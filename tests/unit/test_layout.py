@@ -17,12 +17,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: configuration, connections, the embedded server, the shared models
     ("errors", "config", "dsn", "display", "queries", "embedded", "db", "redaction", "pgtools",
      "endpoint", "pooler", "checks", "thresholds", "sessions", "summary", "notify", "ledger",
-     "parameters", "kernels"),
+     "ledger_verify", "signing", "parameters", "kernels"),
     # migration files and what the database says about them
     ("statements", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
-    ("executor", "batch", "failures", "runs", "apply", "status", "baseline", "scaffold", "seed",
-     "project"),
+    ("executor", "batch", "failures", "runs", "anchor", "apply", "status", "baseline", "scaffold",
+     "seed", "project"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
@@ -35,8 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("changes", "promotion"),
     # the notebooks' facade and the archive
     ("runbook", "sql_archive", "report", "change_record", "change_chart", "page_html",
-     "change_evidence", "change_page",
-     "index_page", "pages", "pipeline"),
+     "change_evidence", "change_page", "index_page", "pages", "archive", "pipeline"),
     # the shell
     ("cli", "arguments", "change_verb", "__init__"),
 )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from thorbis_runbook import ledger
+from thorbis_runbook import ledger, ledger_verify
 
 
 def _archive_run(root: Path, run_id: str, text: str = "report") -> None:
@@ -19,13 +19,13 @@ def _archive_run(root: Path, run_id: str, text: str = "report") -> None:
 
 
 def _failures(root: Path) -> list[tuple[str, str]]:
-    return [(c.name, str(c.observed)) for c in ledger.verify(root) if c.status == "fail"]
+    return [(c.name, str(c.observed)) for c in ledger_verify.verify(root) if c.status == "fail"]
 
 
 def test_an_untouched_archive_verifies(tmp_path: Path) -> None:
     for run in ("r1", "r2", "r3"):
         _archive_run(tmp_path, run)
-    report = ledger.verify(tmp_path)
+    report = ledger_verify.verify(tmp_path)
     assert report.ok and _failures(tmp_path) == []
     assert [e["seq"] for e in ledger.entries(tmp_path)] == [1, 2, 3]
 
@@ -75,4 +75,4 @@ def test_concurrent_appends_all_land_intact(tmp_path: Path) -> None:
         process.join()
     entries = ledger.entries(tmp_path)
     assert len(entries) == 80 and len({e["run_id"] for e in entries}) == 80
-    assert ledger.verify(tmp_path).ok
+    assert ledger_verify.verify(tmp_path).ok

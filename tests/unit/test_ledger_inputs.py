@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from thorbis_runbook import ledger
+from thorbis_runbook import ledger, ledger_verify
 from thorbis_runbook.config import settings_from_mapping
 from thorbis_runbook.errors import ConfigError
 
@@ -55,7 +55,7 @@ def test_verify_names_a_malformed_line_as_a_failed_check(
     _archive_run(tmp_path, "r1")
     _append_raw(tmp_path, line)
     _archive_run(tmp_path, "r2")
-    failures = [(c.name, c.observed) for c in ledger.verify(tmp_path) if c.status == "fail"]
+    failures = [(c.name, c.observed) for c in ledger_verify.verify(tmp_path) if c.status == "fail"]
     assert ("ledger line 2", problem) in failures
 
 
@@ -89,7 +89,7 @@ def test_a_file_named_outside_the_archive_is_reported_and_never_read(
     read: list[Path] = []
     real = ledger.sha256_file
     monkeypatch.setattr(ledger, "sha256_file", lambda path: read.append(path) or real(path))
-    report = ledger.verify(root)
+    report = ledger_verify.verify(root)
     outside_checks = [c for c in report if c.observed == "file outside the archive"]
     assert sorted(str(c.detail).split("'")[1] for c in outside_checks) == sorted(names)
     assert all(c.name == "ledger line 2" and c.status == "fail" for c in outside_checks)
@@ -101,7 +101,7 @@ def test_appending_after_a_line_that_is_not_utf8_keeps_the_chain(tmp_path: Path)
     _archive_run(tmp_path, "r1")
     _append_raw(tmp_path, b'{"run_id": "caf\xe9"}')
     _archive_run(tmp_path, "r3")
-    failures = [(c.name, c.observed) for c in ledger.verify(tmp_path) if c.status == "fail"]
+    failures = [(c.name, c.observed) for c in ledger_verify.verify(tmp_path) if c.status == "fail"]
     assert failures == [("ledger line 2", "not UTF-8")], "line 3 chains to line 2's bytes"
 
 
