@@ -22,6 +22,7 @@ from . import (
     checks,
     config,
     embedded,
+    fleet_verb,
     ledger,
     lint_rules,
     migrate,
@@ -622,6 +623,7 @@ HANDLERS: dict[str, Handler] = {
     "rehearse": _rehearse,
     "pitr": _pitr,
     "change": change_verb.change,
+    "fleet": fleet_verb.fleet,
 }
 
 

@@ -31,12 +31,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "charts"),
     # verbs that compose the layers below
     ("migrate", "rehearse"),
-    # a change: what was pinned, approved and promoted, read back from the ledger
-    ("changes", "promotion"),
-    # the notebooks' facade and the archive
-    ("runbook", "report", "index_page", "pages", "pipeline"),
+    # a change and a fleet: what was pinned, approved and promoted, read back from the ledger;
+    # a fleet's members, waves and standing
+    ("changes", "promotion", "waves", "fleets", "fleet_status"),
+    # the notebooks' facade and the archive; a fleet's members run through the pipeline
+    ("runbook", "report", "index_page", "pages", "pipeline", "fleet_member", "fleet_run",
+     "fleet_page"),
     # the shell
-    ("cli", "arguments", "change_verb", "__init__"),
+    ("cli", "arguments", "change_verb", "fleet_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
