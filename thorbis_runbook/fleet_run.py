@@ -209,14 +209,16 @@ def _run_wave(
     record(settings, fleet_plan.fleet, fleet_plan.change_id, fleet_plan.fleet_run, "wave",
            wave=wave.name, members=list(todo), parallel=wave.spec.parallel,
            allowed_failures=wave.allowed_failures)  # fmt: skip
-    queue, running = deque(todo), dict[Future[MemberResult], str]()
+    # Each running member, and the pool generation it was started in (a pool whose process
+    # died fails every member it was running at once: it is replaced once).
+    queue, running = deque(todo), dict[Future[MemberResult], tuple[str, int]]()
     results: list[MemberResult] = []
     failures, interrupted = 0, False
     while queue or running:
         while queue and not interrupted and len(running) < wave.spec.parallel \
                 and not wave.exceeded(failures):  # fmt: skip
             name = queue.popleft()
-            running[pool.submit(settings, fleet_plan, name, wave.name)] = name
+            running[pool.submit(settings, fleet_plan, name, wave.name)] = (name, pool.generation)
         if not running:
             break
         try:
@@ -227,12 +229,13 @@ def _run_wave(
                         len(running))  # fmt: skip
             continue
         for future in finished:
-            result, broken = _result_of(settings, fleet_plan, future, running.pop(future), wave)
+            name, generation = running.pop(future)
+            result, broken = _result_of(settings, fleet_plan, future, name, wave)
             failures += not result.ok
             results.append(result)
             if progress is not None:
                 progress(result)
-            if broken:
+            if broken and generation == pool.generation:
                 pool.replace()
     if interrupted:
         return results, (INTERRUPTED, f"interrupted during wave {wave.name}")
@@ -256,7 +259,10 @@ def _result_of(
     try:
         return future.result(), False
     except BrokenProcessPool:
-        error = "the process running this member died (killed, or out of memory); its runs may be incomplete"
+        error = (
+            "the process running this member died (killed, or out of memory); its runs may "
+            "be incomplete"
+        )
         broken = True
     except Exception as exc:  # a result that could not come back: the member's failure
         error, broken = f"{type(exc).__name__}: {exc}", False
@@ -373,7 +379,7 @@ class _Pool:
     environment), replaced whole when one of its processes dies."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.workers, self.generation = workers, 0
         self.executor = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
@@ -394,7 +400,7 @@ class _Pool:
 
     def replace(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = self._new()
+        self.executor, self.generation = self._new(), self.generation + 1
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

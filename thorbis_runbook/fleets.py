@@ -190,6 +190,25 @@ def resolve_members(settings: Settings, fleet: Fleet) -> tuple[Member, ...]:
     return tuple(Member(name, settings.targets[name], "target", name) for name in names)
 
 
+def member_named(settings: Settings, fleet: Fleet, name: str) -> Member:
+    """One member by name, without running the catalog query again: a target of runbook.toml,
+    or FLEET.NAME as the last `fleet list` or `fleet run` on this machine resolved it (what an
+    orchestrator's task, given only names, needs). Raises ConfigError for an unknown one."""
+    if fleet.catalog is None:
+        if name not in settings.targets:
+            raise ConfigError(f"fleet {fleet.name} has no member {name!r}", "see fleet list")
+        return Member(name, settings.targets[name], "target", name)
+    if not name.startswith(f"{fleet.name}."):
+        raise ConfigError(
+            f"fleet {fleet.name} has no member {name!r}",
+            f"its catalog members are called {fleet.name}.NAME (see fleet list {fleet.name})",
+        )
+    target = settings.target(name)
+    source = next(key for key in ("dbname", "service", "dsn_env") if getattr(target, key))
+    value = str(getattr(target, source))
+    return Member(name, target, "database" if source == "dbname" else source, value)
+
+
 def save_members(state_dir: Path, fleet: Fleet, members: Sequence[Member]) -> Path:
     """Write the catalog members where Settings.target finds them (replaced atomically)."""
     path = fleet_members_path(state_dir, fleet.name)

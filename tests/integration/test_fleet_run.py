@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 
 from tests.conftest import database, run_sql, write_migrations
 from thorbis_runbook import cli, embedded
+from thorbis_runbook.fleet_page import fleet_pages
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = {
@@ -187,6 +189,12 @@ def test_waves_budget_rollback_and_resume_across_a_catalog_fleet(project: Projec
     assert _tables(project.dsns["a"]) == {"items", "notes"}
     budget = project.records("budget exceeded")
     assert [(r["wave"], r["failed"], r["allowed"]) for r in budget] == [("narrow", 1, 0)]
+    page = fleet_pages(project.root / "reports", project.ledger())[f"fleets/tenants/{change}.html"]
+    assert "cannot connect" in page and resume.removeprefix("resume: ") in page
+    links = re.findall(r"href='\.\./\.\./([^']+)'", page)
+    assert len(set(links)) == 7 and all(
+        (project.root / "reports" / link).is_file() for link in links
+    )
 
     status = project.cli("fleet", "status", "tenants", "--change", change, "--json")
     states = {m["member"]: m["state"] for m in json.loads(status.stdout)["members"]}

@@ -162,6 +162,9 @@ def test_a_catalog_member_is_found_by_name_with_its_templates_settings(tmp_path:
     assert resolve(chosen, beta, env={"UNUSED": "postgresql://h/x"}).dsn == ("postgresql://h/beta")
     with pytest.raises(ConfigError, match=r"has no member tenants\.gone"):
         chosen.target("tenants.gone")
+    assert fleets.member_named(chosen, fleet, "tenants.beta") == members[1]
+    with pytest.raises(ConfigError, match=r"called tenants\.NAME"):
+        fleets.member_named(chosen, fleet, "t1")
 
 
 def test_a_catalog_member_never_resolved_here_says_how_to_resolve_it(tmp_path: Path) -> None:
