@@ -130,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     change_flag(run_cmd)
     change_verb(sub)
+    fleet_verb(sub)
 
     reports(sub)
 
@@ -271,6 +272,49 @@ def change_verb(sub: Any) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     listed = actions.add_parser("list", help="every change of the archive, newest first")
     listed.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def fleet_verb(sub: Any) -> None:
+    """`fleet list|run|status NAME`: one change across the members of a [fleets.NAME]."""
+    fleet_cmd = sub.add_parser(
+        "fleet", help="fleets: list the members, run a change across them in waves, status"
+    )
+    actions = fleet_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listed = actions.add_parser("list", help="the fleet's members, resolved, and their waves")
+    listed.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
+    listed.add_argument("--json", action="store_true", help="machine-readable output")
+    run = actions.add_parser(
+        "run", help="run the change's runbooks on every member not done yet, wave by wave"
+    )
+    run.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
+    run.add_argument("--change", metavar="ID", required=True, help="the change to roll out")
+    run.add_argument(
+        "--runbooks", metavar="LIST", default="",
+        help="comma-separated, in order (default: the fleet's runbooks, else "
+        "precheck,apply,validate)",
+    )  # fmt: skip
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="show the waves and which members would run; run and record nothing",
+    )  # fmt: skip
+    run.add_argument(
+        "-p", "--parameter", action="append", metavar="NAME=VALUE",
+        help="notebook parameter for every member's runbooks that have it (apply.NAME=VALUE)",
+    )  # fmt: skip
+    run.add_argument(
+        "--confirm-production", action="store_true",
+        help="required when a member is a production target",
+    )  # fmt: skip
+    status = actions.add_parser(
+        "status", help="per member: done, failed or pending on the change, and how to resume"
+    )
+    status.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
+    status.add_argument("--change", metavar="ID", required=True, help="the change rolled out")
+    status.add_argument(
+        "--runbooks", metavar="LIST", default="",
+        help="the runbooks that make a member done (default: those of the latest fleet run)",
+    )  # fmt: skip
+    status.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def as_name(cmd: argparse.ArgumentParser, help_text: str, *, required: bool = False) -> None:

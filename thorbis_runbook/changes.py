@@ -140,7 +140,8 @@ def changes_from(root: Path, entries: Sequence[Mapping[str, Any]]) -> dict[str, 
         if not isinstance(change_id, str) or not CHANGE_ID.fullmatch(change_id):
             continue
         if entry.get("kind") != "change":
-            if change_id in found:
+            # Only runbook runs are runs of the change (a fleet's own records name it too).
+            if change_id in found and entry.get("kind", "run") == "run":
                 current = found[change_id]
                 found[change_id] = replace(current, runs=(*current.runs, entry))
             continue

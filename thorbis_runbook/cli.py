@@ -24,6 +24,7 @@ from . import (
     checks,
     config,
     embedded,
+    fleet_verb,
     ledger,
     lint_rules,
     migrate,
@@ -669,6 +670,7 @@ HANDLERS: dict[str, Handler] = {
     "rehearse": _rehearse,
     "pitr": _pitr,
     "change": change_verb.change,
+    "fleet": fleet_verb.fleet,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -21,7 +22,7 @@ _TARGET_KEYS = {
     "embedded", "dsn_env", "database", "production", "lock_timeout", "statement_timeout",
     "lock_retries", "retry_backoff", "lock_wait", "on_failure", "backup_before_apply",
     "commit_flush", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
-    "tcp_user_timeout", "approvals_required", "separation_of_duties", "promote_from",
+    "tcp_user_timeout", "approvals_required", "separation_of_duties", "promote_from", "service",
 }  # fmt: skip
 BACKUP_MODES = ("full", "schema", "none")
 COMMIT_FLUSHES = ("run", "migration")
@@ -37,7 +38,7 @@ _RUNBOOK_OPTIONAL_KEYS = ("server_bin_dir",)
 # Every top-level table some module reads (grep settings.sections); a misspelt one would be
 # ignored silently and the settings the user wrote would not apply.
 KNOWN_SECTIONS = (
-    "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports",
+    "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports", "fleets",
 )  # fmt: skip
 # [notebooks] and [reports] hold one folder each, read by pipeline and ledger; [reports] also
 # the archive's pinned public key and the signing key's file, read (and checked) by signing.
@@ -48,6 +49,25 @@ _FOLDER_SECTIONS = {"notebooks": ("dir",), "reports": ("dir", "public_key", "sig
 _PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 PATH_NAME_MAX = 100
 PATH_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+# A libpq service name (a [section] of pg_service.conf): a plain word, so "service=NAME" can
+# never smuggle another connection keyword in.
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+# Fleet members resolved from a catalog query are written here (state_dir/fleets/NAME.json) by
+# `fleet run` and `fleet list`, so a notebook kernel, which gets only a target name such as
+# "tenants.acme", finds the member's connection and its template's settings.
+FLEET_MEMBERS_FOLDER = "fleets"
+MEMBER_SOURCES = ("service", "dsn_env", "database")
+_MEMBER_VALUES = {
+    "service": (SERVICE_NAME, "a libpq service name (letters, digits, '_', '.', '-')"),
+    "dsn_env": (
+        re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"),
+        "an environment variable name (letters, digits, '_')",
+    ),
+    "database": (
+        re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.$-]{0,62}$"),
+        "a database name (letters, digits, '_', '.', '$', '-'; at most 63)",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,12 @@ class Target:
     approvals_required: int = 0
     separation_of_duties: bool = False
     promote_from: str | None = None
+    # A libpq service name (pg_service.conf holds host, port, database and user); the DSN is
+    # then "service=NAME". Fleet members from a catalog query are connected this way too.
+    service: str | None = None
+    # The database to connect to on the server the DSN (or the embedded server) names, instead
+    # of the DSN's own: a fleet member that is one database of its template's server.
+    dbname: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def with_overrides(self, **overrides: int | None) -> Target:
@@ -130,13 +156,83 @@ class Settings:
     def target(self, name: str | None = None) -> Target:
         """Return the named target (or the default); raise ConfigError for an unknown one."""
         chosen = name or self.default_target
-        if chosen not in self.targets:
-            known = ", ".join(sorted(self.targets)) or "none"
-            raise ConfigError(
-                f"unknown target {chosen!r} (runbook.toml defines: {known})",
-                "pick one of those with --target, or add a [targets.NAME] table to runbook.toml",
-            )
-        return self.targets[chosen]
+        if chosen in self.targets:
+            return self.targets[chosen]
+        member = _fleet_member(self, chosen)
+        if member is not None:
+            return member
+        known = ", ".join(sorted(self.targets)) or "none"
+        raise ConfigError(
+            f"unknown target {chosen!r} (runbook.toml defines: {known})",
+            "pick one of those with --target, or add a [targets.NAME] table to runbook.toml",
+        )
+
+
+def fleet_members_path(state_dir: Path, fleet: str) -> Path:
+    """Where the members a fleet's catalog query returned are kept for this machine's runs."""
+    return state_dir / FLEET_MEMBERS_FOLDER / f"{fleet}.json"
+
+
+def member_value_problem(source: str, value: object) -> str:
+    """Why ``value`` cannot be a catalog member's ``source`` (empty: it can).
+
+    Only names pass (a service, a variable, a database): never a DSN or a password, which
+    would then be archived and passed to notebooks.
+    """
+    if source not in _MEMBER_VALUES:
+        return f"{source!r} is not one of {', '.join(MEMBER_SOURCES)}"
+    pattern, what = _MEMBER_VALUES[source]
+    if not isinstance(value, str) or not pattern.match(value):
+        return f"its {source} is not {what}"
+    return ""
+
+
+def member_target(template: Target, name: str, source: str, value: str) -> Target:
+    """A catalog member: the template target's timeouts and policies, its own connection.
+
+    ``source`` says what ``value`` names: a libpq service, the environment variable holding
+    the member's DSN, or a database on the template's server (never created: a member whose
+    database is missing fails to connect).
+    """
+    if source == "service":
+        return dataclasses.replace(
+            template, name=name, embedded=False, dsn_env=None, service=value, dbname=None
+        )
+    if source == "dsn_env":
+        return dataclasses.replace(
+            template, name=name, embedded=False, dsn_env=value, service=None, dbname=None
+        )
+    return dataclasses.replace(template, name=name, dbname=value)
+
+
+def _fleet_member(settings: Settings, name: str) -> Target | None:
+    """The catalog member FLEET.MEMBER as `fleet run` or `fleet list` last resolved it here.
+
+    None for a name of another form or an unknown fleet. Raises ConfigError when the fleet's
+    members were never resolved on this machine or the member is not among them.
+    """
+    fleet, dot, _ = name.partition(".")
+    fleets = settings.sections.get("fleets")
+    if not dot or not isinstance(fleets, Mapping) or fleet not in fleets:
+        return None
+    path = fleet_members_path(settings.state_dir, fleet)
+    hint = f"resolve its members again with: thorbis-runbook fleet list {fleet}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        template, row = settings.targets[data["template"]], data["members"].get(name)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"target {name} is a member of fleet {fleet}, whose catalog members were never "
+            f"resolved on this machine ({path} does not exist)",
+            hint,
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{path} is not a fleet member list this version wrote", hint) from None
+    if not isinstance(row, Mapping) or member_value_problem(
+        str(row.get("source")), row.get("value")
+    ):
+        raise ConfigError(f"fleet {fleet} has no member {name} (as last resolved)", hint)
+    return member_target(template, name, str(row["source"]), str(row["value"]))
 
 
 def find_config(start: Path) -> Path | None:
@@ -327,14 +423,25 @@ def _target(name: str, values: Mapping[str, Any]) -> Target:
     dsn_env = values.get("dsn_env")
     if dsn_env is not None and not isinstance(dsn_env, str):
         raise ConfigError(f"{where}.dsn_env = {dsn_env!r}", "name an environment variable")
-    if embedded and dsn_env:
+    service = values.get("service")
+    if service is not None and member_value_problem("service", service):
         raise ConfigError(
-            f"target {name} sets both embedded and dsn_env", "keep one: embedded = true or dsn_env"
+            f"{where}.service is not a libpq service name",
+            "name a [section] of pg_service.conf: letters, digits, '_', '.' and '-'",
+        )
+    given = [key for key in ("embedded", "dsn_env", "service") if values.get(key)]
+    if len(given) > 1:
+        both = "both " if len(given) == 2 else ""
+        raise ConfigError(
+            f"target {name} sets {both}{', '.join(given[:-1])} and {given[-1]}, which each say "
+            "where it connects",
+            "keep one: embedded = true, dsn_env or service",
         )
     return Target(
         name=name,
         embedded=embedded,
         dsn_env=dsn_env or None,
+        service=service or None,
         database=values.get("database", "thorbis"),
         production=_bool(values.get("production", False), f"{where}.production"),
         lock_timeout_ms=parse_duration_ms(

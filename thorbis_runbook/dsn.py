@@ -140,6 +140,46 @@ def database_of(dsn: str, env: Mapping[str, str] | None = None) -> str:
     return env.get("PGDATABASE") or env.get("PGUSER") or os.environ.get("USER", "postgres")
 
 
+def service_parameters(service: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The keywords libpq takes from pg_service.conf for ``service``, as libpq finds the file.
+
+    The user's file (PGSERVICEFILE, else ~/.pg_service.conf) is read first, then the system's
+    (PGSYSCONFDIR/pg_service.conf); the first that has the section wins. For redaction: a
+    service's password, and the .pgpass line matching its host, are secrets. Never raises.
+    """
+    env = os.environ if env is None else env
+    home = env.get("HOME") or os.path.expanduser("~")
+    files = [env.get("PGSERVICEFILE") or os.path.join(home, ".pg_service.conf")]
+    if env.get("PGSYSCONFDIR"):
+        files.append(os.path.join(env["PGSYSCONFDIR"], "pg_service.conf"))
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as source:
+                found = _service_section(source.read().splitlines(), service)
+        except OSError:
+            continue
+        if found is not None:
+            return found
+    return {}
+
+
+def _service_section(lines: list[str], service: str) -> dict[str, str] | None:
+    """key=value lines of one [section] of a service file (None: no such section)."""
+    found: dict[str, str] | None = None
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            if found is not None:
+                return found
+            found = {} if line[1:-1].strip() == service else None
+        elif found is not None and "=" in line:
+            key, _, value = line.partition("=")
+            found[key.strip()] = value.strip()
+    return found
+
+
 def parameters_of(dsn: str) -> dict[str, str]:
     """The keywords of a DSN as we read it (host, port, user, dbname, ...), percent-decoded.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from . import db, embedded, pgtools
+from . import db, embedded, pgtools, redaction
 from .config import Settings, Target
 from .dsn import with_database
 from .errors import ConfigError
@@ -107,7 +107,13 @@ def resolve(
     EmbeddedServerError when the embedded server cannot start.
     """
     chosen = target if isinstance(target, Target) else settings.target(target)
-    return Endpoint(settings, chosen, _dsn(settings, chosen, os.environ if env is None else env))
+    env = os.environ if env is None else env
+    if settings.targets.get(chosen.name) != chosen:
+        # A fleet member (or a target changed for this run): redaction.gather(settings) has
+        # not seen its DSN, and it must be known before anything can print it.
+        redaction.remember_target(chosen, env)
+    dsn = _dsn(settings, chosen, env)
+    return Endpoint(settings, chosen, with_database(dsn, chosen.dbname) if chosen.dbname else dsn)
 
 
 def _dsn(settings: Settings, target: Target, env: Mapping[str, str]) -> str:
@@ -115,6 +121,9 @@ def _dsn(settings: Settings, target: Target, env: Mapping[str, str]) -> str:
         return embedded_database(
             settings.state_dir, target.database, server_bin_dir=settings.server_bin_dir
         )
+    if target.service:
+        # libpq reads host, port, database and user from pg_service.conf (PGSERVICEFILE).
+        return f"service={target.service}"
     if target.dsn_env:
         dsn = env.get(target.dsn_env, "")
         if not dsn.strip():

@@ -145,9 +145,14 @@ def run_pipeline(
     parameters: Mapping[str, Sequence[str]] | None = None,
     progress: bool = False,
     change_id: str = "",
+    fleet_run: str = "",
+    pages: bool = True,
 ) -> PipelineResult:
     """Execute runbooks in order against one target, archiving each; stop at the first failure.
 
+    ``fleet_run`` ties each run to a fleet run (its summary and ledger line say so); with
+    ``pages`` False the archive's pages are left for the caller to render once (a fleet of
+    thousands would otherwise render the index once per member).
     Raises ConfigError, before the first runbook starts, for a bad parameter or run id, and
     for a parameter value that looks like a credential; ChangeNotFound and ChangeRefused for
     what the target's change policy refuses (every runbook of the list checked, so a refused
@@ -174,6 +179,7 @@ def run_pipeline(
             progress=progress,
             notifications=notifier,
             signer=signer,
+            fleet_run=fleet_run,
         )
         pending = []
         runs.append(run)
@@ -182,7 +188,7 @@ def run_pipeline(
             # its run's migrations (migrate.apply does it, whichever way apply was started);
             # its report shows what was undone.
             break
-    index = write_pages(settings)
+    index = write_pages(settings) if pages else None
     return PipelineResult(tuple(runs), index)
 
 
@@ -327,6 +333,7 @@ def execute(
     progress: bool = False,
     notifications: Notifier | None = None,
     signer: signing.Signer | None = None,
+    fleet_run: str = "",
 ) -> RunbookRun:
     """Run one notebook with papermill into its archive folder; a failed run is archived too.
 
@@ -360,7 +367,9 @@ def execute(
     # Read the executed notebook once: timings, scrubbing and both HTML views come from it.
     notebook = nbformat.read(str(output), as_version=4)
     summary = _complete_summary(folder, runbook, run_id, target, injected, started, error)
-    summary = summary.with_changes(cell_seconds=tuple(report.cell_timings(notebook))).scrubbed()
+    summary = summary.with_changes(
+        cell_seconds=tuple(report.cell_timings(notebook)), fleet_run=fleet_run
+    ).scrubbed()
     if notifications is not None:
         summary = summary.with_changes(
             notifications=tuple(asdict(d) for d in notifications(summary))
@@ -370,8 +379,8 @@ def execute(
     nbformat.write(notebook, str(output))
     report.export_html(notebook, output, summary)
     entry = {
-        "kind": "run", **_change_fields(runbook, parameters, summary), "run_id": run_id,
-        "runbook": runbook, "target": target.name, "status": summary.status,
+        "kind": "run", **_change_fields(runbook, parameters, summary), **_fleet_field(fleet_run),
+        "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
         "operator": summary.operator, "started": summary.started,
         "finished": summary.finished, "files": ledger.run_files(root, folder),
     }  # fmt: skip
@@ -418,6 +427,11 @@ def _anchor(settings: Settings, target: Target, written: Mapping[str, Any]) -> N
         log.warning("run %s (ledger line %d) could not be recorded in target %s: %s; reports "
                     "verify --against %s will list it", line.run_id, line.seq, target.name,
                     why_not, target.name)  # fmt: skip
+
+
+def _fleet_field(fleet_run: str) -> dict[str, str]:
+    """A fleet member's run line names its fleet run (resume and the fleet page read it)."""
+    return {"fleet_run": fleet_run} if fleet_run else {}
 
 
 def _complete_summary(

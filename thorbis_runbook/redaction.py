@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from . import db
 from .config import Settings, Target
-from .dsn import MASK, MIN_SECRET, parameters_of, password_candidates
+from .dsn import MASK, MIN_SECRET, parameters_of, password_candidates, service_parameters
 from .errors import RunbookError
 
 # Parameter names and values that look like credentials never reach the archive.
@@ -51,6 +51,14 @@ def remember(secrets: Iterable[str]) -> None:
             {secret, quote(secret, safe=""), json.dumps(secret)[1:-1], html.escape(secret),
              repr(secret)[1:-1]}
         )  # fmt: skip
+
+
+def remember_target(target: Target, env: Mapping[str, str] | None = None) -> None:
+    """Learn one target's secrets (a fleet member the settings do not list); never fails."""
+    try:
+        remember(target_secrets(target, os.environ if env is None else env))
+    except Exception:  # gathering must never be what fails a verb
+        return
 
 
 def known() -> frozenset[str]:
@@ -83,7 +91,12 @@ def target_secrets(target: Target, env: Mapping[str, str]) -> set[str]:
     """The secrets one target's connection and notifications use."""
     found: set[str] = set()
     dsn = env.get(target.dsn_env, "") if target.dsn_env else ""
-    if dsn:
+    if target.service:
+        # pg_service.conf may hold the password itself; .pgpass matches the service's host.
+        params = service_parameters(target.service, env)
+        found |= {params["password"]} if params.get("password") else set()
+        found |= pgpass_passwords(params, env)
+    elif dsn:
         parsed = db.dsn_parameters(dsn)
         found |= password_candidates(dsn, parsed)
         found |= pgpass_passwords(parsed if parsed is not None else parameters_of(dsn), env)

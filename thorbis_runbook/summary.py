@@ -92,6 +92,7 @@ class RunSummary:
     notifications: tuple[Mapping[str, Any], ...] = ()
     change_id: str = ""  # the change the run was attached to (empty: none)
     pin: str = ""  # the SHA-256 of the change's pinned set the run was checked against
+    fleet_run: str = ""  # the fleet run (FLT-...) that ran it on a fleet member (empty: none)
 
     @property
     def ok(self) -> bool:

@@ -31,13 +31,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "charts"),
     # verbs that compose the layers below
     ("migrate", "rehearse"),
-    # a change: what was pinned, approved and promoted, read back from the ledger
-    ("changes", "promotion"),
-    # the notebooks' facade and the archive
+    # a change and a fleet: what was pinned, approved and promoted, read back from the ledger;
+    # a fleet's members, waves and standing
+    ("changes", "promotion", "waves", "fleets", "fleet_status"),
+    # the notebooks' facade and the archive; a fleet's members run through the pipeline
     ("runbook", "sql_archive", "report", "change_record", "change_chart", "page_html",
-     "change_evidence", "change_page", "index_page", "pages", "archive", "pipeline"),
+     "change_evidence", "change_page", "fleet_page", "index_page", "pages", "archive",
+     "pipeline", "fleet_member", "fleet_run"),
     # the shell
-    ("cli", "arguments", "change_verb", "__init__"),
+    ("cli", "arguments", "change_verb", "fleet_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
