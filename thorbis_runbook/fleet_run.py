@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from . import changes, fleets, ledger, pages, pipeline, promotion, redaction
@@ -60,7 +61,11 @@ class FleetPlan:
     operator: str = ""
 
     def member(self, name: str) -> Member:
-        return next(member for member in self.members if member.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Member]:
+        return {member.name: member for member in self.members}
 
     def to_run(self, wave: Wave) -> tuple[str, ...]:
         return tuple(name for name in wave.members if not self.states[name].done)

@@ -112,7 +112,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         if tally.get("done", 0) < len(members):
             print(f"resume: {resume}")
         _print_page(settings, chosen.name, args.change)
-    return 1 if tally.get("failed") else 0
+    return 1 if tally.get("failed") or tally.get("rolled back") else 0
 
 
 def _print_plan(prepared: fleet_run.FleetPlan) -> None:
