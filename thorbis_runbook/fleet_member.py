@@ -28,6 +28,7 @@ from .ledger import reports_root
 log = logging.getLogger(__name__)
 FLEET_RUN_ID = re.compile(r"^FLT-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 SUCCEEDED, FAILED = "succeeded", "failed"
+_gathered: set[tuple[object, int]] = set()  # the projects whose secrets this process has learnt
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def run_member(
     """
     check_fleet_run_id(fleet_run_id)
     on_failure = fleet.wave(wave).on_failure
-    redaction.gather(settings)
+    _gather_once(settings)
     redaction.remember_target(member.target)
     started = _now()
     runs, error = _run(settings, member, runbooks, change_id, fleet_run_id, parameters or {})
@@ -171,6 +172,15 @@ def _changed(figures: Mapping[str, Any]) -> bool:
     """True when the apply run applied a migration that its own on_failure has not undone."""
     applied = figures.get("applied")
     return isinstance(applied, int) and applied > 0 and not figures.get("rolled_back")
+
+
+def _gather_once(settings: Settings) -> None:
+    """Learn the project's secrets once per process: a pool process runs many members, and a
+    fleet named by a pattern may have thousands of targets to read them from."""
+    key = (settings.config_path, len(settings.targets))
+    if key not in _gathered:
+        redaction.gather(settings)
+        _gathered.add(key)
 
 
 def _now() -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .display import AXIS, COLOURS, HEADER_BACKGROUND, RULE, TEXT, UNKNOWN
-from .fleet_run import resume_command
 from .fleet_status import (
     DONE,
     FAILED,
@@ -29,6 +28,7 @@ from .fleet_status import (
     counts,
     fleet_entries,
     member_states,
+    resume_command,
     run_error,
 )
 

@@ -25,13 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from . import changes, fleets, ledger, pages, pipeline, promotion, redaction
 from .config import Settings, guard_production
 from .errors import ConfigError
 from .fleet_member import FAILED, MemberResult, new_fleet_run_id, record, record_member, run_member
-from .fleet_status import MemberState, fleet_entries, member_states
+from .fleet_status import MemberState, fleet_entries, member_states, resume_command
 from .fleets import Fleet, Member
 from .pins import PinnedSet, pin_folder
 from .runs import operator_name
@@ -60,7 +61,11 @@ class FleetPlan:
     operator: str = ""
 
     def member(self, name: str) -> Member:
-        return next(member for member in self.members if member.name == name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Member]:
+        return {member.name: member for member in self.members}
 
     def to_run(self, wave: Wave) -> tuple[str, ...]:
         return tuple(name for name in wave.members if not self.states[name].done)
@@ -104,10 +109,6 @@ class FleetResult:
     def counts(self) -> dict[str, int]:
         found = [str(row[2]) for row in self.rows()]
         return {state: found.count(state) for state in dict.fromkeys(found)}
-
-
-def resume_command(fleet: str, change_id: str, runbooks: Sequence[str]) -> str:
-    return f"thorbis-runbook fleet run {fleet} --change {change_id} --runbooks {','.join(runbooks)}"
 
 
 def prepare(
@@ -453,4 +454,4 @@ class _MemberFormatter(logging.Formatter):
         return f"[{_current}] {text}" if _current else text
 
 
-__all__ = ["FleetPlan", "FleetResult", "fleet_state", "prepare", "resume_command", "run_fleet"]
+__all__ = ["FleetPlan", "FleetResult", "fleet_state", "prepare", "run_fleet"]

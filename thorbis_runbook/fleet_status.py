@@ -141,6 +141,11 @@ def _since_rollback(runs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, 
     return runs[undone[-1] + 1 :] if undone else runs
 
 
+def resume_command(fleet: str, change_id: str, runbooks: Sequence[str]) -> str:
+    """The command that runs a fleet's rollout of a change again (members done are skipped)."""
+    return f"thorbis-runbook fleet run {fleet} --change {change_id} --runbooks {','.join(runbooks)}"
+
+
 def counts(states: Iterable[MemberState]) -> dict[str, int]:
     """How many members are in each state, in STATES order, zeros left out."""
     found = [state.state for state in states]

@@ -17,7 +17,7 @@ from . import fleet_run, fleets
 from .config import Settings
 from .display import text_table
 from .fleet_member import MemberResult
-from .fleet_status import counts, first_line, run_error
+from .fleet_status import counts, first_line, resume_command, run_error
 from .ledger import reports_root
 from .waves import Wave, plan
 
@@ -97,7 +97,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         last_run = f"{last.get('runbook')} {last.get('run_id')}" if last else ""
         rows.append((member.name, wave_of[member.name], state.state, last_run,
                      last.get("finished", ""), first_line(error)))  # fmt: skip
-    resume = fleet_run.resume_command(chosen.name, args.change, runbooks)
+    resume = resume_command(chosen.name, args.change, runbooks)
     tally = counts(states.values())
     if args.json:
         _print_json({
@@ -112,7 +112,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         if tally.get("done", 0) < len(members):
             print(f"resume: {resume}")
         _print_page(settings, chosen.name, args.change)
-    return 1 if tally.get("failed") else 0
+    return 1 if tally.get("failed") or tally.get("rolled back") else 0
 
 
 def _print_plan(prepared: fleet_run.FleetPlan) -> None:
