@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import ledger, pipeline, redaction
+from . import ledger, pipeline, redaction, signing
 from .config import Settings
 from .errors import ConfigError, RunbookError
 from .fleet_status import FLEET_KIND, first_line
@@ -106,12 +106,14 @@ def run_member(
 
 def record(settings: Settings, fleet: Fleet, change_id: str, fleet_run_id: str, event: str,
            **fields: Any) -> dict[str, Any]:  # fmt: skip
-    """Append one fleet record (kind "fleet") to the ledger; returns the line as written."""
+    """Append one fleet record (kind "fleet") to the ledger, signed where the archive is;
+    returns the line as written. fleet_run.prepare loaded the key once before anything ran,
+    so a bad key was refused there."""
     entry = {
         "kind": FLEET_KIND, "event": event, "fleet": fleet.name, "change_id": change_id,
         "fleet_run": fleet_run_id, "at": _now(), **fields,
     }  # fmt: skip
-    return ledger.append(reports_root(settings), entry)
+    return ledger.append(reports_root(settings), entry, signer=signing.load_signer(settings))
 
 
 def record_member(

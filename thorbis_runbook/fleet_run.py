@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import changes, fleets, ledger, pages, pipeline, promotion, redaction
+from . import archive, changes, fleets, ledger, pipeline, promotion, redaction, signing
 from .config import Settings, guard_production
 from .errors import ConfigError
 from .fleet_member import FAILED, MemberResult, new_fleet_run_id, record, record_member, run_member
@@ -124,6 +124,7 @@ def prepare(
     ConnectionFailed (the catalog is unreachable): each before any member is touched.
     """
     changes.check_change_id(change_id)
+    signing.load_signer(settings)  # a missing or wrong signing key refuses the whole fleet run
     fleet = fleets.load_fleet(settings, name)
     chosen = fleets.parse_runbooks(runbooks, where="--runbooks") if runbooks else fleet.runbooks
     root = ledger.reports_root(settings)
@@ -183,7 +184,7 @@ def run_fleet(
             last = wave
             found, stop = _run_wave(settings, fleet_plan, wave, todo, pool, progress)
             results.extend(found)
-            pages.write_pages(settings)
+            archive.write_pages(settings)
             if stop:
                 outcome, reason = stop
                 break
@@ -195,7 +196,7 @@ def run_fleet(
     result = FleetResult(fleet_plan, tuple(results), outcome, reason)
     record(settings, fleet_plan.fleet, fleet_plan.change_id, fleet_plan.fleet_run, "finished",
            outcome=outcome, reason=reason, counts=result.counts())  # fmt: skip
-    pages.write_pages(settings)
+    archive.write_pages(settings)
     return result
 
 
@@ -356,6 +357,7 @@ def fleet_state(
     change, else the fleet's. Raises what prepare raises for the fleet, change and members.
     """
     changes.check_change_id(change_id)
+    signing.load_signer(settings)  # a missing or wrong signing key refuses the whole fleet run
     fleet = fleets.load_fleet(settings, name)
     root = ledger.reports_root(settings)
     changes.load_change(root, change_id)

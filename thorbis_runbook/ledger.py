@@ -27,7 +27,7 @@ LEDGER_FILE = "ledger.jsonl"
 HEAD_FILE = "ledger.head"
 PUB_FILE = "ledger.pub"
 GENESIS = "0" * 64
-KINDS = ("run", "change")
+KINDS = ("run", "change", "fleet")
 # Files at the top of reports/ that belong to the archive itself; anything else anywhere under
 # reports/ must be recorded by a ledger line or be a derived page that renders the same again.
 ARCHIVE_FILES = frozenset({
