@@ -151,6 +151,40 @@ def changes_from(root: Path, entries: Sequence[Mapping[str, Any]]) -> dict[str, 
     return found
 
 
+def undoes(run: Mapping[str, Any]) -> bool:
+    """True for a run line that rolled its target back (a succeeded rollback, not a rehearsal
+    on a scratch copy): what was applied before it no longer counts."""
+    return (
+        run.get("runbook") == "rollback"
+        and run.get("status") == "succeeded"
+        and not run.get("rehearsal")
+    )
+
+
+def since_last_undo(runs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """The runs after the last one that rolled the target back."""
+    undone = [index for index, run in enumerate(runs) if undoes(run)]
+    return runs[undone[-1] + 1 :] if undone else runs
+
+
+def signed_part(change: Change, key: signing.PublicKey | None) -> Change:
+    """The approvals and runs of ``change`` whose ledger lines carry a valid signature by the
+    pinned key (all of them when none is pinned).
+
+    A production run trusts staging's evidence and the approvals only as far as the archive
+    vouches for them: a line appended by hand to a signed archive (a forged approval, a
+    staging run that never happened) counts for nothing here, as `reports verify` fails it.
+    """
+    if key is None:
+        return change
+    signed = {record.get("seq") for record in change.records if key.verify(record)}
+    return replace(
+        change,
+        approvals=tuple(a for a in change.approvals if a.seq in signed),
+        runs=tuple(run for run in change.runs if key.verify(run)),
+    )
+
+
 def load_change(root: Path, change_id: str) -> Change:
     """The change with this id; raises ConfigError (malformed id) or ChangeNotFound."""
     check_change_id(change_id)
@@ -303,7 +337,8 @@ def approve_change(
     comment = _line(comment, "comment", required=False)
     root = ledger.reports_root(settings)
     signer = signing.load_signer(settings)  # a bad key refuses before anything is written
-    change = load_change(root, change_id)
+    # What the archive vouches for: a line appended by hand to a signed archive counts for nothing.
+    change = signed_part(load_change(root, change_id), signing.pinned_key(settings))
     differences = change.pin.differences(pin_folder(settings.migrations_dir))
     if differences:
         raise ChangeRefused(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .changes import since_last_undo, undoes
 from .summary import RunSummary
 
 FLEET_KIND = "fleet"
@@ -116,7 +117,7 @@ def _state(
     runbooks: Sequence[str], pin: str,
 ) -> MemberState:  # fmt: skip
     fleet_run = str(record.get("fleet_run") or "")
-    if pin and completed(_since_rollback(runs), runbooks, pin):
+    if pin and completed(since_last_undo(runs), runbooks, pin):
         return MemberState(name, DONE, runs, fleet_run=fleet_run, record=record)
     latest_run = runs[-1] if runs else None
     record_is_latest = bool(record) and (latest_run is None or _seq(record) > _seq(latest_run))
@@ -125,20 +126,13 @@ def _state(
         state = ROLLED_BACK if record.get("rolled_back") else FAILED
     elif latest_run is None:
         state = PENDING
-    elif latest_run.get("runbook") == "rollback" and latest_run.get("status") == "succeeded":
+    elif undoes(latest_run):
         state = ROLLED_BACK
     elif latest_run.get("status") != "succeeded":
         state = FAILED
     else:
         state = INCOMPLETE
     return MemberState(name, state, runs, error, fleet_run, record)
-
-
-def _since_rollback(runs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
-    """The runs after the last succeeded rollback: what it undid no longer counts."""
-    undone = [i for i, run in enumerate(runs)
-              if run.get("runbook") == "rollback" and run.get("status") == "succeeded"]  # fmt: skip
-    return runs[undone[-1] + 1 :] if undone else runs
 
 
 def resume_command(fleet: str, change_id: str, runbooks: Sequence[str]) -> str:

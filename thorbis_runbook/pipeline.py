@@ -393,8 +393,8 @@ def _change_fields(
     runbook: str, parameters: Mapping[str, Any], summary: RunSummary
 ) -> dict[str, Any]:
     """A run line's change fields: the change, the pin it was checked against (empty when the
-    notebook stopped before its check), and for an apply that promotion must not count,
-    why (a dry run, or only up to a version)."""
+    notebook stopped before its check), for an apply that promotion must not count, why (a
+    dry run, or only up to a version), and whether a rollback was only a rehearsal."""
     change_id = str(parameters.get("change_id") or summary.change_id or "")
     if not change_id:
         return {}
@@ -403,6 +403,8 @@ def _change_fields(
         fields["partial"] = "dry run"
     elif runbook == "apply" and parameters.get("to_version"):
         fields["partial"] = f"up to {parameters['to_version']}"
+    if runbook == "rollback" and parameters.get("rehearsal"):
+        fields["rehearsal"] = True  # a scratch copy was rolled back: the target kept its apply
     return fields
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .changes import Change, same_person
+from . import signing
+from .changes import Change, same_person, signed_part, since_last_undo
 from .config import Settings, Target
 from .errors import ChangeRefused
 from .pins import PinnedSet, pin_folder
@@ -59,6 +60,7 @@ def missing_for(
     found = _pin_missing(change, target, pinned, runbook)
     if not changes_target:
         return found
+    change = signed_part(change, signing.pinned_key(settings))
     if target.promote_from is not None and not change.emergency:
         found += _promotion_missing(change, target, target.promote_from)
     found += _approval_missing(change, target, operator)
@@ -261,10 +263,11 @@ def _approval_missing(change: Change, target: Target, operator: str) -> list[Mis
 
 # -- helpers --------------------------------------------------------------------------------
 def _evidence_runs(change: Change, target: str) -> list[Mapping[str, Any]]:
-    """The change's succeeded runs on ``target`` checked against its current pin; an apply
-    counts only when it was live and whole (not a dry run, not up to a version)."""
+    """The change's succeeded runs on ``target`` checked against its current pin, after the
+    last rollback there (it undid them); an apply counts only when it was live and whole (not
+    a dry run, not up to a version)."""
     return [
-        run for run in change.runs_on(target)
+        run for run in since_last_undo(change.runs_on(target))
         if run.get("status") == "succeeded" and run.get("pin") == change.pin_sha256
         and run.get("runbook") in EVIDENCE
         and not (run.get("runbook") == "apply" and run.get("partial"))

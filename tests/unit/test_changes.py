@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import write_migrations
-from thorbis_runbook import changes, ledger, promotion
+from thorbis_runbook import changes, ledger, promotion, signing
 from thorbis_runbook.archive import verify_archive
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.errors import ChangeRefused, ConfigError
@@ -223,6 +226,54 @@ def test_promotion_needs_a_validate_after_a_whole_live_apply_on_the_current_pin(
     )
     _run(settings, change, "validate", started="2026-01-01T10:01:00+00:00")
     assert _missing(settings, change.change_id) == []
+
+
+def test_a_rollback_on_staging_voids_the_evidence_before_it_a_rehearsal_does_not(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, approvals_required=0)
+    change = _open(settings)
+    _run(settings, change, "precheck")
+    _run(settings, change, "apply")
+    _run(settings, change, "validate", started="2026-01-01T10:02:00+00:00")
+    _run(settings, change, "rollback", rehearsal=True)
+    assert _missing(settings, change.change_id) == [], "a rehearsal rolls back a scratch copy"
+    _run(settings, change, "rollback")
+    (lacking,) = _missing(settings, change.change_id)
+    assert "has no succeeded precheck, apply and validate on staging" in lacking, (
+        "staging was rolled back: what passed there before no longer stands"
+    )
+
+
+def test_in_a_signed_archive_forged_approvals_and_evidence_count_for_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    monkeypatch.setenv("THORBIS_SIGNING_KEY", base64.b64encode(raw).decode())
+    public = signing.Signer(key).public_key.text
+    settings = _settings(tmp_path, approvals_required=1)
+    settings = settings_from_mapping(
+        {"runbook": {"migrations_dir": "migrations"}, "reports": {"public_key": public},
+         "targets": {"staging": {"dsn_env": "S"},
+                     "production": {"dsn_env": "P", "production": True, "promote_from": "staging"}}},
+        root=tmp_path, env={},
+    )  # fmt: skip
+    change = _open(settings)
+    for runbook in ("precheck", "apply"):
+        _run(settings, change, runbook)  # appended unsigned, as a hand-written line would be
+    _run(settings, change, "validate", started="2026-01-01T10:02:00+00:00")
+    forged = {"kind": "change", "change_id": change.change_id, "action": "approved", "by": "carol",
+              "at": "2026-01-01T11:00:00+00:00", "files": {}, "pin": change.pin_sha256,
+              "comment": "", "refers_to": change.opened_seq}  # fmt: skip
+    ledger.append(ledger.reports_root(settings), forged)
+    promotion_gap, approval_gap = _missing(settings, change.change_id)
+    assert "has no succeeded precheck, apply and validate on staging" in promotion_gap
+    assert "has no approval for production" in approval_gap
+    changes.approve_change(settings, change.change_id, approver="carol")  # signed
+    assert _missing(settings, change.change_id) == [promotion_gap]
 
 
 def test_approvals_by_the_operator_or_author_do_not_count_under_separation(tmp_path: Path) -> None:
