@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -15,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from . import (
-    archive,
     arguments,
     baseline,
     benchmark,
     change_verb,
     changes,
-    checks,
     config,
     embedded,
     fleet_verb,
@@ -35,19 +31,19 @@ from . import (
     promotion,
     redaction,
     rehearse,
+    reports_verb,
     scaffold,
     seed,
-    signing,
     status,
     troubleshoot,
     validate,
 )
 from .apply import STEP_COLUMNS
-from .display import text_table
 from .endpoint import Endpoint, resolve
 from .errors import AlreadySeeded, ConfigError, EmbeddedServerError, RunbookError
-from .migrations import Migration
+from .output import print_checks, print_json, print_table
 from .plan import STATUS_COLUMNS
+from .progress_bars import MigrationBar, SeedBar
 from .recovery import backup, pitr
 from .recovery import rollback as recovery
 from .recovery.result import DATA_LOSS_COLUMNS
@@ -75,7 +71,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.verb == "init":  # init writes the runbook.toml every other verb reads
             return _init(args)
         if args.verb == "reports":  # an auditor's verify and keygen need no runbook.toml
-            return _reports(args, _reports_settings(args))
+            return reports_verb.reports(args, reports_verb.settings_for(args))
         settings = config.load_settings(Path(args.config) if args.config else None)
         redaction.gather(settings)
         return HANDLERS[args.verb](args, settings)
@@ -231,12 +227,12 @@ def _status(args: argparse.Namespace, settings: config.Settings) -> int:
     report = status.status(_endpoint(args, settings))
     plan = report.plan
     if args.json:
-        _print_json({
+        print_json({
             "target": report.target, "current_version": report.current_version, "counts": plan.counts(),
             "migrations": [dict(zip(STATUS_COLUMNS, row.as_tuple(), strict=True)) for row in plan.rows],
         })  # fmt: skip
     else:
-        _print_table(STATUS_COLUMNS, [row.as_tuple() for row in plan.rows])
+        print_table(STATUS_COLUMNS, [row.as_tuple() for row in plan.rows])
         counts = ", ".join(f"{n} {state}" for state, n in sorted(plan.counts().items()))
         print(
             f"\ntarget {report.target}: schema version {report.current_version or 'none'} ({counts or 'no migrations'})"
@@ -260,7 +256,7 @@ def _apply(args: argparse.Namespace, settings: config.Settings) -> int:
         ),
         backup=args.backup, pinned=pinned, change_id=args.change,
     )  # fmt: skip
-    with _ProgressBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
+    with MigrationBar(enabled=not args.dry_run and sys.stderr.isatty()) as bar:
         result = migrate.apply(endpoint, request, progress=bar.update)
     if args.dry_run:
         print(result.script)
@@ -302,7 +298,7 @@ def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
         _endpoint(args, settings), to_version=args.to, confirm_production=args.confirm_production
     )
     if args.json:
-        _print_json(asdict(result))
+        print_json(asdict(result))
         return 0
     for name in result.recorded:
         print(f"baselined {name}")
@@ -326,7 +322,7 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
         target, "seed writes demo data", hint="seed a local or staging target instead"
     )
     with (
-        _SeedBar(enabled=sys.stderr.isatty()) as bar,
+        SeedBar(enabled=sys.stderr.isatty()) as bar,
         resolve(settings, target).connection("thorbis-runbook seed") as conn,
     ):
         try:
@@ -340,9 +336,9 @@ def _seed(args: argparse.Namespace, settings: config.Settings) -> int:
             print(f"seed skipped on target {target.name}: {exc.message}")
             return 0
     if args.json:
-        _print_json(asdict(result))
+        print_json(asdict(result))
     else:
-        _print_table(("table", "rows"), result.to_rows())
+        print_table(("table", "rows"), result.to_rows())
         print(f"\nseeded target {target.name} in {result.seconds:.1f} s")
     return 0
 
@@ -361,76 +357,16 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         change_id=args.change,
     )  # fmt: skip
     rows = [(r.runbook, r.run_id, r.status, str(r.folder), r.error) for r in result.runs]
-    _print_table(("runbook", "run_id", "status", "report", "error"), rows)
+    print_table(("runbook", "run_id", "status", "report", "error"), rows)
     print(f"\nreports: {result.index}")
     return 0 if result.ok else 1
-
-
-def _reports_settings(args: argparse.Namespace) -> config.Settings | None:
-    """The settings a reports action needs: none for keygen, nor for verify of an archive
-    folder with a key given; verify --archive alone reads runbook.toml only where there is one
-    (for its pinned key). Everything else, --against included, needs runbook.toml."""
-    standalone = args.action == "keygen" or (
-        args.action == "verify" and args.archive and not args.against
-    )
-    if standalone and (args.action == "keygen" or args.public_key):
-        return None
-    found = args.config or os.environ.get("THORBIS_CONFIG") or config.find_config(Path.cwd())
-    if standalone and not found:
-        return None
-    settings = config.load_settings(Path(args.config) if args.config else None)
-    redaction.gather(settings)
-    return settings
-
-
-def _reports(args: argparse.Namespace, settings: config.Settings | None) -> int:
-    if args.action == "keygen":
-        return _keygen(Path(args.out))
-    if args.action == "verify":
-        return _verify(args, settings)
-    assert settings is not None  # only keygen and verify go without
-    if args.action == "render":
-        print(f"rendered {archive.write_pages(settings)} and every change page from the ledger")
-        return 0
-    entries = ledger.run_entries(ledger.reports_root(settings))
-    rows = [(e.get("finished"), e.get("target"), e.get("runbook"), e.get("status"), e.get("operator"), e.get("run_id"))
-            for e in reversed(entries)]  # fmt: skip
-    if args.json:
-        _print_json(entries)
-    else:
-        _print_table(("finished", "target", "runbook", "status", "operator", "run_id"), rows)
-    return 0
-
-
-def _verify(args: argparse.Namespace, settings: config.Settings | None) -> int:
-    if args.archive:
-        root = Path(args.archive).expanduser().resolve()
-    else:
-        assert settings is not None
-        root = ledger.reports_root(settings)
-    public_key = signing.load_public_key(settings, args.public_key)
-    against = resolve(settings, args.against) if settings and args.against else None
-    report = archive.verify_archive(root, public_key=public_key, against=against)
-    return _print_checks(report, as_json=args.json)
-
-
-def _keygen(out: Path) -> int:
-    key = signing.generate_key(out)
-    print(f"wrote a new Ed25519 signing key to {out} (mode 0600; key {key.key_id})")
-    print("pin its public key: add these lines to runbook.toml")
-    print(f"\n[reports]\n{key.line}\nsigning_key_file = {json.dumps(str(out.resolve()))}\n")
-    print(
-        f"(or give the key in {signing.KEY_ENV} instead of signing_key_file). Keep the private "
-        "key out of git and out of reports/; an auditor needs only the public_key line."
-    )
-    return 0
 
 
 def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
     files = [Path(f) for f in args.files]
     endpoint = _endpoint(args, settings) if args.target else None
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
-    code = _print_checks(report, as_json=args.json)
+    code = print_checks(report, as_json=args.json)
     rules = sorted({c.name.split()[0] for c in report if c.status in ("warn", "fail")})
     if rules and not args.json:
         print("\nfixes:")
@@ -444,7 +380,7 @@ def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.backup:
         taken = backup.take_backup(endpoint)
         print(f"backup {taken.manifest.backup_id} taken and verified", file=sys.stderr)
-    return _print_checks(precheck.precheck(endpoint), as_json=args.json)
+    return print_checks(precheck.precheck(endpoint), as_json=args.json)
 
 
 def _troubleshoot(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -452,22 +388,11 @@ def _troubleshoot(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.json:
         print(report.to_json())
         return 0 if report.ok else 1
-    _print_checks(report.checks, as_json=False)
+    print_checks(report.checks, as_json=False)
     if report.actions:
         print("\nSQL to run by hand, after reading it (the runbook never runs it):")
         for action in report.actions:
             print(f"  {action.sql}  -- {action.check}: {action.why}")
-    return 0 if report.ok else 1
-
-
-def _print_checks(report: Any, *, as_json: bool) -> int:
-    """Print a CheckReport as a table (or JSON); return 1 when any check failed."""
-    if as_json:
-        print(report.to_json())
-    else:
-        _print_table(checks.COLUMNS, report.rows())
-        counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
-        print(f"\n{report.title}: {report.status} ({counts or 'no checks'})")
     return 0 if report.ok else 1
 
 
@@ -481,7 +406,7 @@ def _validate(args: argparse.Namespace, settings: config.Settings) -> int:
     if before is not None:
         print(f"benchmark baseline: {before}", file=sys.stderr)
     report = validate.validate(endpoint, baseline=before)
-    return _print_checks(report, as_json=args.json)
+    return print_checks(report, as_json=args.json)
 
 
 def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -489,9 +414,9 @@ def _benchmark(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.save:
         result.save(args.save)
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return 0
-    _print_table(benchmark.COLUMNS, result.rows())
+    print_table(benchmark.COLUMNS, result.rows())
     saved = f"; saved to {args.save}" if args.save else ""
     print(f"\ntarget {result.target}: {len(result.queries)} benchmark queries{saved}")
     return 0
@@ -501,11 +426,11 @@ def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
     result = backup.take_backup(_endpoint(args, settings), deep=args.deep)
     m = result.manifest
     if args.json:
-        _print_json(
+        print_json(
             {"manifest": asdict(m), "checks": result.checks.to_dict(), "timings": result.timings}
         )
         return 0 if result.ok else 1
-    _print_checks(result.checks, as_json=False)
+    print_checks(result.checks, as_json=False)
     timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
     print(
         f"backup {m.backup_id} of target {m.target}: {m.size_bytes} bytes in {m.path} ({timings})"
@@ -516,9 +441,9 @@ def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
 def _backups(args: argparse.Namespace, settings: config.Settings) -> int:
     catalog = backup.list_backups(settings, settings.target(args.target))
     if args.json:
-        _print_json([asdict(m) for m in catalog.backups])
+        print_json([asdict(m) for m in catalog.backups])
     else:
-        _print_table(backup.BACKUP_COLUMNS, catalog.rows())
+        print_table(backup.BACKUP_COLUMNS, catalog.rows())
     return 0
 
 
@@ -529,19 +454,19 @@ def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
         confirm_production=args.confirm_production,
     ))  # fmt: skip
     if args.json:
-        _print_json(asdict(result))
+        print_json(asdict(result))
         result.raise_for_failures()
         return 0
     if result.steps:
-        _print_table(ROLLBACK_STEP_COLUMNS, [s.as_tuple() for s in result.steps])
+        print_table(ROLLBACK_STEP_COLUMNS, [s.as_tuple() for s in result.steps])
     if result.sessions:
         print("\nsessions ended for maintenance mode:")
-        _print_table(SESSION_COLUMNS, [s.identity() for s in result.sessions])
+        print_table(SESSION_COLUMNS, [s.identity() for s in result.sessions])
     if result.data_loss:
         print("\nwrites lost (made after the restore point, from business_core.audit_log):")
-        _print_table(DATA_LOSS_COLUMNS, [r.as_tuple() for r in result.data_loss])
+        print_table(DATA_LOSS_COLUMNS, [r.as_tuple() for r in result.data_loss])
     print()
-    _print_checks(result.checks, as_json=False)
+    print_checks(result.checks, as_json=False)
     for note in result.notes:
         print(note)
     timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
@@ -553,7 +478,7 @@ def _rollback(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
     result = rehearse.rehearse(_endpoint(args, settings), source=args.source)
-    code = _print_checks(result.checks, as_json=args.json)
+    code = print_checks(result.checks, as_json=args.json)
     if not args.json:
         timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
         print(f"rehearsed {len(result.migrations)} migration(s) on {result.source}: {timings}")
@@ -563,16 +488,16 @@ def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
 def _pitr(args: argparse.Namespace, settings: config.Settings) -> int:
     setup = pitr.enable(_endpoint(args, settings))
     if args.json:
-        _print_json(asdict(setup))
+        print_json(asdict(setup))
     else:
-        _print_table(("item", "value"), setup.rows())
+        print_table(("item", "value"), setup.rows())
     return 0
 
 
 # -- output --------------------------------------------------------------------------------
 def _report_apply(result: migrate.ApplyResult, *, as_json: bool) -> None:
     if as_json:
-        _print_json({
+        print_json({
             "run_id": result.run_id, "target": result.target, "dry_run": result.dry_run, "ok": result.ok,
             "steps": [dict(zip(STEP_COLUMNS, step.as_tuple(), strict=True)) for step in result.steps],
         })  # fmt: skip
@@ -581,74 +506,11 @@ def _report_apply(result: migrate.ApplyResult, *, as_json: bool) -> None:
     if not result.steps:
         print(f"target {result.target}: nothing to apply, the schema is up to date", file=out)
         return
-    _print_table(STEP_COLUMNS, [step.as_tuple() for step in result.steps], file=out)
+    print_table(STEP_COLUMNS, [step.as_tuple() for step in result.steps], file=out)
     applied = sum(step.status == "applied" for step in result.steps)
     verb = "would apply" if result.dry_run else "applied"
     count = len(result.steps) if result.dry_run else applied
     print(f"\ntarget {result.target}: {verb} {count} migration(s) (run {result.run_id})", file=out)
-
-
-def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], file: Any = None) -> None:
-    print(text_table(columns, rows), file=file)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-class _ProgressBar:
-    """A tqdm bar over migrations on a terminal; silent in logs and pipes."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def update(self, event: str, migration: Migration, status: str) -> None:
-        if event == "start":
-            log.debug("applying %s", migration.filename)
-        if not self.enabled:
-            if event == "done":
-                log.info("%s: %s", migration.filename, status)
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(unit="migration", file=sys.stderr, dynamic_ncols=True)
-        self.bar.set_description(migration.filename)
-        if event == "done":
-            self.bar.update(1)
-
-
-class _SeedBar:
-    """One tqdm bar per table being loaded."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bars: dict[str, Any] = {}
-
-    def __enter__(self) -> _SeedBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-    def update(self, table: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(table)
-        if bar is None:
-            bar = self.bars[table] = tqdm(total=total, desc=table, unit="row", file=sys.stderr)
-        bar.update(done - bar.n)
 
 
 HANDLERS: dict[str, Handler] = {
