@@ -8,7 +8,6 @@ again. `change open` prints the new id alone on stdout, so `ID=$(thorbis-runbook
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from . import archive, changes, ledger, promotion
 from .config import Settings
 from .display import text_table
 from .errors import RunbookError
+from .output import print_json, say
 from .pins import pin_folder
 from .runs import operator_name
 
@@ -37,14 +37,14 @@ def _open(args: argparse.Namespace, settings: Settings) -> int:
         author=args.as_name or operator_name(),
     )  # fmt: skip
     archive.write_pages(settings)
-    _say(
+    say(
         f"opened change {opened.change_id} ({opened.category}) for ticket {opened.ticket} by "
         f"{opened.author}: pin 1 holds {len(opened.pin.files)} migration file(s), sha256 "
         f"{opened.pin_sha256[:12]}"
     )
     if opened.emergency:
-        _say(_red("EMERGENCY change: approvals and promotion are skipped; approve it afterwards"))
-    _say(f"next: thorbis-runbook change show {opened.change_id}")
+        say(_red("EMERGENCY change: approvals and promotion are skipped; approve it afterwards"))
+    say(f"next: thorbis-runbook change show {opened.change_id}")
     print(opened.change_id)
     return 0
 
@@ -101,7 +101,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     shown = changes.load_change(ledger.reports_root(settings), args.change_id)
     states, problem = _states(settings, [shown])
     if args.json:
-        _print_json({**change_record(shown, states[0]), **problem})
+        print_json({**change_record(shown, states[0]), **problem})
         return 0
     category = _red("EMERGENCY") if shown.emergency else shown.category
     window = " to ".join(t for t in (shown.planned_start, shown.planned_end) if t) or "not given"
@@ -144,7 +144,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     states, problem = _states(settings, found)
     listed = list(zip(found, states, strict=True))
     if args.json:
-        _print_json([{**change_record(c, s, full=False), **problem} for c, s in listed])
+        print_json([{**change_record(c, s, full=False), **problem} for c, s in listed])
         return 0
     print(text_table(
         ("opened", "change", "category", "ticket", "author", "pin", "approvals", "runs", "state"),
@@ -223,14 +223,6 @@ def _state_text(change: changes.Change, states: Sequence[promotion.TargetState])
 def _red(text: str) -> str:
     """Red on a terminal; plain (the words say it) in a pipe or a log."""
     return f"{_RED}{text}{_RESET}" if sys.stdout.isatty() else text
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 _ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {

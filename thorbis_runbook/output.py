@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,11 @@ from .display import text_table
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], file: Any = None) -> None:
     print(text_table(columns, rows), file=file)
+
+
+def say(text: str) -> None:
+    """A line for the person at the terminal (stderr), leaving stdout to what a script reads."""
+    print(text, file=sys.stderr)
 
 
 def print_json(data: Any) -> None:
