@@ -167,11 +167,15 @@ def _row(root: Path, entry: Mapping[str, Any]) -> str:
     run_id, runbook = str(entry.get("run_id")), str(entry.get("runbook"))
     background, colour = COLOURS.get(status, (BACKGROUND, TEXT))
     base = f"{target}/{run_id}/{runbook}"
+    # Link what the run's ledger line records (no file system look-up per run: the index is
+    # rendered again after every run, over the whole archive).
+    files = entry.get("files")
+    recorded: Mapping[str, Any] = files if isinstance(files, Mapping) else {}
     links = " ".join(
         f"<a href='{html.escape(href)}'>{label}</a>"
         for label, href in (("report", f"{base}.audit.html"), ("with code", f"{base}.html"),
                             ("notebook", f"{base}.ipynb"), ("summary", f"{target}/{run_id}/summary.json"))
-        if (root / href).exists()
+        if href in recorded
     )  # fmt: skip
     cells = (
         _when(entry.get("finished")), target, runbook, status, entry.get("operator") or "",
@@ -186,6 +190,9 @@ def _row(root: Path, entry: Mapping[str, Any]) -> str:
 
 
 def _migrations(root: Path, entry: Mapping[str, Any]) -> str:
+    """How many migrations an apply run touched, from its summary (other runbooks touch none)."""
+    if entry.get("runbook") != "apply":
+        return ""
     try:
         summary = RunSummary.read(root / str(entry.get("target")) / str(entry.get("run_id")))
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
