@@ -158,13 +158,9 @@ def run_pipeline(
     what the target's change policy refuses (every runbook of the list checked, so a refused
     apply never lets the precheck before it run); SigningKeyError for a signing key that is missing, malformed or not the pinned one.
     """
-    _refuse_credentials(parameters or {})
-    paths = {name: notebook_path(settings, name) for name in runbooks}
-    typed = {
-        name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
-    }
-    _check_run_ids(settings, target, typed)
-    typed = _check_change(settings, target, paths, typed, change_id)
+    typed = checked_parameters(
+        settings, runbooks, target=target, parameters=parameters, change_id=change_id
+    )
     signer = signing.load_signer(settings)
     runs: list[RunbookRun] = []
     pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
@@ -190,6 +186,24 @@ def run_pipeline(
             break
     index = write_pages(settings) if pages else None
     return PipelineResult(tuple(runs), index)
+
+
+def checked_parameters(
+    settings: Settings, runbooks: Sequence[str], *, target: Target,
+    parameters: Mapping[str, Sequence[str]] | None, change_id: str,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each runbook's typed parameters, checked before any runbook starts: the -p pairs, the
+    run ids, and the change with the target's policy (``change_id`` added where given).
+
+    Raises ConfigError, ChangeNotFound and ChangeRefused, as run_pipeline documents.
+    """
+    _refuse_credentials(parameters or {})
+    paths = {name: notebook_path(settings, name) for name in runbooks}
+    typed = {
+        name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
+    }
+    _check_run_ids(settings, target, typed)
+    return _check_change(settings, target, paths, typed, change_id)
 
 
 def _refuse_credentials(parameters: Mapping[str, Sequence[str]]) -> None:
