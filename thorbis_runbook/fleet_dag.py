@@ -10,7 +10,7 @@ task mapped over the same members completes each run; a gate per wave holds its 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +44,7 @@ def require_airflow(*, elsewhere: bool) -> None:
     Raises ConfigError naming the install command when Airflow 3 or its papermill provider
     is missing and ``elsewhere`` is False.
     """
-    if elsewhere or (_found("airflow.sdk") and _found("airflow.providers.papermill")):
+    if elsewhere or (_found("apache-airflow", 3) and _found("apache-airflow-providers-papermill")):
         return
     raise ConfigError(
         "Airflow 3 with its papermill provider is not installed here, so this machine cannot "
@@ -81,11 +81,15 @@ def _literal(waves: Sequence[dict[str, object]]) -> str:
     return f"[\n{lines}]"
 
 
-def _found(module: str) -> bool:
+def _found(distribution: str, major: int = 0) -> bool:
+    """Whether a distribution is installed (at least ``major``), read from its metadata: importing
+    Airflow to find out would set up its logging on our stdout, where the DAG goes."""
     try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package is missing
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return False
+    head = version.split(".")[0]
+    return head.isdigit() and int(head) >= major
 
 
 _TEMPLATE = '''"""Fleet {fleet}: one change across its members in waves, written by thorbis-runbook fleet dag.

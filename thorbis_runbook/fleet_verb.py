@@ -8,6 +8,7 @@ done, 1 when one failed or a budget stopped the fleet, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -138,8 +139,11 @@ def _dag(args: argparse.Namespace, settings: Settings) -> int:
         else chosen.runbooks
     )  # fmt: skip
     pairs = tuple(args.parameter or [])
-    pipeline.distribute_parameters(settings, runbooks, pairs)  # a bad -p is refused now
-    members = fleets.resolve_members(settings, chosen)  # catalog members saved for the workers
+    # With the airflow extra installed, papermill's plugins load Airflow, whose logging writes
+    # to the stdout it finds: while they load, stdout is stderr, so stdout is the DAG alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        pipeline.distribute_parameters(settings, runbooks, pairs)  # a bad -p is refused now
+        members = fleets.resolve_members(settings, chosen)  # catalog members, for the workers
     waves = plan(chosen.waves, [m.name for m in members], fleet=chosen.name)
     spec = fleet_dag.DagSpec(
         chosen.name, settings.config_path.resolve(), runbooks, waves, pairs,
