@@ -1,4 +1,5 @@
-"""The `fleet` verb: list a fleet's members, run a change across them, and show where they stand.
+"""The `fleet` verb: list a fleet's members, run a change across them, show where they stand, and
+write the rollout as an Airflow DAG.
 
 `fleet run` prints one line per finished member on stderr (a progress bar on a terminal),
 then the summary table on stdout and the command that resumes it; exit 0 when every member is
