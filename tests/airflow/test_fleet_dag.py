@@ -21,7 +21,8 @@ from tests.integration.test_fleet_run import Project, _query
 from thorbis_runbook import embedded
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("airflow.providers.papermill") is None,
+    importlib.util.find_spec("airflow") is None
+    or importlib.util.find_spec("airflow.providers.papermill") is None,
     reason="Airflow 3 is not installed: pip install -e '.[airflow]' (CI's .venv-airflow step)",
 )
 MEMBERS = ("m1", "m2", "m3")
