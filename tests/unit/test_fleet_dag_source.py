@@ -5,8 +5,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from thorbis_runbook.fleet_dag import DagSpec, dag_source
+import pytest
+
+from thorbis_runbook import cli
+from thorbis_runbook.fleet_dag import DagSpec, _found, dag_source
 from thorbis_runbook.waves import Share, Wave, WaveSpec
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def _spec() -> DagSpec:
@@ -41,3 +46,28 @@ def test_the_source_compiles_and_names_the_fleet_its_waves_and_tasks() -> None:
     top_level = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
     assert all(not (n.module or "").startswith("thorbis_runbook") for n in top_level)
     assert dag_source(_spec()) == source  # deterministic
+
+
+def test_fleet_dag_without_airflow_refuses_unless_the_dag_is_for_another_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if _found("apache-airflow", 3):
+        pytest.skip("Airflow is installed here: the refusal cannot be seen")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "runbook.toml").write_text(
+        '[runbook]\nmigrations_dir = "migrations"\nstate_dir = "state"\n'
+        f'[notebooks]\ndir = "{NOTEBOOKS}"\n'
+        '[targets.t1]\ndsn_env = "T1_DSN"\n[fleets.pair]\nmembers = ["t1"]\nrunbooks = ["apply"]\n'
+    )
+    config = str(tmp_path / "runbook.toml")
+
+    refused = cli.main(["--config", config, "fleet", "dag", "pair"])
+
+    out, err = capsys.readouterr()
+    assert refused == 2 and out == ""
+    assert "error: Airflow 3" in err and "pip install 'thorbis-runbook[airflow]'" in err
+    assert "hint:" in err and "--for-another-machine" in err
+    assert cli.main(["--config", config, "fleet", "dag", "pair", "--for-another-machine"]) == 0
+    written = capsys.readouterr().out
+    compile(written, "pair.py", "exec")
+    assert "MEMBERS = ['t1']" in written
