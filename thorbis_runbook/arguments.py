@@ -275,7 +275,7 @@ def change_verb(sub: Any) -> None:
 
 
 def fleet_verb(sub: Any) -> None:
-    """`fleet list|run|status NAME`: one change across the members of a [fleets.NAME]."""
+    """`fleet list|run|status|dag NAME`: one change across the members of a [fleets.NAME]."""
     fleet_cmd = sub.add_parser(
         "fleet", help="fleets: list the members, run a change across them in waves, status"
     )
@@ -315,6 +315,26 @@ def fleet_verb(sub: Any) -> None:
         help="the runbooks that make a member done (default: those of the latest fleet run)",
     )  # fmt: skip
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    dag = actions.add_parser(
+        "dag", help="print the fleet's rollout as an Airflow 3 DAG (PapermillOperator, waves)"
+    )
+    dag.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
+    dag.add_argument(
+        "--runbooks", metavar="LIST", default="",
+        help="comma-separated, in order (default: the fleet's runbooks)",
+    )  # fmt: skip
+    dag.add_argument(
+        "-p", "--parameter", action="append", metavar="NAME=VALUE",
+        help="notebook parameter for every member's runbooks that have it (apply.NAME=VALUE)",
+    )  # fmt: skip
+    dag.add_argument(
+        "--confirm-production", action="store_true",
+        help="required when a member is a production target (checked when the DAG runs)",
+    )  # fmt: skip
+    dag.add_argument(
+        "--for-another-machine", action="store_true",
+        help="write the DAG although Airflow is not installed here",
+    )  # fmt: skip
 
 
 def as_name(cmd: argparse.ArgumentParser, help_text: str, *, required: bool = False) -> None:

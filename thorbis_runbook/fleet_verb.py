@@ -1,4 +1,5 @@
-"""The `fleet` verb: list a fleet's members, run a change across them, and show where they stand.
+"""The `fleet` verb: list a fleet's members, run a change across them, show where they stand, and
+write the rollout as an Airflow DAG.
 
 `fleet run` prints one line per finished member on stderr (a progress bar on a terminal),
 then the summary table on stdout and the command that resumes it; exit 0 when every member is
@@ -8,14 +9,16 @@ done, 1 when one failed or a budget stopped the fleet, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import fleet_run, fleets
+from . import fleet_dag, fleet_run, fleets, pipeline
 from .config import Settings
 from .display import text_table
+from .errors import ConfigError
 from .fleet_member import MemberResult
 from .fleet_status import counts, first_line, resume_command, run_error
 from .ledger import reports_root
@@ -115,6 +118,47 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if tally.get("failed") or tally.get("rolled back") else 0
 
 
+def _dag(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the fleet's rollout as an Airflow 3 DAG; checked as far as it can be without a
+    change (the change is the DAG's parameter, checked when it is triggered)."""
+    fleet_dag.require_airflow(elsewhere=args.for_another_machine)
+    chosen = fleets.load_fleet(settings, args.name)
+    if settings.config_path is None:
+        raise ConfigError(
+            "fleet dag needs the project's runbook.toml, which the DAG's tasks read",
+            "run it in the project folder, or give --config PATH",
+        )
+    rolling_back = [w.name for w in chosen.waves if w.on_failure == "rollback"]
+    if rolling_back:
+        raise ConfigError(
+            f'fleet {chosen.name}: wave {rolling_back[0]} has on_failure = "rollback", which '
+            "the Airflow DAG does not do yet",
+            'use thorbis-runbook fleet run for this fleet, or set on_failure = "stop"',
+        )
+    runbooks = (
+        fleets.parse_runbooks(args.runbooks, where="--runbooks") if args.runbooks
+        else chosen.runbooks
+    )  # fmt: skip
+    pairs = tuple(args.parameter or [])
+    # With the airflow extra installed, papermill's plugins load Airflow, whose logging writes
+    # to the stdout it finds: while they load, stdout is stderr, so stdout is the DAG alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        pipeline.distribute_parameters(settings, runbooks, pairs)  # a bad -p is refused now
+        members = fleets.resolve_members(settings, chosen)  # catalog members, for the workers
+    waves = plan(chosen.waves, [m.name for m in members], fleet=chosen.name)
+    spec = fleet_dag.DagSpec(
+        chosen.name, settings.config_path.resolve(), runbooks, waves, pairs,
+        args.confirm_production,
+    )  # fmt: skip
+    sys.stdout.write(fleet_dag.dag_source(spec))
+    _say(
+        f"DAG {spec.dag_id}: {len(members)} member(s) of fleet {chosen.name} in "
+        f"{len(waves)} wave(s), {', '.join(runbooks)}; trigger it with conf "
+        '{"change_id": "CHG-..."}'
+    )
+    return 0
+
+
 def _print_plan(prepared: fleet_run.FleetPlan) -> None:
     """What a fleet run would do, wave by wave: nothing is run and nothing is recorded."""
     rows = []
@@ -187,4 +231,5 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "list": _list,
     "run": _run,
     "status": _status,
+    "dag": _dag,
 }

@@ -158,26 +158,22 @@ def run_pipeline(
     what the target's change policy refuses (every runbook of the list checked, so a refused
     apply never lets the precheck before it run); SigningKeyError for a signing key that is missing, malformed or not the pinned one.
     """
-    _refuse_credentials(parameters or {})
-    paths = {name: notebook_path(settings, name) for name in runbooks}
-    typed = {
-        name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
-    }
-    _check_run_ids(settings, target, typed)
-    typed = _check_change(settings, target, paths, typed, change_id)
+    typed = checked_parameters(
+        settings, runbooks, target=target, parameters=parameters, change_id=change_id
+    )
     signer = signing.load_signer(settings)
     runs: list[RunbookRun] = []
     pending = notify.notify(target, "started", {"runbooks": list(runbooks)})
     for position, name in enumerate(runbooks):
         last = position == len(runbooks) - 1
-        notifier = _notifier(target, pending, finish=last)
+        send = notifier(target, pending, finish=last)
         run = execute(
             settings,
             name,
             target=target,
             parameters=typed[name],
             progress=progress,
-            notifications=notifier,
+            notifications=send,
             signer=signer,
             fleet_run=fleet_run,
         )
@@ -190,6 +186,24 @@ def run_pipeline(
             break
     index = write_pages(settings) if pages else None
     return PipelineResult(tuple(runs), index)
+
+
+def checked_parameters(
+    settings: Settings, runbooks: Sequence[str], *, target: Target,
+    parameters: Mapping[str, Sequence[str]] | None, change_id: str,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each runbook's typed parameters, checked before any runbook starts: the -p pairs, the
+    run ids, and the change with the target's policy (``change_id`` added where given).
+
+    Raises ConfigError, ChangeNotFound and ChangeRefused, as run_pipeline documents.
+    """
+    _refuse_credentials(parameters or {})
+    paths = {name: notebook_path(settings, name) for name in runbooks}
+    typed = {
+        name: parse_parameters(paths[name], (parameters or {}).get(name, ())) for name in runbooks
+    }
+    _check_run_ids(settings, target, typed)
+    return _check_change(settings, target, paths, typed, change_id)
 
 
 def _refuse_credentials(parameters: Mapping[str, Sequence[str]]) -> None:
@@ -294,7 +308,7 @@ def _new_run_folder(settings: Settings, target: Target, run_id: str, *, create: 
     return folder
 
 
-def _notifier(
+def notifier(
     target: Target,
     already: list[notify.Delivery],
     *,
@@ -324,6 +338,28 @@ def _notifier(
     return send
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run laid out before its notebook runs: its folder exists, its parameters are final.
+
+    What papermill needs (input, output, parameters) is all here, so an orchestrator's
+    papermill task (Airflow's PapermillOperator) can run the notebook between prepare_run
+    and archive_run, in another process or on another machine sharing the archive.
+    """
+
+    runbook: str
+    run_id: str
+    target: Target
+    folder: Path
+    input_nb: Path
+    parameters: Mapping[str, Any]
+    started: str
+
+    @property
+    def output_nb(self) -> Path:
+        return self.folder / f"{self.runbook}.ipynb"
+
+
 def execute(
     settings: Settings,
     runbook: str,
@@ -342,31 +378,72 @@ def execute(
     Raises ConfigError, before anything runs, for a given run id that cannot name a folder or
     is already archived for the target.
     """
-    import nbformat
-    import papermill
+    prepared = prepare_run(settings, runbook, target=target, parameters=parameters)
+    error = run_notebook(settings, prepared, progress=progress)
+    return archive_run(
+        settings, prepared, error=error, notifications=notifications, signer=signer,
+        fleet_run=fleet_run,
+    )  # fmt: skip
 
+
+def prepare_run(
+    settings: Settings, runbook: str, *, target: Target, parameters: Mapping[str, Any]
+) -> PreparedRun:
+    """Create the run's archive folder and fix the parameters its notebook is given.
+
+    Raises ConfigError for a given run id that cannot name a folder or is already archived.
+    """
     run_id = checked_run_id(parameters["run_id"]) if parameters.get("run_id") else new_run_id()
-    root = reports_root(settings)
+    notebook = notebook_path(settings, runbook)
     folder = _new_run_folder(settings, target, run_id, create=True)
-    output = folder / f"{runbook}.ipynb"
     injected = {
         **parameters, "target": target.name, "run_id": run_id, "report_dir": str(folder),
         "operator": blank_secret(str(parameters.get("operator") or operator_name())),
         "config_path": str(settings.config_path or ""),
     }  # fmt: skip
-    error: str | None = None
-    started = datetime.now(UTC)
+    return PreparedRun(
+        runbook, run_id, target, folder, notebook, injected,
+        datetime.now(UTC).isoformat(),
+    )  # fmt: skip
+
+
+def run_notebook(
+    settings: Settings, prepared: PreparedRun, *, progress: bool = False
+) -> str | None:
+    """Execute the prepared run's notebook; returns its error line (None when it succeeded)."""
+    import papermill
+
     try:
         papermill.execute_notebook(
-            str(notebook_path(settings, runbook)), str(output), parameters=injected,
+            str(prepared.input_nb), str(prepared.output_nb), parameters=dict(prepared.parameters),
             kernel_name="python3", cwd=str(settings.root), progress_bar=progress,
             config=kernels.kernel_manager_config("python3"),
         )  # fmt: skip
     except papermill.PapermillExecutionError as exc:
-        error = scrub(f"{exc.ename}: {_first_line(exc.evalue)}")
+        return scrub(f"{exc.ename}: {_first_line(exc.evalue)}")
+    return None
+
+
+def archive_run(
+    settings: Settings, prepared: PreparedRun, *, error: str | None,
+    notifications: Notifier | None = None, signer: signing.Signer | None = None,
+    fleet_run: str = "",
+) -> RunbookRun:  # fmt: skip
+    """Complete the summary, render the report, append the ledger line and anchor it.
+
+    ``error`` is the notebook's error line as papermill saw it (None: it succeeded).
+    """
+    import nbformat
+
+    root = reports_root(settings)
+    folder, runbook, target = prepared.folder, prepared.runbook, prepared.target
+    output = prepared.output_nb
     # Read the executed notebook once: timings, scrubbing and both HTML views come from it.
     notebook = nbformat.read(str(output), as_version=4)
-    summary = _complete_summary(folder, runbook, run_id, target, injected, started, error)
+    started = datetime.fromisoformat(prepared.started)
+    summary = _complete_summary(
+        folder, runbook, prepared.run_id, target, prepared.parameters, started, error
+    )
     summary = summary.with_changes(
         cell_seconds=tuple(report.cell_timings(notebook)), fleet_run=fleet_run
     ).scrubbed()
@@ -379,14 +456,15 @@ def execute(
     nbformat.write(notebook, str(output))
     report.export_html(notebook, output, summary)
     entry = {
-        "kind": "run", **_change_fields(runbook, parameters, summary), **_fleet_field(fleet_run),
-        "run_id": run_id, "runbook": runbook, "target": target.name, "status": summary.status,
-        "operator": summary.operator, "started": summary.started,
-        "finished": summary.finished, "files": ledger.run_files(root, folder),
+        "kind": "run", **_change_fields(runbook, prepared.parameters, summary),
+        **_fleet_field(fleet_run), "run_id": prepared.run_id, "runbook": runbook,
+        "target": target.name, "status": summary.status, "operator": summary.operator,
+        "started": summary.started, "finished": summary.finished,
+        "files": ledger.run_files(root, folder),
     }  # fmt: skip
     written = ledger.append(root, entry, signer=signer)
     _anchor(settings, target, written)
-    return RunbookRun(runbook, run_id, target.name, summary.status, folder, summary)
+    return RunbookRun(runbook, prepared.run_id, target.name, summary.status, folder, summary)
 
 
 def _change_fields(

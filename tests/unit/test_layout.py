@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the notebooks' facade and the archive; a fleet's members run through the pipeline
     ("runbook", "sql_archive", "report", "change_record", "change_chart", "page_html",
      "change_evidence", "change_page", "fleet_page", "index_page", "pages", "archive",
-     "pipeline", "fleet_member", "fleet_run"),
+     "pipeline", "fleet_member", "fleet_run", "fleet_airflow", "fleet_dag"),
     # the shell
     ("cli", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
 )  # fmt: skip
