@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from .errors import ConfigError
 from .fleet_member import MemberResult
 from .fleet_status import counts, first_line, resume_command, run_error
 from .ledger import reports_root
+from .output import print_json, say
 from .waves import Wave, plan
 
 MEMBER_COLUMNS = ("member", "wave", "connection", "source")
@@ -40,7 +40,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     waves = plan(chosen.waves, [m.name for m in members], fleet=chosen.name)
     wave_of = _wave_of(waves)
     if args.json:
-        _print_json({
+        print_json({
             "fleet": chosen.name, "source": chosen.source, "runbooks": list(chosen.runbooks),
             "waves": [dict(w.spec.to_dict(), members=list(w.members)) for w in waves],
             "members": [
@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         _print_plan(prepared)
         return 0
     todo = sum(len(prepared.to_run(wave)) for wave in prepared.waves)
-    _say(
+    say(
         f"fleet run {prepared.fleet_run}: change {prepared.change_id} on fleet "
         f"{prepared.fleet.name}, {todo} of {len(prepared.members)} member(s) to run "
         f"({', '.join(prepared.runbooks)})"
@@ -103,7 +103,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     resume = resume_command(chosen.name, args.change, runbooks)
     tally = counts(states.values())
     if args.json:
-        _print_json({
+        print_json({
             "fleet": chosen.name, "change_id": args.change, "runbooks": list(runbooks),
             "counts": tally, "resume": resume,
             "members": [dict(zip(STATUS_COLUMNS, row, strict=True)) for row in rows],
@@ -151,7 +151,7 @@ def _dag(args: argparse.Namespace, settings: Settings) -> int:
         args.confirm_production,
     )  # fmt: skip
     sys.stdout.write(fleet_dag.dag_source(spec))
-    _say(
+    say(
         f"DAG {spec.dag_id}: {len(members)} member(s) of fleet {chosen.name} in "
         f"{len(waves)} wave(s), {', '.join(runbooks)}; trigger it with conf "
         '{"change_id": "CHG-..."}'
@@ -212,19 +212,11 @@ class _Progress:
         if result.error:
             line += f": {result.error}"
         if self.bar is None:
-            _say(line)
+            say(line)
             return
         self.bar.update(1)
         if not result.ok:
             self.bar.write(line, file=sys.stderr)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 _ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
