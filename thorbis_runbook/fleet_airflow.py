@@ -12,6 +12,7 @@ run: the archive an Airflow rollout leaves is the one `fleet run` leaves.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,6 +200,11 @@ def gate(
             f"see the failures with: thorbis-runbook fleet status {fleet_name} --change "
             f"{change_id}; fix them and trigger the DAG again (members done are skipped)",
         )
+    if spec.pause_ms > 0 and spec is not fleet.waves[-1]:
+        # The next wave's tasks wait on this gate, so its pause holds them back as fleet run's
+        # does (a sleeping task holds a worker slot: keep pauses to minutes on Airflow).
+        log.info("pausing %.0f s before the next wave", spec.pause_ms / 1000)
+        time.sleep(spec.pause_ms / 1000)
     return counts
 
 

@@ -77,3 +77,33 @@ def test_a_failed_canary_stops_the_dag_at_its_gate(
     assert project.applies("m2") == []
     verify = project.cli("reports", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_wave_gate_holds_the_next_wave_for_its_pause_and_the_last_gate_does_not(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.databases("m1", "m2")
+    targets = "".join(
+        f'[targets.{m}]\ndsn_env = "{m.upper()}_DSN"\nbackup_before_apply = "none"\n'
+        for m in ("m1", "m2")
+    )
+    project.config(
+        targets + '[fleets.pair]\nmembers = "m*"\nrunbooks = ["apply"]\npause = "2min"\n'
+        '[[fleets.pair.waves]]\nname = "canary"\nsize = 1\n[[fleets.pair.waves]]\nname = "rest"\n'
+    )
+    monkeypatch.setenv("THORBIS_OPERATOR", "fleet-test")
+    for member, dsn in project.dsns.items():
+        monkeypatch.setenv(f"{member.upper()}_DSN", dsn)
+    slept: list[float] = []
+    monkeypatch.setattr(fleet_airflow.time, "sleep", slept.append)  # the clock, not the database
+    change = project.open_change()
+    config = str(project.root / "runbook.toml")
+    steps = {"runbooks": ["apply"], "pairs": [], "confirm_production": False}
+    fleet_run = fleet_airflow.start(config, "pair", change, members=["m1", "m2"], **steps)
+    fleet_airflow.gate(config, "pair", change, fleet_run, wave="canary", members=["m1"],
+                       runbooks=["apply"])  # fmt: skip
+    # Other waits (lock polls) sleep milliseconds; the pause is the one long sleep.
+    assert [s for s in slept if s >= 1] == [120.0], "the canary's gate waits the pause"
+    fleet_airflow.gate(config, "pair", change, fleet_run, wave="rest", members=["m2"],
+                       runbooks=["apply"])  # fmt: skip
+    assert [s for s in slept if s >= 1] == [120.0], "no pause after the last wave"
