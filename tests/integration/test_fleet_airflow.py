@@ -23,21 +23,29 @@ def project(tmp_path: Path, pg_server: embedded.EmbeddedStatus) -> Iterator[Proj
         yield Project(tmp_path, pg_server, stack)
 
 
-def test_a_failed_canary_stops_the_dag_at_its_gate(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _pair_fleet(project: Project, monkeypatch: pytest.MonkeyPatch, *, shared: str = "") -> None:
+    """Two members, m1 (the canary) and m2 (the rest), each a database of its own; ``shared``
+    adds fleet-wide settings."""
     project.databases("m1", "m2")
     targets = "".join(
         f'[targets.{m}]\ndsn_env = "{m.upper()}_DSN"\nbackup_before_apply = "none"\n'
         for m in ("m1", "m2")
     )
     project.config(
-        targets + '[fleets.pair]\nmembers = "m*"\nrunbooks = ["apply"]\n'
-        '[[fleets.pair.waves]]\nname = "canary"\nsize = 1\n[[fleets.pair.waves]]\nname = "rest"\n'
+        targets
+        + '[fleets.pair]\nmembers = "m*"\nrunbooks = ["apply"]\n'
+        + shared
+        + '[[fleets.pair.waves]]\nname = "canary"\nsize = 1\n[[fleets.pair.waves]]\nname = "rest"\n'
     )
     monkeypatch.setenv("THORBIS_OPERATOR", "fleet-test")
     for member, dsn in project.dsns.items():
         monkeypatch.setenv(f"{member.upper()}_DSN", dsn)
+
+
+def test_a_failed_canary_stops_the_dag_at_its_gate(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pair_fleet(project, monkeypatch)
     run_sql(project.dsns["m1"], "CREATE TABLE notes (id int)")  # its second migration fails
     change = project.open_change()
     config = str(project.root / "runbook.toml")
@@ -82,18 +90,7 @@ def test_a_failed_canary_stops_the_dag_at_its_gate(
 def test_a_wave_gate_holds_the_next_wave_for_its_pause_and_the_last_gate_does_not(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    project.databases("m1", "m2")
-    targets = "".join(
-        f'[targets.{m}]\ndsn_env = "{m.upper()}_DSN"\nbackup_before_apply = "none"\n'
-        for m in ("m1", "m2")
-    )
-    project.config(
-        targets + '[fleets.pair]\nmembers = "m*"\nrunbooks = ["apply"]\npause = "2min"\n'
-        '[[fleets.pair.waves]]\nname = "canary"\nsize = 1\n[[fleets.pair.waves]]\nname = "rest"\n'
-    )
-    monkeypatch.setenv("THORBIS_OPERATOR", "fleet-test")
-    for member, dsn in project.dsns.items():
-        monkeypatch.setenv(f"{member.upper()}_DSN", dsn)
+    _pair_fleet(project, monkeypatch, shared='pause = "2min"\n')
     slept: list[float] = []
     monkeypatch.setattr(fleet_airflow.time, "sleep", slept.append)  # the clock, not the database
     change = project.open_change()
