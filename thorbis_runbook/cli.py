@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -60,8 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Everything it prints, whichever code prints it, is scrubbed of secrets on the way out.
     """
-    with _scrubbed_output():
-        return _main(argv)
+    try:
+        with _scrubbed_output():
+            return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly as Unix tools do, and keep Python
+        # from reporting the pipe again while it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _main(argv: Sequence[str] | None) -> int:

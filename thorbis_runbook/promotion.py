@@ -127,10 +127,11 @@ def target_states(
                 change, target, operator="", runbook="apply", settings=settings, current=pinned
             )
         )
-        if any(m.blocking for m in missing):
+        # Applied stays applied whatever the folder holds now: what is missing is listed beside it.
+        if applied_on(change, target.name):
+            state = "overdue" if any(not m.blocking for m in missing) else "applied"
+        elif any(m.blocking for m in missing):
             state = "blocked"
-        elif applied_on(change, target.name):
-            state = "overdue" if missing else "applied"
         else:
             state = "ready"
         states.append(TargetState(target.name, state, missing))

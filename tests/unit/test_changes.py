@@ -329,3 +329,17 @@ def test_an_emergency_change_is_warned_about_not_refused(
     (state,) = [s for s in promotion.target_states(change, settings) if s.target == "production"]
     assert state.state == "ready" and not state.missing[0].blocking
     assert promotion.change_state(change, [state]) == "emergency; open"
+
+
+def test_a_target_the_change_was_applied_to_stays_applied_when_the_folder_moves_on(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, approvals_required=0)
+    change = _open(settings)
+    _run(settings, change, "apply")
+    (tmp_path / "migrations" / "20250201000000_later.sql").write_text("SELECT 1;")
+    loaded = changes.load_change(ledger.reports_root(settings), change.change_id)
+    states = {s.target: s for s in promotion.target_states(loaded, settings)}
+    assert states["staging"].state == "applied", "what ran there stays the record"
+    assert "is not in the pinned set" in states["staging"].missing[0].what
+    assert states["production"].state == "blocked"
