@@ -259,9 +259,29 @@ def kind_of(entry: Mapping[str, Any]) -> str:
 
 def last_key(root: Path) -> str | None:
     """The key id the ledger's last line is signed with, or None when it is not signed."""
-    lines = [raw for raw in raw_lines(root / LEDGER_FILE) if raw.strip()]
-    entry = entry_of(lines[-1])[0] if lines else None
+    last = _last_line(root / LEDGER_FILE)
+    entry = entry_of(last)[0] if last is not None else None
     return str(entry.get("key")) if entry is not None and "sig" in entry else None
+
+
+def _last_line(ledger: Path, block: int = 1 << 16) -> bytes | None:
+    """The ledger's last non-blank line, read from the end: every run and change action asks
+    (the signer's archive check), and the ledger only grows."""
+    if not ledger.exists():
+        return None
+    with ledger.open("rb") as source:
+        end = source.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0:
+            start = max(0, end - block)
+            source.seek(start)
+            tail = source.read(end - start) + tail
+            end = start
+            lines = [raw for raw in tail.splitlines() if raw.strip()]
+            # A complete last line has a line break (or the file's start) before it.
+            if len(lines) > 1 or (lines and start == 0):
+                return lines[-1]
+    return None
 
 
 def line_hashes(root: Path) -> list[tuple[str, dict[str, Any] | None]]:
