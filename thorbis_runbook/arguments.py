@@ -288,22 +288,13 @@ def fleet_verb(sub: Any) -> None:
     )
     run.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
     run.add_argument("--change", metavar="ID", required=True, help="the change to roll out")
-    run.add_argument(
-        "--runbooks", metavar="LIST", default="",
-        help="comma-separated, in order (default: the fleet's runbooks, else "
-        "precheck,apply,validate)",
+    member_runs(
+        run, runbooks="the fleet's runbooks, else precheck,apply,validate",
+        production="required when a member is a production target",
     )  # fmt: skip
     run.add_argument(
         "--dry-run", action="store_true",
         help="show the waves and which members would run; run and record nothing",
-    )  # fmt: skip
-    run.add_argument(
-        "-p", "--parameter", action="append", metavar="NAME=VALUE",
-        help="notebook parameter for every member's runbooks that have it (apply.NAME=VALUE)",
-    )  # fmt: skip
-    run.add_argument(
-        "--confirm-production", action="store_true",
-        help="required when a member is a production target",
     )  # fmt: skip
     status = actions.add_parser(
         "status", help="per member: done, failed or pending on the change, and how to resume"
@@ -319,22 +310,27 @@ def fleet_verb(sub: Any) -> None:
         "dag", help="print the fleet's rollout as an Airflow 3 DAG (PapermillOperator, waves)"
     )
     dag.add_argument("name", metavar="NAME", help="a [fleets.NAME] of runbook.toml")
-    dag.add_argument(
-        "--runbooks", metavar="LIST", default="",
-        help="comma-separated, in order (default: the fleet's runbooks)",
-    )  # fmt: skip
-    dag.add_argument(
-        "-p", "--parameter", action="append", metavar="NAME=VALUE",
-        help="notebook parameter for every member's runbooks that have it (apply.NAME=VALUE)",
-    )  # fmt: skip
-    dag.add_argument(
-        "--confirm-production", action="store_true",
-        help="required when a member is a production target (checked when the DAG runs)",
+    member_runs(
+        dag, runbooks="the fleet's runbooks",
+        production="required when a member is a production target (checked when the DAG runs)",
     )  # fmt: skip
     dag.add_argument(
         "--for-another-machine", action="store_true",
         help="write the DAG although Airflow is not installed here",
     )  # fmt: skip
+
+
+def member_runs(cmd: argparse.ArgumentParser, *, runbooks: str, production: str) -> None:
+    """What `fleet run` and `fleet dag` run on each member: the runbooks, -p, the confirmation."""
+    cmd.add_argument(
+        "--runbooks", metavar="LIST", default="",
+        help=f"comma-separated, in order (default: {runbooks})",
+    )  # fmt: skip
+    cmd.add_argument(
+        "-p", "--parameter", action="append", metavar="NAME=VALUE",
+        help="notebook parameter for every member's runbooks that have it (apply.NAME=VALUE)",
+    )  # fmt: skip
+    cmd.add_argument("--confirm-production", action="store_true", help=production)
 
 
 def as_name(cmd: argparse.ArgumentParser, help_text: str, *, required: bool = False) -> None:
