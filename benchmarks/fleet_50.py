@@ -32,27 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import psycopg2
 from psycopg2 import sql
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import admin, database_work  # noqa: E402
+
 from thorbis_runbook import embedded  # noqa: E402
-
-STEP_PREFIX = "rb."
-NOT_DATABASE_WORK = ("rb.finish(", "rb.chart")
-
-
-def admin(server: embedded.EmbeddedStatus, statement: sql.Composable) -> None:
-    conn = psycopg2.connect(server.uri("postgres"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def fresh_databases(server: embedded.EmbeddedStatus, names: list[str]) -> None:
@@ -119,15 +106,7 @@ def archive_figures(reports: Path) -> dict[str, Any]:
         for r in lines if r.get("kind") == "fleet" and r.get("event") == "member"
     ]  # fmt: skip
     runs = [r for r in lines if r.get("kind", "run") == "run"]
-    work = 0.0
-    for executed in reports.rglob("*.ipynb"):
-        notebook = nbformat.read(str(executed), 4)
-        work += sum(
-            float(cell.metadata.get("papermill", {}).get("duration") or 0)
-            for cell in notebook.cells
-            if cell.cell_type == "code" and cell.source.startswith(STEP_PREFIX)
-            and not cell.source.startswith(NOT_DATABASE_WORK)
-        )  # fmt: skip
+    work = database_work(reports)
     return {"runs": len(runs), "failed_runs": sum(r["status"] != "succeeded" for r in runs),
             "member_spans_s": spans, "database_work_s": work}  # fmt: skip
 

@@ -31,11 +31,11 @@ from psycopg2 import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import database_work  # noqa: E402
+
 from thorbis_runbook import embedded  # noqa: E402
 
 IMPORTS = "from thorbis_runbook import runbook\nimport thorbis_runbook.pipeline, pandas, matplotlib"
-STEP_PREFIX = "rb."
-NOT_DATABASE_WORK = ("rb.finish(", "rb.chart")
 
 
 def floor_once(work: Path) -> float:
@@ -62,15 +62,7 @@ def run_once(
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"run failed:\n{result.stdout}\n{result.stderr}")
-    work = 0.0
-    for executed in reports.rglob("*.ipynb"):
-        notebook = nbformat.read(str(executed), 4)
-        work += sum(
-            float(cell.metadata.get("papermill", {}).get("duration") or 0)
-            for cell in notebook.cells
-            if cell.cell_type == "code" and cell.source.startswith(STEP_PREFIX)
-            and not cell.source.startswith(NOT_DATABASE_WORK)
-        )  # fmt: skip
+    work = database_work(reports)
     return wall, work
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from bench_common import admin
 from psycopg2 import sql
 
 from thorbis_runbook import embedded, migrate, queries
@@ -59,16 +60,6 @@ INDEX = {
     "plain": "CREATE INDEX accounts_abalance_idx ON pgbench_accounts (abalance);\n",
     "concurrent": "CREATE INDEX CONCURRENTLY accounts_abalance_idx ON pgbench_accounts (abalance);\n",
 }
-
-
-def admin(server: embedded.EmbeddedStatus, statement: sql.Composable | str) -> None:
-    conn = psycopg2.connect(server.uri("postgres"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def run_sql(uri: str, statement: str) -> float:
