@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -13,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import db, history, migrate
+from . import db, history, migrate, pgtools
 from .checks import Check, CheckReport, failed, passed, skipped
 from .config import Settings, Target
 from .display import html_table
@@ -36,6 +37,20 @@ INSUFFICIENT_PRIVILEGE = "42501"  # ... TEMPLATE of a database the role does not
 SCRATCH_NEEDS = (
     "a rehearsal copies the target into a scratch database (from a template or a backup)"
 )
+
+
+@dataclass(frozen=True)
+class ScratchUse:
+    """What a scratch copy is for: its database's name, and the words of its refusals."""
+
+    name: str = "rehearsal"
+    needs: str = SCRATCH_NEEDS  # why a database is created, when the role may not
+    otherwise: str = "rehearse as a role that has it (the copy is dropped afterwards)"
+    fallback: str = "rehearse with --source backup"  # when the template copy is refused
+
+
+REHEARSAL = ScratchUse()
+
 # Apply on the scratch copy: no backup of a throwaway database, no monitor.
 _REHEARSAL_APPLY = partial(migrate.ApplyRequest, backup="none", monitor=False)
 
@@ -97,9 +112,9 @@ def rehearse(endpoint: Endpoint, *, source: str = "auto") -> RehearsalResult:
     started = time.monotonic()
     settings, target = endpoint.settings, endpoint.target
     migrations = discover(settings.migrations_dir)
-    with _scratch_copy(endpoint, source) as (copied, described):
+    with scratch_copy(endpoint, source) as (copied, described):
         timings = {"copy": time.monotonic() - started}
-        scratch = _scratch_endpoint(copied, target)
+        scratch = scratch_endpoint(copied, target)
         with scratch.connection() as conn:
             pending = build_plan(migrations, history.read_history(conn)).pending
         if not pending:
@@ -232,22 +247,34 @@ def _verify(scratch: Endpoint, pending: tuple[Migration, ...]) -> list[Check]:
 
 
 @contextmanager
-def _scratch_copy(endpoint: Endpoint, source: str) -> Iterator[tuple[Endpoint, str]]:
-    """A copy of the target's database on its server, dropped afterwards, and how it was made."""
+def scratch_copy(
+    endpoint: Endpoint, source: str, use: ScratchUse = REHEARSAL
+) -> Iterator[tuple[Endpoint, str]]:
+    """A copy of the target's database on its server, dropped afterwards, and how it was made.
+
+    ``source``: "template", "backup" or "auto" (see ``rehearse``), or "schema" (pg_dump
+    --schema-only restored into an empty database: no data, and no other session has to leave
+    the target). ``use`` names the copy and words its refusals.
+    Raises ConfigError, RehearsalFailed or ToolFailed when no copy can be made.
+    """
     target = endpoint.target
     database = database_of(endpoint.dsn)
-    prefix = f"{database[:40]}_rehearsal"
+    prefix = f"{database[:40]}_{use.name}"
     scratch_database = partial(
-        backup.scratch_database, endpoint, prefix=prefix, needs=SCRATCH_NEEDS,
-        otherwise="rehearse as a role that has it (the copy is dropped afterwards)",
-    )  # fmt: skip
+        backup.scratch_database, endpoint, prefix=prefix, needs=use.needs, otherwise=use.otherwise
+    )
     with ExitStack() as stack:
+        if source == "schema":
+            scratch = stack.enter_context(scratch_database())
+            copy_schema(endpoint, scratch)
+            yield scratch, f"pg_dump --schema-only of {database}"
+            return
         if source == "template" or (source == "auto" and not target.production):
             try:
                 scratch = stack.enter_context(scratch_database(template=database))
             except db.DatabaseError as exc:
                 if db.sqlstate(exc) != OBJECT_IN_USE or source == "template":
-                    raise _template_refused(database, exc) from None
+                    raise _template_refused(database, exc, use.fallback) from None
                 log.info("other sessions use %s; rehearsing on its latest backup instead", database)
             else:
                 yield scratch, f"CREATE DATABASE ... TEMPLATE {database}"
@@ -266,26 +293,47 @@ def _scratch_copy(endpoint: Endpoint, source: str) -> Iterator[tuple[Endpoint, s
         yield scratch, f"backup {manifest.backup_id}"
 
 
-def _template_refused(database: str, exc: db.DatabaseError) -> RunbookError:
+def copy_schema(source: Endpoint, scratch: Endpoint) -> None:
+    """Restore the source's schema, without data, into the empty scratch database.
+
+    Owners are dropped (the scratch objects belong to the role that copies, as the runner's
+    role owns what it migrates) and subscriptions left out (restoring one would connect to its
+    publisher). Raises ToolFailed naming the object pg_restore stopped at.
+    """
+    with tempfile.TemporaryDirectory(prefix="thorbis-schema-") as folder:
+        dump = str(Path(folder) / "schema.dump")
+        pgtools.run(
+            source.tools, "pg_dump",
+            ["--schema-only", "--format=custom", "--no-subscriptions", "--no-comments",
+             "--no-tablespaces", f"--file={dump}", "--no-password"],
+            dsn=source.dsn, what="schema copy",
+        )  # fmt: skip
+        pgtools.run(
+            source.tools, "pg_restore", ["--exit-on-error", "--no-owner", "--no-password", dump],
+            dsn=scratch.dsn, what="schema copy",
+        )  # fmt: skip
+
+
+def _template_refused(database: str, exc: db.DatabaseError, fallback: str) -> RunbookError:
     """Why CREATE DATABASE ... TEMPLATE refused to copy the target, and the fix for that cause."""
     reason = db.error_message(exc)
     if db.sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
         return ConfigError(
             f"cannot copy {database} as a template: {reason} (only its owner or a superuser "
             "may); nothing was changed",
-            "rehearse with --source backup, or as the owner of the database",
+            f"{fallback}, or as the owner of the database",
         )
-    hint = "rehearse with --source backup"
+    hint = fallback
     if db.sqlstate(exc) == OBJECT_IN_USE:
         hint = "close the other sessions on it, or " + hint
     return RehearsalFailed(f"cannot copy {database} as a template: {reason}", hint)
 
 
-def _scratch_endpoint(copied: Endpoint, target: Target) -> Endpoint:
+def scratch_endpoint(copied: Endpoint, target: Target, *, purpose: str = "rehearsal") -> Endpoint:
     """The scratch copy as a target of its own: never production, never backed up, never
     rolled back on failure (the rehearsal compares schemas itself)."""
     scratch = replace(
-        target, name=f"{target.name}-rehearsal", embedded=False, production=False,
+        target, name=f"{target.name}-{purpose}", embedded=False, production=False,
         on_failure="stop", backup_before_apply="none",
     )  # fmt: skip
     return copied.with_target(scratch)
