@@ -145,6 +145,16 @@ def parser() -> argparse.ArgumentParser:
         help="files to lint (default: the target's pending migrations with --target, "
         "else every migration in the folder)",
     )
+    lint_cmd.add_argument(
+        "--trace", action="store_true",
+        help="with --target: apply the pending migrations to a scratch copy of the target and "
+        "report the locks, rewrites and new objects each statement really causes",
+    )  # fmt: skip
+    lint_cmd.add_argument(
+        "--trace-source", choices=("schema", "template"), default="schema",
+        help="the copy --trace runs on: the schema alone (pg_dump --schema-only, the default), "
+        "or CREATE DATABASE ... TEMPLATE (with the data; no other session may be connected)",
+    )  # fmt: skip
 
     precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
     common(precheck_cmd)

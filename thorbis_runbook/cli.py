@@ -24,6 +24,7 @@ from . import (
     fleet_verb,
     ledger,
     lint_rules,
+    lock_trace,
     migrate,
     parameters,
     pipeline,
@@ -51,6 +52,7 @@ from .recovery.result import DATA_LOSS_COLUMNS
 from .recovery.result import STEP_COLUMNS as ROLLBACK_STEP_COLUMNS
 from .runs import operator_name
 from .sessions import SESSION_COLUMNS
+from .traced_locks import TRACE_COLUMNS
 
 log = logging.getLogger("thorbis_runbook")
 Handler = Callable[[argparse.Namespace, config.Settings], int]
@@ -370,6 +372,8 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.trace:
+        return _lint_trace(args, settings)
     files = [Path(f) for f in args.files]
     endpoint = _endpoint(args, settings) if args.target else None
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
@@ -380,6 +384,29 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
         for rule in rules:
             print(f"  {rule}: {lint_rules.RULES.get(rule, '')}")
     return code
+
+
+def _lint_trace(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`lint --trace`: the pending migrations run on a scratch copy, lint's rows confirmed."""
+    if not args.target:
+        raise ConfigError(
+            "lint --trace needs a target: it applies that target's pending migrations to a "
+            "scratch copy of it",
+            f"add --target NAME (one of: {', '.join(settings.targets)})",
+        )
+    if args.files:
+        raise ConfigError(
+            "lint --trace traces the target's pending migrations in order, not chosen files",
+            "drop the file arguments, or lint them without --trace",
+        )
+    result = lock_trace.trace(_endpoint(args, settings), source=args.trace_source)
+    if args.json:
+        print_json(result.to_dict())
+        return 0 if result.ok else 1
+    if result.statements:
+        print_table(TRACE_COLUMNS, result.rows())
+        print()
+    return print_checks(result.checks, as_json=False)
 
 
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:

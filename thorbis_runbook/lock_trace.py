@@ -13,21 +13,30 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import db, executor, history, queries, rehearse
-from .checks import Check, CheckReport, Status, passed, skipped
+from .checks import CheckReport, skipped
 from .display import html_table
 from .endpoint import Endpoint
 from .errors import ConfigError, MigrationFileError
 from .lint import lint_findings
-from .lint_rules import LintFinding, TableStats, format_size
 from .migrations import Migration, discover
 from .plan import build_plan
 from .precheck import indexed_columns, table_stats
-from .statements import Statement
-from .thresholds import Thresholds, load_thresholds
+from .statements import Node, SqlSyntaxError, Statement, parse
+from .thresholds import load_thresholds
+from .traced_locks import (
+    TRACE_COLUMNS,
+    StatementTrace,
+    TracedLock,
+    distinct,
+    judge,
+    skipped_checks,
+    stopped_check,
+    summary_check,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -42,96 +51,42 @@ TRACE_USE = rehearse.ScratchUse(
 )
 # How often the second connection reads pg_locks while an autocommit statement runs.
 SAMPLE_INTERVAL_S = 0.01
-# pg_locks' mode names, weakest first; from ShareLock on, writers wait.
-MODES = (
-    "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
-)  # fmt: skip
-BLOCKS_WRITES = MODES.index("ShareLock")
 KINDS = {"r": "table", "p": "partitioned table", "m": "materialized view", "i": "index",
          "I": "partitioned index", "S": "sequence", "v": "view", "f": "foreign table"}  # fmt: skip
-TABLE_KINDS = {"table", "partitioned table", "materialized view"}
 CONSTRAINT_KINDS = {"c": "check", "f": "foreign key", "p": "primary key", "u": "unique",
                     "x": "exclusion", "t": "trigger", "n": "not null"}  # fmt: skip
-TRACE_COLUMNS = ("statement", "kind", "relation", "lock", "held_ms", "rewritten", "appeared")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What a static rule says its statement takes on the finding's table."""
-
-    mode: str  # the weakest pg_locks mode that bears the rule out
-    rewrite: bool = False
-
-
-# The lock rules of lint_rules and what each predicts; other rules (file names, RLS, data
-# loss) make no claim a trace could check and keep their rows unchanged.
-PREDICTIONS: Mapping[str, Prediction] = {
-    "index-not-concurrent": Prediction("ShareLock"),
-    "fk-not-valid": Prediction("ShareRowExclusiveLock"),
-    "check-not-valid": Prediction("AccessExclusiveLock"),
-    "add-column-not-null-no-default": Prediction("AccessExclusiveLock"),
-    "alter-column-type": Prediction("AccessExclusiveLock", rewrite=True),
-}
-
-
-@dataclass(frozen=True)
-class TracedLock:
-    """A relation lock a traced statement held; ``taken`` when this statement took it."""
-
-    relation: str
-    kind: str
-    mode: str
-    held_ms: float  # until the transaction ended (sampled: as long as it was seen)
-    existing: bool  # the relation is in the target already (not created by a pending file)
-    taken: bool
-
-
-@dataclass(frozen=True)
-class StatementTrace:
-    """One statement run on the copy and what it did there."""
-
-    file: str
-    line: int
-    last_line: int
-    kind: str
-    transactional: bool
-    duration_ms: float
-    locks: tuple[TracedLock, ...] = ()
-    rewritten: tuple[str, ...] = ()  # relations whose file node changed
-    appeared: tuple[str, ...] = ()  # indexes and constraints that appeared or were validated
-    error: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    def strongest(self, relation: str) -> TracedLock | None:
-        """The strongest lock held on ``relation`` (or on the one relation of that bare name)."""
-        held = [lock for lock in self.locks if lock.relation == relation]
-        if not held:
-            bare = relation.rsplit(".", 1)[-1]  # a search_path the static rule could not see
-            alike = {lock.relation for lock in self.locks if lock.relation.endswith(f".{bare}")}
-            held = [lock for lock in self.locks if len(alike) == 1 and lock.relation in alike]
-        return max(held, key=lambda lock: strength(lock.mode), default=None)
-
-    def was_rewritten(self, relation: str) -> bool:
-        bare = relation.rsplit(".", 1)[-1]
-        return relation in self.rewritten or any(r.endswith(f".{bare}") for r in self.rewritten)
-
-    def rows(self) -> list[tuple[object, ...]]:
-        """One row per lock this statement took (one row when it took none)."""
-        taken = [lock for lock in self.locks if lock.taken]
-        rewritten, appeared = ", ".join(self.rewritten), ", ".join(self.appeared)
-        if self.error:
-            return [(self.where, self.kind, "", "", None, "", f"failed: {self.error}")]
-        if not taken:
-            return [(self.where, self.kind, "", "", None, rewritten, appeared)]
-        return [
-            (self.where, self.kind, lock.relation, mode_name(lock.mode), round(lock.held_ms, 1),
-             rewritten if i == 0 else "", appeared if i == 0 else "")
-            for i, lock in enumerate(taken)
-        ]  # fmt: skip
+# Statements that act on the whole server, not on one database: run on the copy they would
+# change the target's own server (a role, a setting, another database), so they never run.
+SERVER_WIDE = {
+    "AlterSystemStmt": "ALTER SYSTEM", "CreatedbStmt": "CREATE DATABASE",
+    "DropdbStmt": "DROP DATABASE", "AlterDatabaseStmt": "ALTER DATABASE",
+    "AlterDatabaseSetStmt": "ALTER DATABASE", "AlterDatabaseRefreshCollStmt": "ALTER DATABASE",
+    "CreateRoleStmt": "CREATE ROLE", "AlterRoleStmt": "ALTER ROLE", "AlterRoleSetStmt": "ALTER ROLE",
+    "DropRoleStmt": "DROP ROLE", "GrantRoleStmt": "a role membership",
+    "CreateTableSpaceStmt": "CREATE TABLESPACE", "DropTableSpaceStmt": "DROP TABLESPACE",
+    "AlterTableSpaceOptionsStmt": "ALTER TABLESPACE", "ReassignOwnedStmt": "REASSIGN OWNED",
+    "DropOwnedStmt": "DROP OWNED", "CreateSubscriptionStmt": "CREATE SUBSCRIPTION",
+    "AlterSubscriptionStmt": "ALTER SUBSCRIPTION", "DropSubscriptionStmt": "DROP SUBSCRIPTION",
+}  # fmt: skip
+SHARED_OBJECTS = {"OBJECT_DATABASE", "OBJECT_ROLE", "OBJECT_TABLESPACE", "OBJECT_PARAMETER_ACL",
+                  "OBJECT_SUBSCRIPTION"}  # fmt: skip
+SERVER_FUNCTIONS = {
+    "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile",
+    "pg_switch_wal", "pg_create_restore_point", "pg_promote", "pg_backup_start", "pg_backup_stop",
+    "pg_start_backup", "pg_stop_backup", "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot", "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot", "pg_copy_logical_replication_slot",
+    "pg_replication_origin_create", "pg_replication_origin_drop", "pg_wal_replay_pause",
+    "pg_wal_replay_resume", "lo_export", "pg_file_write", "pg_file_unlink", "pg_file_rename",
+    "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
+}  # fmt: skip
+# A DO block's body is PL/pgSQL text; these words in it are enough to leave it alone.
+_SERVER_WIDE_WORDS = re.compile(
+    r"\b(?:(?:create|alter|drop)\s+(?:role|user|group|database|tablespace|subscription)"
+    r"|alter\s+system|reassign\s+owned|drop\s+owned|copy\b[^;]*\b(?:to|from)\s+(?:program|')"
+    r"|" + "|".join(sorted(SERVER_FUNCTIONS)) + r")\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -166,15 +121,6 @@ class LockTrace:
         return html_table(TRACE_COLUMNS, self.rows(), title=title) + self.checks._repr_html_()
 
 
-def strength(mode: str) -> int:
-    return MODES.index(mode) if mode in MODES else -1
-
-
-def mode_name(mode: str) -> str:
-    """ "AccessExclusiveLock" as the documentation writes it: "ACCESS EXCLUSIVE"."""
-    return re.sub(r"(?<!^)(?=[A-Z])", " ", mode.removesuffix("Lock")).upper()
-
-
 def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
     """Trace the target's pending migrations on a scratch copy; confirm or correct lint's rows.
 
@@ -203,160 +149,48 @@ def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
     with rehearse.scratch_copy(endpoint, source, TRACE_USE) as (copied, described):
         scratch = rehearse.scratch_endpoint(copied, target, purpose="trace")
         statements, stopped = _run(scratch, pending)
-    checks = [_summary(statements, pending, described, source)]
+    empty = source == "schema"
+    checks = [summary_check(statements, described, empty=empty), *skipped_checks(statements)]
     if stopped is not None:
-        checks.append(_stopped(stopped, statements, source))
+        checks.append(stopped_check(stopped, statements, empty=empty))
     checks += judge(findings, statements, stats=stats, thresholds=thresholds)
     return LockTrace(target.name, described, tuple(statements), CheckReport.of(title, checks))
 
 
-# -- judging -------------------------------------------------------------------------------
-def judge(
-    findings: Sequence[LintFinding],
-    statements: Sequence[StatementTrace],
-    *,
-    stats: TableStats,
-    thresholds: Thresholds,
-) -> list[Check]:
-    """Each finding's row with the trace's verdict, then the strong locks no rule predicted."""
-    checks = [_verdict(f, _statement_of(f, statements)) for f in findings]
-    return checks + _trace_only(findings, statements, stats, thresholds)
+def server_wide(kind: str, node: Node, text: str) -> str | None:
+    """Say why a statement would act on the server rather than the copy, or None when it would not."""
+    if kind in SERVER_WIDE:
+        return f"{SERVER_WIDE[kind]} acts on the whole server, not on the copy"
+    if kind == "DoStmt":
+        found = _SERVER_WIDE_WORDS.search(text)
+        if found:
+            return f"the DO block names {found[0]!r}, which acts on the whole server"
+        return None
+    if kind == "CopyStmt" and (node.get("filename") or node.get("is_program")):
+        return "COPY with a server file or program reaches outside the database"
+    for key in ("objtype", "renameType", "objectType"):
+        if node.get(key) in SHARED_OBJECTS:
+            return f"it changes a {node[key].removeprefix('OBJECT_').lower()}, shared by the whole server"
+    called = _functions(node) & SERVER_FUNCTIONS
+    if called:
+        return f"it calls {', '.join(sorted(called))}, which acts on the whole server"
+    return None
 
 
-def _statement_of(
-    finding: LintFinding, statements: Sequence[StatementTrace]
-) -> StatementTrace | None:
-    """The traced statement a finding's line falls in (a rule inside a DO block points within)."""
-    return next(
-        (s for s in statements if s.file == finding.file and s.line <= finding.line <= s.last_line),
-        None,
-    )
-
-
-def _verdict(finding: LintFinding, statement: StatementTrace | None) -> Check:
-    check = finding.to_check()
-    prediction = PREDICTIONS.get(finding.rule)
-    if prediction is None or finding.table is None:
-        return check
-    if statement is None or statement.error:
-        why = "its statement failed on the copy" if statement else "not reached on the copy"
-        return replace(check, detail=f"not traced ({why}); {check.detail}")
-    lock = statement.strongest(finding.table)
-    rewritten = statement.was_rewritten(finding.table)
-    seen = _seen(finding.table, lock, rewritten)
-    if (
-        lock
-        and strength(lock.mode) >= strength(prediction.mode)
-        and (rewritten or not prediction.rewrite)
-    ):
-        return replace(check, detail=f"confirmed by trace: {seen}; {check.detail}")
-    expected = mode_name(prediction.mode) + (" and a rewrite" if prediction.rewrite else "")
-    # The copy has the target's schema, so PostgreSQL takes there what it took here: a
-    # prediction the trace contradicts is no longer a failure, only worth a look.
-    status: Status = "warn" if check.status == "fail" else check.status
-    detail = f"not confirmed by trace: predicted {expected}, the trace saw {seen}; {check.detail}"
-    return replace(check, status=status, detail=detail)
-
-
-def _seen(relation: str, lock: TracedLock | None, rewritten: bool) -> str:
-    if lock is None:
-        return f"no lock on {relation}" + (", yet a rewrite" if rewritten else "")
-    held = f"{mode_name(lock.mode)} on {lock.relation} held {lock.held_ms:.0f} ms"
-    return held + (", rewritten" if rewritten else ", not rewritten")
-
-
-def _trace_only(
-    findings: Sequence[LintFinding],
-    statements: Sequence[StatementTrace],
-    stats: TableStats,
-    thresholds: Thresholds,
-) -> list[Check]:
-    """A strong lock or a rewrite on an existing table that no finding at that statement names."""
-    checks = []
-    for statement in statements:
-        named = {f.table for f in findings if f.table and _statement_of(f, statements) is statement}
-        bare = {table.rsplit(".", 1)[-1] for table in named}
-        strong = {
-            lock.relation: lock for lock in statement.locks
-            if lock.taken and lock.existing and lock.kind in TABLE_KINDS
-            and strength(lock.mode) >= BLOCKS_WRITES
-        }  # fmt: skip
-        for relation in sorted(strong):
-            if relation in named or relation.rsplit(".", 1)[-1] in bare:
-                continue
-            rewritten = statement.was_rewritten(relation)
-            checks.append(
-                _trace_only_check(statement, strong[relation], rewritten, stats, thresholds)
-            )
-    return checks
-
-
-def _trace_only_check(
-    statement: StatementTrace,
-    lock: TracedLock,
-    rewritten: bool,
-    stats: TableStats,
-    thresholds: Thresholds,
-) -> Check:
-    """Graded as lint grades with a target: a rewrite or a scan under SHARE of a big table fails."""
-    rows, size = stats.get(lock.relation, (None, None))
-    big = (
-        rows is not None
-        and size is not None
-        and (rows > thresholds.lint_fail_rows or size > thresholds.lint_fail_bytes)
-    )
-    scans = rewritten or lock.mode in ("ShareLock", "ShareRowExclusiveLock")
-    status: Status = "fail" if big and scans else "warn"
-    observed = (
-        f"{lock.relation}: {rows:,} rows, {format_size(size)}"
-        if rows is not None and size is not None
-        else lock.relation
-    )
-    threshold = f"fail above {thresholds.lint_fail_rows:,} rows or {format_size(thresholds.lint_fail_bytes)}"
-    did = f"{statement.kind} took {mode_name(lock.mode)} on {lock.relation}" + (
-        " and rewrote it" if rewritten else ""
-    )
-    detail = (
-        f"{did} (held {lock.held_ms:.0f} ms until its transaction ended on the copy), "
-        f"and no lint rule predicted it; fix: {_fix(lock.mode, rewritten)}"
-    )
-    return Check(f"trace-only {statement.where}", status, observed, threshold, detail)
-
-
-def _fix(mode: str, rewritten: bool) -> str:
-    if rewritten:
-        return ("a rewrite blocks every query on the table while it runs: add a new column and "
-                "backfill it in batches, or plan a maintenance window")  # fmt: skip
-    if mode == "AccessExclusiveLock":
-        return ("every query on the table waits while the lock is held: keep the statement in a "
-                "short file of its own, with a short lock_timeout")  # fmt: skip
-    return "writes wait while it runs: use the CONCURRENTLY form, or NOT VALID then VALIDATE in a later file"
-
-
-def _summary(
-    statements: Sequence[StatementTrace], pending: Sequence[Migration], described: str, source: str
-) -> Check:
-    files = len({s.file for s in statements})
-    note = (
-        "; hold times are lower bounds: the copy's tables are empty" if source == "schema" else ""
-    )
-    detail = (
-        f"{len(pending)} pending file(s) run on {described} in the runner's transaction shape{note}"
-    )
-    return passed("trace", f"{len(statements)} statement(s) in {files} file(s)", None, detail)
-
-
-def _stopped(error: str, statements: Sequence[StatementTrace], source: str) -> Check:
-    where = statements[-1].where if statements and statements[-1].error else "before a file"
-    hint = (
-        " (a schema-only copy has no rows: a statement or verify script that needs data fails "
-        "there; trace with --trace-source template)"
-        if source == "schema"
-        else ""
-    )
-    status: Status = "warn" if source == "schema" else "fail"
-    detail = f"{error}; the statements after it were not traced{hint}"
-    return Check(f"trace {where}", status, "stopped", "every pending statement runs", detail)
+def _functions(tree: object) -> set[str]:
+    """The bare names of every function a parse tree calls."""
+    found: set[str] = set()
+    if isinstance(tree, dict):
+        call = tree.get("FuncCall")
+        if isinstance(call, dict):
+            names = [n["String"]["sval"] for n in call.get("funcname", ()) if "String" in n]
+            found.update(names[-1:])
+        for value in tree.values():
+            found |= _functions(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            found |= _functions(item)
+    return found
 
 
 # -- running on the copy -------------------------------------------------------------------
@@ -373,6 +207,30 @@ class _Catalog:
 
     relations: Mapping[int, _Relation]
     constraints: Mapping[int, tuple[str, bool]]  # oid -> (what it is, validated)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A statement to trace, its file and its parse tree."""
+
+    file: str
+    statement: Statement
+    node: Node
+
+    def trace(self, transactional: bool, duration_ms: float, **found: Any) -> StatementTrace:
+        text = self.statement.text
+        return StatementTrace(
+            self.file, self.statement.line, self.statement.line + text.count("\n"),
+            _excerpt(text), self.statement.kind, transactional, duration_ms, **found,
+        )  # fmt: skip
+
+    def skipped(self) -> str | None:
+        kind, body = next(iter(self.node.items()), ("", {}))
+        return server_wide(kind, body, self.statement.text)
+
+
+_Changes = tuple[tuple[str, ...], tuple[str, ...]]  # rewritten, appeared
+_Done = tuple[_Step, float, set[tuple[int, str]], _Changes]  # a statement of an open transaction
 
 
 def _catalog(conn: db.Connection) -> _Catalog:
@@ -396,7 +254,7 @@ def _changes(before: _Catalog, after: _Catalog) -> _Changes:
             if relation.kind in ("index", "partitioned index"):
                 appeared.append(f"index {relation.name}")
         elif relation.filenode and old.filenode != relation.filenode:
-            if relation.kind in TABLE_KINDS:
+            if relation.kind in ("table", "materialized view"):
                 rewritten.append(relation.name)
             elif relation.kind == "index":
                 appeared.append(f"index {relation.name} rebuilt")
@@ -407,9 +265,6 @@ def _changes(before: _Catalog, after: _Catalog) -> _Changes:
         elif valid and not old_constraint[1]:
             appeared.append(f"{what} validated")
     return tuple(rewritten), tuple(appeared)
-
-
-_Changes = tuple[tuple[str, ...], tuple[str, ...]]  # rewritten, appeared
 
 
 def _locks(conn: db.Connection, pid: int) -> set[tuple[int, str]]:
@@ -432,46 +287,51 @@ class _Tracer:
     def file(self, migration: Migration) -> tuple[list[StatementTrace], str | None]:
         """Trace one file as the runner runs it; return its statements and an error, if any."""
         try:
-            statements = migration.statements
-            verify = migration.verify_statements
+            steps = _steps(migration.filename, migration.sql, migration.statements)
+            verify = migration.verify_path
+            checks = (
+                _steps(verify.name, migration.verify_sql or "", migration.verify_statements)
+                if verify
+                else []
+            )
             transactional = migration.transactional
-        except MigrationFileError as exc:
+        except (MigrationFileError, SqlSyntaxError) as exc:
             return [], f"{migration.filename} cannot be run: {exc.message}"
-        verify_name = migration.verify_path.name if migration.verify_path else ""
         if transactional:
-            steps = [(migration.filename, s) for s in statements]
-            return self._transaction(steps + [(verify_name, s) for s in verify])
-        traced, error = self._autocommit(migration.filename, statements)
-        if error is None and verify:
-            more, error = self._transaction([(verify_name, s) for s in verify])
+            return self._transaction(steps + checks)
+        traced, error = self._autocommit(steps)
+        if error is None and checks:
+            more, error = self._transaction(checks)
             traced += more
         return traced, error
 
-    def _transaction(
-        self, steps: Sequence[tuple[str, Statement]]
-    ) -> tuple[list[StatementTrace], str | None]:
+    def _transaction(self, steps: Sequence[_Step]) -> tuple[list[StatementTrace], str | None]:
         """One transaction, as the runner's: locks pile up and are all let go at its end."""
         db.execute(self.conn, "BEGIN;\n" + executor.timeouts_sql(self.scratch.target, local=True))
         pid = self.conn.get_backend_pid()
         catalog = self._read(self.conn)
         taken: dict[tuple[int, str], tuple[int, float]] = {}  # lock -> (step, when)
-        done: list[tuple[str, Statement, float, set[tuple[int, str]], _Changes]] = []
-        for step, (file, statement) in enumerate(steps):
+        done: list[_Done | StatementTrace] = []
+        for index, step in enumerate(steps):
+            reason = step.skipped()
+            if reason is not None:
+                done.append(step.trace(True, 0.0, skipped=reason))
+                continue
             started = time.monotonic()
             try:
-                db.execute(self.conn, statement.text)
+                db.execute(self.conn, step.statement.text)
             except db.DatabaseError as exc:
                 db.rollback_quietly(self.conn)
                 message = db.error_message(exc)
+                failed = step.trace(True, _ms(started), error=message)
                 traced = self._held(done, taken, time.monotonic())
-                failed = _statement(file, statement, True, _ms(started), error=message)
-                return [*traced, failed], f"{file}:{statement.line}: {message}"
+                return [*traced, failed], f"{step.file}:{step.statement.line}: {message}"
             duration = _ms(started)
             after = self._read(self.conn)
             held = _locks(self.conn, pid)
             for lock in held - taken.keys():
-                taken[lock] = (step, started)
-            done.append((file, statement, duration, held, _changes(catalog, after)))
+                taken[lock] = (index, started)
+            done.append((step, duration, held, _changes(catalog, after)))
             catalog = after
         db.execute(self.conn, "COMMIT")
         traced = self._held(done, taken, time.monotonic())
@@ -480,45 +340,50 @@ class _Tracer:
 
     def _held(
         self,
-        done: Sequence[tuple[str, Statement, float, set[tuple[int, str]], _Changes]],
+        done: Sequence[_Done | StatementTrace],
         taken: Mapping[tuple[int, str], tuple[int, float]],
         ended: float,
     ) -> list[StatementTrace]:
         """The statements of a transaction that ended at ``ended``, each lock held until then."""
         traced = []
-        for step, (file, statement, duration, held, (rewritten, appeared)) in enumerate(done):
+        for index, entry in enumerate(done):
+            if isinstance(entry, StatementTrace):
+                traced.append(entry)
+                continue
+            step, duration, held, (rewritten, appeared) = entry
             locks = [
-                self._lock(oid, mode, (ended - taken[(oid, mode)][1]) * 1000, taken[(oid, mode)][0] == step)
+                self._lock(oid, mode, (ended - taken[(oid, mode)][1]) * 1000, taken[(oid, mode)][0] == index)
                 for oid, mode in held
             ]  # fmt: skip
-            traced.append(_statement(
-                file, statement, True, duration, _sorted(locks), rewritten, appeared
+            traced.append(step.trace(
+                True, duration, locks=distinct(locks), rewritten=rewritten, appeared=appeared
             ))  # fmt: skip
         return traced
 
-    def _autocommit(
-        self, file: str, statements: Sequence[Statement]
-    ) -> tuple[list[StatementTrace], str | None]:
+    def _autocommit(self, steps: Sequence[_Step]) -> tuple[list[StatementTrace], str | None]:
         """Statement by statement outside a transaction, sampled from the second connection."""
         db.execute(self.conn, executor.timeouts_sql(self.scratch.target, local=False))
         pid = self.conn.get_backend_pid()
         traced: list[StatementTrace] = []
-        for statement in statements:
+        for step in steps:
+            reason = step.skipped()
+            if reason is not None:
+                traced.append(step.trace(False, 0.0, skipped=reason))
+                continue
             before = self._read(self.watcher)
             started = time.monotonic()
-            seen, error = self._sampled(pid, statement.text)
+            seen, error = self._sampled(pid, step.statement.text)
             duration = _ms(started)
-            after = self._read(self.watcher)
             if error is not None:
-                failed = _statement(file, statement, False, duration, error=error)
-                return [*traced, failed], f"{file}:{statement.line}: {error}"
+                failed = step.trace(False, duration, error=error)
+                return [*traced, failed], f"{step.file}:{step.statement.line}: {error}"
+            rewritten, appeared = _changes(before, self._read(self.watcher))
             locks = [
                 self._lock(oid, mode, (last - first) * 1000, True)
                 for (oid, mode), (first, last) in seen.items()
             ]
-            rewritten, appeared = _changes(before, after)
-            traced.append(_statement(
-                file, statement, False, duration, _sorted(locks), rewritten, appeared
+            traced.append(step.trace(
+                False, duration, locks=distinct(locks), rewritten=rewritten, appeared=appeared
             ))  # fmt: skip
         db.execute(self.conn, executor.reset_session_sql(self.conn))
         return traced, None
@@ -578,27 +443,15 @@ def _run(
     return traced, None
 
 
-def _statement(
-    file: str,
-    statement: Statement,
-    transactional: bool,
-    duration_ms: float,
-    locks: tuple[TracedLock, ...] = (),
-    rewritten: tuple[str, ...] = (),
-    appeared: tuple[str, ...] = (),
-    *,
-    error: str | None = None,
-) -> StatementTrace:
-    last_line = statement.line + statement.text.count("\n")
-    return StatementTrace(
-        file, statement.line, last_line, statement.kind, transactional, duration_ms, locks,
-        rewritten, appeared, error,
-    )  # fmt: skip
+def _steps(file: str, text: str, statements: Sequence[Statement]) -> list[_Step]:
+    """The file's statements with their parse trees (the migration keeps none in memory)."""
+    nodes = [node for _start, _end, node in parse(text)] if statements else []
+    return [_Step(file, statement, nodes[statement.index]) for statement in statements]
 
 
-def _sorted(locks: Sequence[TracedLock | None]) -> tuple[TracedLock, ...]:
-    kept = [lock for lock in locks if lock is not None]
-    return tuple(sorted(kept, key=lambda lock: (lock.relation, -strength(lock.mode))))
+def _excerpt(text: str, width: int = 48) -> str:
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
 
 
 def _ms(started: float) -> float:

@@ -28,9 +28,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
      "recovery.rollback", "monitor", "lint_rules", "lint", "precheck", "troubleshoot",
      "expectations", "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate",
-     "charts"),
+     "charts", "traced_locks"),
     # verbs that compose the layers below
-    ("migrate", "rehearse"),
+    ("migrate", "rehearse", "lock_trace"),
     # a change and a fleet: what was pinned, approved and promoted, read back from the ledger;
     # a fleet's members, waves and standing
     ("changes", "promotion", "waves", "fleets", "fleet_status"),

@@ -1,0 +1,190 @@
+"""lint --trace on real copies: the lock modes and rewrites PostgreSQL really takes, per statement."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from tests.conftest import apply_migrations, make_settings, write_migrations
+from thorbis_runbook import cli, lock_trace
+from thorbis_runbook.config import Settings
+from thorbis_runbook.endpoint import Endpoint
+from thorbis_runbook.lock_trace import LockTrace, StatementTrace
+
+BASE = {
+    "20250101000000_orders.sql": (
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, amount integer, code varchar(10));\n"
+        "INSERT INTO public.orders SELECT g, g % 100, 'c' || g FROM generate_series(1, 500) g;\n"
+        "ANALYZE public.orders;\n"
+    ),
+}
+INDEX = "20250201000000_orders_amount_index.sql"
+RETYPE = "20250202000000_orders_amount_bigint.sql"
+PENDING = {
+    INDEX: "CREATE INDEX orders_amount ON public.orders (amount);\n",
+    RETYPE: "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint;\n",
+}
+
+
+def _project(tmp_path: Path, dsn: str, pending: dict[str, str], **target: object) -> Settings:
+    """The base migration applied to ``dsn``, then ``pending`` added to the folder unapplied."""
+    folder = write_migrations(tmp_path / "migrations", BASE)
+    apply_migrations(dsn, folder)
+    write_migrations(folder, pending)
+    return make_settings(tmp_path, folder, **target)
+
+
+def _trace(settings: Settings, dsn: str, source: str = "schema") -> LockTrace:
+    return lock_trace.trace(Endpoint(settings, settings.target(), dsn), source=source)
+
+
+def _at(result: LockTrace, file: str) -> StatementTrace:
+    (statement,) = [s for s in result.statements if s.file == file]
+    return statement
+
+
+def _modes(statement: StatementTrace, relation: str) -> set[str]:
+    return {lock.mode for lock in statement.locks if lock.relation == relation and lock.taken}
+
+
+def _check(result: LockTrace, prefix: str):  # type: ignore[no-untyped-def]
+    (check,) = [c for c in result.checks if c.name.startswith(prefix)]
+    return check
+
+
+def _scalar(dsn: str, query: str) -> object:
+    with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        return cur.fetchone()[0]  # type: ignore[index]
+
+
+def test_an_index_takes_share_and_a_type_change_rewrites_under_access_exclusive(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = _project(tmp_path, pg_database, PENDING)
+    result = _trace(settings, pg_database)
+
+    index = _at(result, INDEX)
+    assert _modes(index, "public.orders") == {"ShareLock"}
+    assert "index public.orders_amount" in index.appeared and index.rewritten == ()
+    retype = _at(result, RETYPE)
+    assert "AccessExclusiveLock" in _modes(retype, "public.orders")
+    assert retype.rewritten == ("public.orders",)
+    assert "index public.orders_pkey rebuilt" in retype.appeared
+
+    assert (
+        "confirmed by trace: SHARE on public.orders"
+        in _check(result, "index-not-concurrent").detail
+    )
+    retyped = _check(result, "alter-column-type")
+    assert retyped.detail.startswith("confirmed by trace: ACCESS EXCLUSIVE on public.orders")
+    assert "rewritten" in retyped.detail
+    # The target itself was only read: nothing applied, no index built there.
+    assert _scalar(pg_database, "SELECT to_regclass('public.orders_amount')") is None
+    assert _scalar(pg_database, "SELECT count(*) FROM runbook.migration_history") == 1
+
+
+def test_a_change_no_rule_predicts_is_trace_only_and_a_wrong_prediction_is_corrected(
+    tmp_path: Path, pg_database: str
+) -> None:
+    pending = {
+        "20250201000000_orders_note.sql": "ALTER TABLE public.orders ADD COLUMN note text;\n",
+        # varchar(10) -> varchar(20) is binary-coercible: no rewrite, whatever the text suggests.
+        "20250202000000_orders_code_wider.sql": (
+            "ALTER TABLE public.orders ALTER COLUMN code TYPE varchar(20);\n"
+        ),
+    }
+    settings = _project(tmp_path, pg_database, pending, thresholds={"lint_fail_rows": 10})
+    result = _trace(settings, pg_database)
+
+    only = _check(result, "trace-only 20250201000000_orders_note.sql:1")
+    assert only.status == "warn"  # a lock without a rewrite or a scan: worth a look, not a failure
+    assert "took ACCESS EXCLUSIVE on public.orders" in only.detail
+    assert only.observed.startswith("public.orders: 500 rows")
+    wider = _check(result, "alter-column-type")
+    assert wider.status == "warn"  # a fail above 10 rows, corrected by what PostgreSQL did
+    assert wider.detail.startswith(
+        "not confirmed by trace: predicted ACCESS EXCLUSIVE and a rewrite"
+    )
+    assert "not rewritten" in wider.detail
+    assert _at(result, "20250202000000_orders_code_wider.sql").rewritten == ()
+
+
+def test_a_concurrent_build_is_traced_outside_a_transaction_on_a_template_copy(
+    tmp_path: Path, pg_database: str
+) -> None:
+    pending = {
+        "20250201000000_orders_code_index.sql": (
+            "CREATE INDEX CONCURRENTLY orders_code ON public.orders (code);\n"
+        ),
+        "20250202000000_orders_big_amounts.sql": (
+            "ALTER TABLE public.orders ADD CONSTRAINT amount_small CHECK (amount < 1000) NOT VALID;\n"
+            "ALTER TABLE public.orders VALIDATE CONSTRAINT amount_small;\n"
+        ),
+    }
+    settings = _project(tmp_path, pg_database, pending)
+    result = _trace(settings, pg_database, source="template")
+
+    assert result.source.startswith("CREATE DATABASE ... TEMPLATE")
+    built = _at(result, "20250201000000_orders_code_index.sql")
+    assert not built.transactional and "index public.orders_code" in built.appeared
+    assert all(lock.mode != "ShareLock" for lock in built.locks)  # sampled: never blocks writes
+    added, validated = [s for s in result.statements if s.file.endswith("big_amounts.sql")]
+    assert "check amount_small on public.orders NOT VALID" in added.appeared
+    assert "check amount_small on public.orders validated" in validated.appeared
+    # VALIDATE takes only SHARE UPDATE EXCLUSIVE, but ADD held ACCESS EXCLUSIVE till the end.
+    assert _modes(validated, "public.orders") == {"ShareUpdateExclusiveLock"}
+    held = validated.strongest("public.orders")
+    assert held is not None and held.mode == "AccessExclusiveLock" and not held.taken
+    assert result.ok
+
+
+def test_a_statement_that_fails_on_the_copy_stops_the_trace_and_says_where(
+    tmp_path: Path, pg_database: str
+) -> None:
+    pending = {
+        INDEX: "CREATE INDEX orders_amount ON public.orders (amount);\n",
+        "20250202000000_broken.sql": "ALTER TABLE public.orders ADD COLUMN x int;\n"
+        "ALTER TABLE public.no_such_table ADD COLUMN y int;\n",
+        "20250203000000_never.sql": "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint;\n",
+    }
+    settings = _project(tmp_path, pg_database, pending)
+    result = _trace(settings, pg_database)
+
+    stopped = _check(result, "trace 20250202000000_broken.sql:2")
+    assert stopped.status == "warn" and "no_such_table" in stopped.detail
+    assert "--trace-source template" in stopped.detail
+    assert not any(s.file == "20250203000000_never.sql" for s in result.statements)
+    assert "not traced" in _check(result, "alter-column-type").detail
+
+
+def test_the_command_needs_a_target_and_prints_the_trace(
+    tmp_path: Path,
+    pg_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = _project(tmp_path, pg_database, PENDING)
+    (tmp_path / "runbook.toml").write_text(
+        f'[runbook]\nmigrations_dir = "{settings.migrations_dir}"\ndefault_target = "test"\n'
+        '[targets.test]\ndsn_env = "THORBIS_TEST_DSN"\n'
+    )
+    monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
+    config = ["--config", str(tmp_path / "runbook.toml")]
+
+    assert cli.main([*config, "lint", "--trace"]) == 2
+    err = capsys.readouterr().err
+    assert "error: lint --trace needs a target" in err and "hint: add --target NAME" in err
+
+    assert cli.main([*config, "lint", "--trace", "--target", "test", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {s["file"] for s in data["statements"]} == set(PENDING)
+    assert any("confirmed by trace" in c["detail"] for c in data["checks"]["checks"])
+
+    assert cli.main([*config, "lint", "--trace", "--target", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "SHARE" in out and "ACCESS EXCLUSIVE" in out and "public.orders" in out
