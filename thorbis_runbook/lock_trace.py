@@ -32,9 +32,9 @@ from .traced_locks import (
     StatementTrace,
     TracedLock,
     distinct,
+    failed_checks,
     judge,
     skipped_checks,
-    stopped_check,
     summary_check,
 )
 
@@ -49,6 +49,7 @@ TRACE_USE = rehearse.ScratchUse(
     otherwise="trace as a role that has it (the copy is dropped afterwards)",
     fallback="trace with --trace-source schema",
 )
+SAVEPOINT = "thorbis_trace"  # around each statement of a transactional file
 # How often the second connection reads pg_locks while an autocommit statement runs.
 SAMPLE_INTERVAL_S = 0.01
 KINDS = {"r": "table", "p": "partitioned table", "m": "materialized view", "i": "index",
@@ -148,11 +149,10 @@ def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
     )  # fmt: skip
     with rehearse.scratch_copy(endpoint, source, TRACE_USE) as (copied, described):
         scratch = rehearse.scratch_endpoint(copied, target, purpose="trace")
-        statements, stopped = _run(scratch, pending)
+        statements = _run(scratch, pending)
     empty = source == "schema"
     checks = [summary_check(statements, described, empty=empty), *skipped_checks(statements)]
-    if stopped is not None:
-        checks.append(stopped_check(stopped, statements, empty=empty))
+    checks += failed_checks(statements, empty=empty)
     checks += judge(findings, statements, stats=stats, thresholds=thresholds)
     return LockTrace(target.name, described, tuple(statements), CheckReport.of(title, checks))
 
@@ -284,8 +284,8 @@ class _Tracer:
     existing: frozenset[str]
     known: dict[int, _Relation]
 
-    def file(self, migration: Migration) -> tuple[list[StatementTrace], str | None]:
-        """Trace one file as the runner runs it; return its statements and an error, if any."""
+    def file(self, migration: Migration) -> list[StatementTrace]:
+        """Trace one file as the runner runs it, its verify script in the same transaction."""
         try:
             steps = _steps(migration.filename, migration.sql, migration.statements)
             verify = migration.verify_path
@@ -296,17 +296,17 @@ class _Tracer:
             )
             transactional = migration.transactional
         except (MigrationFileError, SqlSyntaxError) as exc:
-            return [], f"{migration.filename} cannot be run: {exc.message}"
+            return [_unreadable(migration, exc.message)]
         if transactional:
             return self._transaction(steps + checks)
-        traced, error = self._autocommit(steps)
-        if error is None and checks:
-            more, error = self._transaction(checks)
-            traced += more
-        return traced, error
+        return self._autocommit(steps) + (self._transaction(checks) if checks else [])
 
-    def _transaction(self, steps: Sequence[_Step]) -> tuple[list[StatementTrace], str | None]:
-        """One transaction, as the runner's: locks pile up and are all let go at its end."""
+    def _transaction(self, steps: Sequence[_Step]) -> list[StatementTrace]:
+        """One transaction, as the runner's: locks pile up and are all let go at its end.
+
+        Each statement runs under a savepoint, so one that fails on the copy (a role or rows
+        the copy lacks) is reported and the rest of the file is still traced.
+        """
         db.execute(self.conn, "BEGIN;\n" + executor.timeouts_sql(self.scratch.target, local=True))
         pid = self.conn.get_backend_pid()
         catalog = self._read(self.conn)
@@ -318,15 +318,15 @@ class _Tracer:
                 done.append(step.trace(True, 0.0, skipped=reason))
                 continue
             started = time.monotonic()
+            db.execute(self.conn, f"SAVEPOINT {SAVEPOINT}")
             try:
                 db.execute(self.conn, step.statement.text)
             except db.DatabaseError as exc:
-                db.rollback_quietly(self.conn)
-                message = db.error_message(exc)
-                failed = step.trace(True, _ms(started), error=message)
-                traced = self._held(done, taken, time.monotonic())
-                return [*traced, failed], f"{step.file}:{step.statement.line}: {message}"
+                db.execute(self.conn, f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+                done.append(step.trace(True, _ms(started), error=db.error_message(exc)))
+                continue
             duration = _ms(started)
+            db.execute(self.conn, f"RELEASE SAVEPOINT {SAVEPOINT}")
             after = self._read(self.conn)
             held = _locks(self.conn, pid)
             for lock in held - taken.keys():
@@ -336,7 +336,7 @@ class _Tracer:
         db.execute(self.conn, "COMMIT")
         traced = self._held(done, taken, time.monotonic())
         db.execute(self.conn, executor.reset_session_sql(self.conn))
-        return traced, None
+        return traced
 
     def _held(
         self,
@@ -360,7 +360,7 @@ class _Tracer:
             ))  # fmt: skip
         return traced
 
-    def _autocommit(self, steps: Sequence[_Step]) -> tuple[list[StatementTrace], str | None]:
+    def _autocommit(self, steps: Sequence[_Step]) -> list[StatementTrace]:
         """Statement by statement outside a transaction, sampled from the second connection."""
         db.execute(self.conn, executor.timeouts_sql(self.scratch.target, local=False))
         pid = self.conn.get_backend_pid()
@@ -375,8 +375,8 @@ class _Tracer:
             seen, error = self._sampled(pid, step.statement.text)
             duration = _ms(started)
             if error is not None:
-                failed = step.trace(False, duration, error=error)
-                return [*traced, failed], f"{step.file}:{step.statement.line}: {error}"
+                traced.append(step.trace(False, duration, error=error))
+                continue
             rewritten, appeared = _changes(before, self._read(self.watcher))
             locks = [
                 self._lock(oid, mode, (last - first) * 1000, True)
@@ -386,7 +386,7 @@ class _Tracer:
                 False, duration, locks=distinct(locks), rewritten=rewritten, appeared=appeared
             ))  # fmt: skip
         db.execute(self.conn, executor.reset_session_sql(self.conn))
-        return traced, None
+        return traced
 
     def _sampled(
         self, pid: int, text: str
@@ -423,10 +423,8 @@ class _Tracer:
         return TracedLock(relation.name, relation.kind, mode, held_ms, existing, taken)
 
 
-def _run(
-    scratch: Endpoint, pending: Sequence[Migration]
-) -> tuple[list[StatementTrace], str | None]:
-    """Trace every pending file in order; stop at the first statement that fails."""
+def _run(scratch: Endpoint, pending: Sequence[Migration]) -> list[StatementTrace]:
+    """Trace every pending file in order, on one connection watched by a second."""
     with (
         scratch.connection(APPLICATION) as conn,
         scratch.connection(f"{APPLICATION} watcher") as watcher,
@@ -434,13 +432,14 @@ def _run(
         first = _catalog(watcher)
         existing = frozenset(r.name for r in first.relations.values())
         tracer = _Tracer(scratch, conn, watcher, existing, dict(first.relations))
-        traced: list[StatementTrace] = []
-        for migration in pending:
-            statements, error = tracer.file(migration)
-            traced += statements
-            if error is not None:
-                return traced, error
-    return traced, None
+        return [statement for migration in pending for statement in tracer.file(migration)]
+
+
+def _unreadable(migration: Migration, message: str) -> StatementTrace:
+    """A file that cannot be read or parsed: one failed row (lint reports the parse error)."""
+    return StatementTrace(
+        migration.filename, 1, 1, migration.filename, "file", True, 0.0, error=message
+    )
 
 
 def _steps(file: str, text: str, statements: Sequence[Statement]) -> list[_Step]:

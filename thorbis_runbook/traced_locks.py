@@ -222,10 +222,14 @@ def _trace_only_check(
     scans = rewritten or lock.mode in ("ShareLock", "ShareRowExclusiveLock")
     status: Status = "fail" if big and scans else "warn"
     did = f"{statement.sql} took {mode_name(lock.mode)} on {lock.relation}"
+    held = (
+        f"held {lock.held_ms:.0f} ms until its transaction ended"
+        if statement.transactional
+        else f"seen for {lock.held_ms:.0f} ms while it ran"
+    )
     detail = (
-        f"{did}{' and rewrote it' if rewritten else ''} (held {lock.held_ms:.0f} ms until its "
-        f"transaction ended, on the copy), and no lint rule predicted it; fix: "
-        f"{_fix(lock.mode, rewritten)}"
+        f"{did}{' and rewrote it' if rewritten else ''} ({held}, on the copy), and no lint rule "
+        f"predicted it; fix: {_fix(lock.mode, rewritten)}"
     )
     return Check(f"trace-only {statement.where}", status, observed, threshold, detail)
 
@@ -259,16 +263,24 @@ def skipped_checks(statements: Sequence[StatementTrace]) -> list[Check]:
     ]  # fmt: skip
 
 
-def stopped_check(error: str, statements: Sequence[StatementTrace], *, empty: bool) -> Check:
-    """Where the trace stopped; a warning on an empty copy, where rows a statement needs lack."""
-    where = statements[-1].where if statements and statements[-1].error else "before a file"
-    hint = (
-        " (a schema-only copy has no rows: a statement or verify script that needs data fails "
-        "there; trace with --trace-source template)" if empty else ""
-    )  # fmt: skip
-    status: Status = "warn" if empty else "fail"
-    detail = f"{error}; the statements after it were not traced{hint}"
-    return Check(f"trace {where}", status, "stopped", "every pending statement runs", detail)
+def failed_checks(statements: Sequence[StatementTrace], *, empty: bool) -> list[Check]:
+    """A statement that fails on the copy: a failure to come on the target, unless the copy
+    lacks what it needs (rows on a schema-only copy, a role a statement not run would make)."""
+    checks, skipped_before = [], False
+    for statement in statements:
+        skipped_before = skipped_before or statement.skipped is not None
+        if statement.error is None:
+            continue
+        why = []
+        if empty:
+            why.append("a schema-only copy has no rows: trace with --trace-source template")
+        if skipped_before:
+            why.append("a statement above was not run on the copy")
+        status: Status = "warn" if why else "fail"
+        hint = f" ({'; '.join(why)})" if why else ""
+        detail = f"{statement.sql}: {statement.error}{hint}; the trace went on without it"
+        checks.append(Check(f"trace {statement.where}", status, "failed", "runs", detail))
+    return checks
 
 
 def _matching(relation: str, names: set[str]) -> set[str]:

@@ -143,23 +143,46 @@ def test_a_concurrent_build_is_traced_outside_a_transaction_on_a_template_copy(
     assert result.ok
 
 
-def test_a_statement_that_fails_on_the_copy_stops_the_trace_and_says_where(
+def test_a_statement_that_fails_on_the_copy_is_reported_and_the_trace_goes_on(
     tmp_path: Path, pg_database: str
 ) -> None:
     pending = {
-        INDEX: "CREATE INDEX orders_amount ON public.orders (amount);\n",
-        "20250202000000_broken.sql": "ALTER TABLE public.orders ADD COLUMN x int;\n"
-        "ALTER TABLE public.no_such_table ADD COLUMN y int;\n",
-        "20250203000000_never.sql": "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint;\n",
+        "20250201000000_broken.sql": "ALTER TABLE public.orders ADD COLUMN x int;\n"
+        "ALTER TABLE public.no_such_table ADD COLUMN y int;\n"
+        "CREATE INDEX orders_x ON public.orders (x);\n",
+        RETYPE: PENDING[RETYPE],
     }
     settings = _project(tmp_path, pg_database, pending)
     result = _trace(settings, pg_database)
 
-    stopped = _check(result, "trace 20250202000000_broken.sql:2")
-    assert stopped.status == "warn" and "no_such_table" in stopped.detail
-    assert "--trace-source template" in stopped.detail
-    assert not any(s.file == "20250203000000_never.sql" for s in result.statements)
-    assert "not traced" in _check(result, "alter-column-type").detail
+    failed = _check(result, "trace 20250201000000_broken.sql:2")
+    assert failed.status == "warn" and "no_such_table" in failed.detail
+    assert "--trace-source template" in failed.detail  # an empty copy may lack what it needs
+    # The savepoint kept the file's transaction: the statements around it are traced.
+    assert "index public.orders_x" in next(s for s in result.statements if s.line == 3).appeared
+    assert "confirmed by trace" in _check(result, "alter-column-type").detail
+
+
+def test_a_statement_that_acts_on_the_whole_server_never_runs_on_the_copy(
+    tmp_path: Path, pg_database: str
+) -> None:
+    pending = {
+        "20250201000000_reporting_role.sql": "CREATE ROLE thorbis_trace_reporter NOLOGIN;\n"
+        "ALTER TABLE public.orders ADD COLUMN y int;\n"
+        "GRANT SELECT ON public.orders TO thorbis_trace_reporter;\n",
+    }
+    settings = _project(tmp_path, pg_database, pending)
+    result = _trace(settings, pg_database, source="template")
+
+    role, added, grant = result.statements
+    assert role.skipped is not None and "CREATE ROLE" in role.skipped and role.locks == ()
+    assert _modes(added, "public.orders") == {"AccessExclusiveLock"}
+    assert grant.error is not None and "thorbis_trace_reporter" in grant.error
+    granted = _check(result, "trace 20250201000000_reporting_role.sql:3")
+    assert granted.status == "warn" and "a statement above was not run" in granted.detail
+    assert _check(result, "trace 20250201000000_reporting_role.sql:1").observed == "not run"
+    roles = "SELECT count(*) FROM pg_roles WHERE rolname = 'thorbis_trace_reporter'"
+    assert _scalar(pg_database, roles) == 0  # the server was not changed
 
 
 def test_the_command_needs_a_target_and_prints_the_trace(
