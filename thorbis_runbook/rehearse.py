@@ -298,14 +298,18 @@ def copy_schema(source: Endpoint, scratch: Endpoint) -> None:
 
     Owners are dropped (the scratch objects belong to the role that copies, as the runner's
     role owns what it migrates) and subscriptions left out (restoring one would connect to its
-    publisher). Raises ToolFailed naming the object pg_restore stopped at.
+    publisher). pg_dump waits for its ACCESS SHARE locks no longer than the source's
+    lock_timeout: behind a long ALTER on a live target it fails at once instead of hanging.
+    Raises ToolFailed naming what pg_dump or pg_restore stopped at.
     """
+    waits = source.target.lock_timeout_ms
     with tempfile.TemporaryDirectory(prefix="thorbis-schema-") as folder:
         dump = str(Path(folder) / "schema.dump")
         pgtools.run(
             source.tools, "pg_dump",
             ["--schema-only", "--format=custom", "--no-subscriptions", "--no-comments",
-             "--no-tablespaces", f"--file={dump}", "--no-password"],
+             "--no-tablespaces", f"--file={dump}", "--no-password",
+             *([f"--lock-wait-timeout={int(waits)}ms"] if waits > 0 else [])],
             dsn=source.dsn, what="schema copy",
         )  # fmt: skip
         pgtools.run(
