@@ -310,18 +310,22 @@ class _Tracer:
         db.execute(self.conn, "BEGIN;\n" + executor.timeouts_sql(self.scratch.target, local=True))
         pid = self.conn.get_backend_pid()
         catalog = self._read(self.conn)
-        taken: dict[tuple[int, str], tuple[int, float]] = {}  # lock -> (step, when)
+        # Hold times count the file's own statements and COMMIT, never the trace's reads
+        # between them: ``spent`` is that clock, in ms.
+        spent = 0.0
+        taken: dict[tuple[int, str], tuple[int, float]] = {}  # lock -> (step, spent then)
         done: list[_Done | StatementTrace] = []
         for index, step in enumerate(steps):
             reason = step.skipped()
             if reason is not None:
                 done.append(step.trace(True, 0.0, skipped=reason))
                 continue
-            started = time.monotonic()
             db.execute(self.conn, f"SAVEPOINT {SAVEPOINT}")
+            started = time.monotonic()
             try:
                 db.execute(self.conn, step.statement.text)
             except db.DatabaseError as exc:
+                spent += _ms(started)
                 db.execute(self.conn, f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
                 done.append(step.trace(True, _ms(started), error=db.error_message(exc)))
                 continue
@@ -330,11 +334,13 @@ class _Tracer:
             after = self._read(self.conn)
             held = _locks(self.conn, pid)
             for lock in held - taken.keys():
-                taken[lock] = (index, started)
+                taken[lock] = (index, spent)
+            spent += duration
             done.append((step, duration, held, _changes(catalog, after)))
             catalog = after
+        started = time.monotonic()
         db.execute(self.conn, "COMMIT")
-        traced = self._held(done, taken, time.monotonic())
+        traced = self._held(done, taken, spent + _ms(started))
         db.execute(self.conn, executor.reset_session_sql(self.conn))
         return traced
 
@@ -342,9 +348,10 @@ class _Tracer:
         self,
         done: Sequence[_Done | StatementTrace],
         taken: Mapping[tuple[int, str], tuple[int, float]],
-        ended: float,
+        spent: float,
     ) -> list[StatementTrace]:
-        """The statements of a transaction that ended at ``ended``, each lock held until then."""
+        """The statements of a transaction whose statements took ``spent`` ms in all, each
+        lock held from the start of the statement that took it to the end."""
         traced = []
         for index, entry in enumerate(done):
             if isinstance(entry, StatementTrace):
@@ -352,7 +359,7 @@ class _Tracer:
                 continue
             step, duration, held, (rewritten, appeared) = entry
             locks = [
-                self._lock(oid, mode, (ended - taken[(oid, mode)][1]) * 1000, taken[(oid, mode)][0] == index)
+                self._lock(oid, mode, spent - taken[(oid, mode)][1], taken[(oid, mode)][0] == index)
                 for oid, mode in held
             ]  # fmt: skip
             traced.append(step.trace(

@@ -47,6 +47,10 @@ def _at(result: LockTrace, file: str) -> StatementTrace:
     return statement
 
 
+def _at_line(result: LockTrace, file: str, line: int) -> StatementTrace:
+    return next(s for s in result.statements if s.file == file and s.line == line)
+
+
 def _modes(statement: StatementTrace, relation: str) -> set[str]:
     return {lock.mode for lock in statement.locks if lock.relation == relation and lock.taken}
 
@@ -92,7 +96,8 @@ def test_a_change_no_rule_predicts_is_trace_only_and_a_wrong_prediction_is_corre
     tmp_path: Path, pg_database: str
 ) -> None:
     pending = {
-        "20250201000000_orders_note.sql": "ALTER TABLE public.orders ADD COLUMN note text;\n",
+        "20250201000000_orders_note.sql": "ALTER TABLE public.orders ADD COLUMN note text;\n"
+        "SELECT pg_sleep(0.2);\n",
         # varchar(10) -> varchar(20) is binary-coercible: no rewrite, whatever the text suggests.
         "20250202000000_orders_code_wider.sql": (
             "ALTER TABLE public.orders ALTER COLUMN code TYPE varchar(20);\n"
@@ -105,6 +110,9 @@ def test_a_change_no_rule_predicts_is_trace_only_and_a_wrong_prediction_is_corre
     assert only.status == "warn"  # a lock without a rewrite or a scan: worth a look, not a failure
     assert "took ACCESS EXCLUSIVE on public.orders" in only.detail
     assert only.observed.startswith("public.orders: 500 rows")
+    # Held until the file's transaction ended: through the statement after it, too.
+    added = _at_line(result, "20250201000000_orders_note.sql", 1).strongest("public.orders")
+    assert added is not None and added.held_ms >= 200
     wider = _check(result, "alter-column-type")
     assert wider.status == "warn"  # a fail above 10 rows, corrected by what PostgreSQL did
     assert wider.detail.startswith(
