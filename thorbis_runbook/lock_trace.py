@@ -49,6 +49,7 @@ TRACE_USE = rehearse.ScratchUse(
     otherwise="trace as a role that has it (the copy is dropped afterwards)",
     fallback="trace with --trace-source schema",
 )
+INSUFFICIENT_PRIVILEGE = "42501"
 SAVEPOINT = "thorbis_trace"  # around each statement of a transactional file
 # How often the second connection reads pg_locks while an autocommit statement runs.
 SAMPLE_INTERVAL_S = 0.01
@@ -136,9 +137,19 @@ def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
     settings, target = endpoint.settings, endpoint.target
     thresholds = load_thresholds(settings, target)
     migrations = discover(settings.migrations_dir)
-    with endpoint.connection(APPLICATION) as conn:  # closed before a template copy is made
-        pending = build_plan(migrations, history.read_history(conn), check_files=False).pending
-        stats, indexes = table_stats(conn), indexed_columns(conn)
+    try:
+        with endpoint.connection(APPLICATION) as conn:  # closed before a template copy is made
+            pending = build_plan(migrations, history.read_history(conn), check_files=False).pending
+            stats, indexes = table_stats(conn), indexed_columns(conn)
+    except db.DatabaseError as exc:
+        if db.sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise ConfigError(
+            f"the role of target {target.name} may not read what lint --trace needs there "
+            f"(its migration history and table sizes): {db.error_message(exc)}; nothing was changed",
+            "trace as the role that applies the migrations, or grant this one USAGE on schema "
+            "runbook and SELECT on its tables",
+        ) from None
     title = f"lint --trace of {target.name}"
     if not pending:
         nothing = skipped("trace", f"no pending migration on target {target.name}")

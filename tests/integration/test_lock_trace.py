@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
-from tests.conftest import apply_migrations, make_settings, write_migrations
-from thorbis_runbook import cli, lock_trace
+from tests.conftest import apply_migrations, make_settings, run_sql, write_migrations
+from thorbis_runbook import cli, embedded, lock_trace
 from thorbis_runbook.config import Settings
 from thorbis_runbook.endpoint import Endpoint
+from thorbis_runbook.errors import ConfigError
 from thorbis_runbook.lock_trace import LockTrace, StatementTrace
 
 BASE = {
@@ -206,6 +211,8 @@ def test_the_command_needs_a_target_and_prints_the_trace(
     )
     monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
     config = ["--config", str(tmp_path / "runbook.toml")]
+    # cli.main adds a log handler on each call, bound to this test's captured stderr.
+    monkeypatch.setattr(logging.getLogger("thorbis_runbook"), "handlers", [])
 
     assert cli.main([*config, "lint", "--trace"]) == 2
     err = capsys.readouterr().err
@@ -219,3 +226,34 @@ def test_the_command_needs_a_target_and_prints_the_trace(
     assert cli.main([*config, "lint", "--trace", "--target", "test"]) == 0
     out = capsys.readouterr().out
     assert "SHARE" in out and "ACCESS EXCLUSIVE" in out and "public.orders" in out
+
+
+def test_a_role_that_may_not_create_databases_is_told_so_before_anything_is_copied(
+    tmp_path: Path, pg_server: embedded.EmbeddedStatus, pg_database: str
+) -> None:
+    settings = _project(tmp_path, pg_database, PENDING)
+    role = f"tracer_{secrets.token_hex(3)}"
+    name = urlsplit(pg_database).path.lstrip("/")
+    admin = pg_server.uri("postgres")
+    run_sql(admin, sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB").format(sql.Identifier(role)))
+    try:
+        run_sql(admin, sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+            sql.Identifier(name), sql.Identifier(role)))  # fmt: skip
+        as_role = pg_database.replace("postgres@", f"{role}@", 1)
+        with pytest.raises(ConfigError) as unreadable:  # the history belongs to postgres
+            _trace(settings, as_role)
+        assert "may not read what lint --trace needs there" in unreadable.value.message
+        assert "permission denied for schema runbook" in unreadable.value.message
+        run_sql(pg_database, sql.SQL("GRANT USAGE ON SCHEMA runbook TO {0}; GRANT SELECT ON ALL "
+                "TABLES IN SCHEMA runbook TO {0}").format(sql.Identifier(role)))  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            _trace(settings, as_role)
+        assert f"role {role} may not create databases" in refused.value.message
+        assert (
+            "lint --trace applies the pending migrations to a scratch copy" in refused.value.message
+        )
+        assert "trace as a role that has it" in refused.value.hint
+    finally:
+        run_sql(admin, sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(name)))
+        run_sql(pg_database, sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        run_sql(admin, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
