@@ -82,6 +82,8 @@ SERVER_FUNCTIONS = {
     "pg_wal_replay_resume", "lo_export", "pg_file_write", "pg_file_unlink", "pg_file_rename",
     "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
 }  # fmt: skip
+# A migration planned for a maintenance window says so; its strong locks are intended.
+_LONG_LOCK = re.compile(r"--[ \t]*runbook:allow[ \t]+long-lock\b(?P<reason>[^\n]*)")
 # A DO block's body is PL/pgSQL text; these words in it are enough to leave it alone.
 _SERVER_WIDE_WORDS = re.compile(
     r"\b(?:(?:create|alter|drop)\s+(?:role|user|group|database|tablespace|subscription)"
@@ -164,8 +166,18 @@ def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
     empty = source == "schema"
     checks = [summary_check(statements, described, empty=empty), *skipped_checks(statements)]
     checks += failed_checks(statements, empty=empty)
-    checks += judge(findings, statements, stats=stats, thresholds=thresholds)
+    planned = {m.filename: reason for m in pending if (reason := _long_lock(m))}
+    checks += judge(findings, statements, stats=stats, thresholds=thresholds, long_lock=planned)
     return LockTrace(target.name, described, tuple(statements), CheckReport.of(title, checks))
+
+
+def _long_lock(migration: Migration) -> str | None:
+    """The reason of the file's ``-- runbook:allow long-lock`` comment (the breaker's opt-out)."""
+    try:
+        found = _LONG_LOCK.search(migration.sql)
+    except MigrationFileError:
+        return None  # the trace reports the unreadable file
+    return found["reason"].strip() if found and found["reason"].strip() else None
 
 
 def server_wide(kind: str, node: Node, text: str) -> str | None:

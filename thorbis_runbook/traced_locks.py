@@ -143,10 +143,16 @@ def judge(
     *,
     stats: TableStats,
     thresholds: Thresholds,
+    long_lock: Mapping[str, str] | None = None,
 ) -> list[Check]:
-    """Each finding's row with the trace's verdict, then the strong locks no rule predicted."""
+    """Each finding's row with the trace's verdict, then the strong locks no rule predicted.
+
+    ``long_lock`` maps a file to the reason of its ``-- runbook:allow long-lock`` comment: a
+    file planned for a maintenance window, whose trace-only rows pass with that reason.
+    """
     checks = [_verdict(f, statement_of(f, statements)) for f in findings]
-    return checks + _trace_only(findings, statements, stats, thresholds)
+    trace_only = _trace_only(findings, statements, stats, thresholds)
+    return checks + [_allowed(c, (long_lock or {}).get(_file_of(c))) for c in trace_only]
 
 
 def statement_of(
@@ -246,6 +252,17 @@ def _trace_only_check(
         f"predicted it; fix: {_fix(lock.mode, rewritten)}"
     )
     return Check(f"trace-only {statement.where}", status, observed, threshold, detail)
+
+
+def _allowed(check: Check, reason: str | None) -> Check:
+    if reason is None:
+        return check
+    return replace(check, status="pass", detail=f"allowed: {reason} (long-lock) ({check.detail})")
+
+
+def _file_of(check: Check) -> str:
+    """The file of a row named "RULE FILE:LINE"."""
+    return check.name.split(" ", 1)[-1].rsplit(":", 1)[0]
 
 
 def _fix(mode: str, rewritten: bool) -> str:

@@ -128,3 +128,12 @@ def test_statements_of_one_database_run(sql: str) -> None:
 def test_lock_modes_read_as_the_documentation_names_them() -> None:
     assert mode_name("ShareRowExclusiveLock") == "SHARE ROW EXCLUSIVE"
     assert mode_name("AccessShareLock") == "ACCESS SHARE"
+
+
+def test_a_file_planned_for_a_maintenance_window_passes_its_trace_only_rows() -> None:
+    brief = _statement(6, _lock("public.orders", "AccessExclusiveLock"))
+    (check,) = judge(
+        [], [brief], stats=STATS, thresholds=Thresholds(), long_lock={FILE: "Sunday 02:00 window"}
+    )
+    assert check.status == "pass"
+    assert check.detail.startswith("allowed: Sunday 02:00 window (long-lock)")
