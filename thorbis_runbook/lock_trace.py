@@ -257,14 +257,15 @@ _Done = tuple[_Step, float, set[tuple[int, str]], _Changes]  # a statement of an
 
 
 def _catalog(conn: db.Connection) -> _Catalog:
-    relations = {
-        int(oid): _Relation(f"{schema}.{name}", KINDS.get(kind, kind), int(node))
-        for oid, schema, name, kind, node in db.fetch_all(conn, queries.load("lock_trace_relations"))
-    }  # fmt: skip
-    constraints = {
-        int(oid): (f"{CONSTRAINT_KINDS.get(kind, 'constraint')} {name} on {schema}.{owner}", bool(valid))
-        for oid, schema, owner, name, kind, valid in db.fetch_all(conn, queries.load("lock_trace_constraints"))
-    }  # fmt: skip
+    relations = {}
+    for oid, schema, name, kind, node in db.fetch_all(conn, queries.load("lock_trace_relations")):
+        relations[int(oid)] = _Relation(f"{schema}.{name}", KINDS.get(kind, kind), int(node))
+    constraints = {}
+    for oid, schema, owner, name, kind, valid in db.fetch_all(
+        conn, queries.load("lock_trace_constraints")
+    ):
+        what = f"{CONSTRAINT_KINDS.get(kind, 'constraint')} {name} on {schema}.{owner}"
+        constraints[int(oid)] = (what, bool(valid))
     return _Catalog(relations, constraints)
 
 
