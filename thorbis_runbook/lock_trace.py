@@ -305,7 +305,7 @@ class _Tracer:
     scratch: Endpoint
     conn: db.Connection
     watcher: db.Connection
-    existing: frozenset[str]
+    existing: frozenset[int]  # the oids the copy began with: relations the target has
     known: dict[int, _Relation]
 
     def file(self, migration: Migration) -> list[StatementTrace]:
@@ -450,7 +450,7 @@ class _Tracer:
         relation = self.known.get(oid)
         if relation is None:  # a catalog, or a relation that came and went inside one statement
             return None
-        existing = relation.name in self.existing
+        existing = oid in self.existing  # by oid: a table renamed by a pending file stays existing
         return TracedLock(relation.name, relation.kind, mode, held_ms, existing, taken)
 
 
@@ -461,7 +461,7 @@ def _run(scratch: Endpoint, pending: Sequence[Migration]) -> list[StatementTrace
         scratch.connection(f"{APPLICATION} watcher") as watcher,
     ):
         first = _catalog(watcher)
-        existing = frozenset(r.name for r in first.relations.values())
+        existing = frozenset(first.relations)
         tracer = _Tracer(scratch, conn, watcher, existing, dict(first.relations))
         return [statement for migration in pending for statement in tracer.file(migration)]
 
