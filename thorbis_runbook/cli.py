@@ -386,29 +386,6 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
     return code
 
 
-def _lint_trace(args: argparse.Namespace, settings: config.Settings) -> int:
-    """`lint --trace`: the pending migrations run on a scratch copy, lint's rows confirmed."""
-    if not args.target:
-        raise ConfigError(
-            "lint --trace needs a target: it applies that target's pending migrations to a "
-            "scratch copy of it",
-            f"add --target NAME (one of: {', '.join(settings.targets)})",
-        )
-    if args.files:
-        raise ConfigError(
-            "lint --trace traces the target's pending migrations in order, not chosen files",
-            "drop the file arguments, or lint them without --trace",
-        )
-    result = lock_trace.trace(_endpoint(args, settings), source=args.trace_source)
-    if args.json:
-        print_json(result.to_dict())
-        return 0 if result.ok else 1
-    if result.statements:
-        print_table(TRACE_COLUMNS, result.rows())
-        print()
-    return print_checks(result.checks, as_json=False)
-
-
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
     endpoint = _endpoint(args, settings)
     if args.backup:
@@ -517,6 +494,29 @@ def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
         timings = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.timings.items())
         print(f"rehearsed {len(result.migrations)} migration(s) on {result.source}: {timings}")
     return code
+
+
+def _lint_trace(args: argparse.Namespace, settings: config.Settings) -> int:
+    """`lint --trace`: the pending migrations run on a scratch copy, lint's rows confirmed."""
+    if not args.target:
+        raise ConfigError(
+            "lint --trace needs a target: it applies that target's pending migrations to a "
+            "scratch copy of it",
+            f"add --target NAME (one of: {', '.join(settings.targets)})",
+        )
+    if args.files:
+        raise ConfigError(
+            "lint --trace traces the target's pending migrations in order, not chosen files",
+            "drop the file arguments, or lint them without --trace",
+        )
+    result = lock_trace.trace(_endpoint(args, settings), source=args.trace_source)
+    if args.json:
+        print_json(result.to_dict())
+        return 0 if result.ok else 1
+    if result.statements:
+        print_table(TRACE_COLUMNS, result.rows())
+        print()
+    return print_checks(result.checks, as_json=False)
 
 
 def _pitr(args: argparse.Namespace, settings: config.Settings) -> int:
