@@ -28,6 +28,7 @@ from .precheck import indexed_columns, table_stats
 from .statements import Node, SqlSyntaxError, Statement, parse
 from .thresholds import load_thresholds
 from .traced_locks import (
+    BATCHED,
     TRACE_COLUMNS,
     StatementTrace,
     TracedLock,
@@ -82,6 +83,8 @@ SERVER_FUNCTIONS = {
     "pg_wal_replay_resume", "lo_export", "pg_file_write", "pg_file_unlink", "pg_file_rename",
     "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
 }  # fmt: skip
+# A batched data migration (issue 15) runs batch by batch under its own runner.
+_BATCHED_HEADER = re.compile(r"^[ \t]*--[ \t]*runbook:batched\b", re.MULTILINE)
 # A migration planned for a maintenance window says so; its strong locks are intended.
 _LONG_LOCK = re.compile(r"--[ \t]*runbook:allow[ \t]+long-lock\b(?P<reason>[^\n]*)")
 # A DO block's body is PL/pgSQL text; these words in it are enough to leave it alone.
@@ -311,6 +314,8 @@ class _Tracer:
     def file(self, migration: Migration) -> list[StatementTrace]:
         """Trace one file as the runner runs it, its verify script in the same transaction."""
         try:
+            if _BATCHED_HEADER.search(migration.sql):
+                return [_batched(migration)]
             steps = _steps(migration.filename, migration.sql, migration.statements)
             verify = migration.verify_path
             checks = (
@@ -470,6 +475,20 @@ def _unreadable(migration: Migration, message: str) -> StatementTrace:
     """A file that cannot be read or parsed: one failed row (lint reports the parse error)."""
     return StatementTrace(
         migration.filename, 1, 1, migration.filename, "file", True, 0.0, error=message
+    )
+
+
+def _batched(migration: Migration) -> StatementTrace:
+    """A batched file, left to its own runner: the trace would run it as one statement."""
+    text = migration.sql
+    found = _BATCHED_HEADER.search(text)
+    line = text.count("\n", 0, found.start()) + 1 if found else 1
+    reason = (
+        "a batched migration runs batch by batch in short transactions of its own (ROW "
+        "EXCLUSIVE on its table, row locks one batch at a time), not as the trace would run it"
+    )
+    return StatementTrace(
+        migration.filename, line, line, "-- runbook:batched", BATCHED, False, 0.0, skipped=reason
     )
 
 

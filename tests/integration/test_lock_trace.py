@@ -176,18 +176,23 @@ def test_a_statement_that_fails_on_the_copy_is_reported_and_the_trace_goes_on(
     assert "confirmed by trace" in _check(result, "alter-column-type").detail
 
 
-def test_a_statement_that_acts_on_the_whole_server_never_runs_on_the_copy(
+def test_what_acts_on_the_whole_server_never_runs_on_the_copy_nor_a_batched_file(
     tmp_path: Path, pg_database: str
 ) -> None:
     pending = {
         "20250201000000_reporting_role.sql": "CREATE ROLE thorbis_trace_reporter NOLOGIN;\n"
         "ALTER TABLE public.orders ADD COLUMN y int;\n"
         "GRANT SELECT ON public.orders TO thorbis_trace_reporter;\n",
+        # Issue 15's batched file runs batch by batch under its own runner, never as one statement.
+        "20250202000000_backfill_y.sql": "-- runbook:batched table=public.orders key=id\n"
+        "UPDATE public.orders SET y = amount WHERE id > :batch_start AND id <= :batch_end;\n",
     }
     settings = _project(tmp_path, pg_database, pending)
     result = _trace(settings, pg_database, source="template")
 
-    role, added, grant = result.statements
+    role, added, grant, backfill = result.statements
+    assert backfill.kind == "batched" and backfill.skipped is not None
+    assert _check(result, "trace 20250202000000_backfill_y.sql:1").status == "skip"
     assert role.skipped is not None and "CREATE ROLE" in role.skipped and role.locks == ()
     assert _modes(added, "public.orders") == {"AccessExclusiveLock"}
     assert grant.error is not None and "thorbis_trace_reporter" in grant.error
