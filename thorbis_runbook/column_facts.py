@@ -41,7 +41,7 @@ class ColumnFacts:
     comment: str | None = None
 
 
-def table_exists(conn: db.Connection, table: str) -> bool:
+def relation_exists(conn: db.Connection, table: str) -> bool:
     """Whether ``table`` (already quoted: schema.name) names a relation the session can see."""
     return bool(db.fetch_all(conn, TABLE_EXISTS, (table,))[0][0])
 
@@ -55,7 +55,7 @@ def read_column(
     an ordinary table, an identity or generated column, or a dependent object expand/contract
     cannot carry over (a policy, a view, a primary key, another table's foreign key).
     """
-    if not table_exists(conn, table):
+    if not relation_exists(conn, table):
         raise ConfigError(
             f"table {table} does not exist on target {target}",
             "check the schema and table name (--table SCHEMA.TABLE), or the target",

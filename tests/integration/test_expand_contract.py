@@ -162,6 +162,8 @@ def test_rename_keeps_writes_in_step_then_contracts_with_rls_intact(thorbis: End
         after = rls.snapshot_rls(conn)
     checks = rls.compare_rls(before, after)
     assert [c.status for c in checks] == ["pass"], checks
+    privilege = "SELECT has_column_privilege('anon', 'business_hs.work_orders', 'state', 'SELECT')"
+    assert one(thorbis, privilege) is True
 
     run_down(thorbis, contracted)
     assert one(thorbis, counts.format("status")) == completed
@@ -264,6 +266,35 @@ def test_not_null_fills_writes_then_validates_in_a_later_file(thorbis: Endpoint)
     )
     with connected(thorbis) as conn:
         assert [c.status for c in rls.compare_rls(before, rls.snapshot_rls(conn))] == ["pass"]
+
+
+def test_a_contract_after_an_expand_written_without_target_builds_the_indexes_first(
+    thorbis: Endpoint,
+) -> None:
+    change = expand_contract.column_change(
+        kind="rename", table="business_hs.work_orders", column="status", to="state", new_type="text"
+    )
+    expanded = expand_contract.write_change(thorbis.settings, "rename_status", change)
+    assert "Written without a target" in expanded[0].read_text()
+    assert not any(p.name.endswith("_indexes.sql") for p in expanded)
+    migrate.apply(
+        thorbis,
+        migrate.ApplyRequest(to_version=expanded[0].name[:14], backup="none", monitor=False),
+    ).raise_for_failure()
+    backfill_by_hand(thorbis, expanded)
+    contracted = expand_contract.write_change(
+        thorbis.settings, "rename_status", change, phase="contract", endpoint=thorbis
+    )
+    suffixes = [p.name[15:] for p in contracted if p.name.count(".") == 1]
+    assert suffixes == [
+        "rename_status_indexes.sql", "rename_status_contract.sql", "rename_status_validate.sql"
+    ]  # fmt: skip
+    apply_all(thorbis)
+    indexed = (
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'business_hs.work_orders'::regclass "
+        "AND indisvalid AND (pg_get_indexdef(indexrelid) LIKE '%state%')"
+    )
+    assert one(thorbis, indexed) == 2
 
 
 @pytest.mark.skipif(not BATCHED, reason="needs part backfill's batched runner (Migration.batched)")
