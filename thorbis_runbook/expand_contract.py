@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import db
 from .column_facts import ColumnFacts, column_exists, read_column, relation_exists, trigger_exists
 from .config import Settings
 from .endpoint import Endpoint
@@ -34,6 +35,7 @@ from .sql_text import parse_expression, parse_type, qualified, quote
 
 __all__ = ["KINDS", "PHASES", "ColumnChange", "column_change", "migration_texts", "write_change"]
 
+READ_ONLY = "SET default_transaction_read_only = on"
 KINDS = ("rename", "type", "not-null")
 PHASES = ("expand", "contract", "all")
 
@@ -155,6 +157,7 @@ def _resolve(
     if endpoint is None:
         return replace(change, key=change.key or DEFAULT_KEY), None, frozenset()
     with endpoint.connection("thorbis-runbook new") as conn:
+        db.execute(conn, READ_ONLY)  # new only reads; a slip here must not write
         carry = change.kind != "not-null"  # NOT NULL in place drops nothing: nothing to carry
         facts = read_column(
             conn, table=change.relation, column=change.column, target=endpoint.name, carry=carry

@@ -177,6 +177,7 @@ def _sync_expand(change: ColumnChange, facts: ColumnFacts | None, next_step: str
         "-- batched backfill, then (once nothing reads or writes the old column) the contract:",
         f"--   {_one_line(next_step)}",
         *_no_target_note(facts),
+        *_cast_note(change),
         "",
         f"ALTER TABLE {rel} ADD COLUMN {new} {typ};",
         *grants,
@@ -481,6 +482,15 @@ def _constraints_back(change: ColumnChange, facts: ColumnFacts) -> list[str]:
     return back
 
 
+def _cast_note(change: ColumnChange) -> list[str]:
+    if change.kind != "type":
+        return []
+    return [
+        f"-- From now on a write to {_one_line(change.column)} whose value does not cast to",
+        f"-- {_one_line(change.new_type)} fails, as it would in the new column.",
+    ]
+
+
 def _no_target_note(facts: ColumnFacts | None) -> list[str]:
     if facts is not None:
         return []
@@ -501,7 +511,8 @@ def _nothing_down(why: str) -> str:
 
 def _verify(checks: list[str]) -> str:
     body = "\n    ".join(checks) if checks else "NULL;"
-    return f"DO $verify$\nBEGIN\n    {body}\nEND\n$verify$;\n"
+    block = "BEGIN\n    " + body + "\nEND"
+    return f"DO {dollar_quoted(block, 'verify')};\n"
 
 
 def _column_check(change: ColumnChange, column: str, *, present: bool) -> str:

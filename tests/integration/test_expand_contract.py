@@ -54,7 +54,9 @@ def apply_all(endpoint: Endpoint) -> migrate.ApplyResult:
     return result
 
 
-def backfill_by_hand(endpoint: Endpoint, paths: list[Path]) -> None:
+def backfill_by_hand(
+    endpoint: Endpoint, paths: list[Path], key_range: tuple[object, object] = UUID_RANGE
+) -> None:
     """Run a backfill file over the whole key range and take it out of the folder.
 
     Stands in for the batched runner until it lands; the batched test below runs the real one.
@@ -64,7 +66,7 @@ def backfill_by_hand(endpoint: Endpoint, paths: list[Path]) -> None:
     assert text.startswith("-- runbook:batched table=")
     statement = text.replace(":batch_start", "%(start)s").replace(":batch_end", "%(end)s")
     with connected(endpoint) as conn, conn.cursor() as cur:
-        cur.execute(statement, {"start": UUID_RANGE[0], "end": UUID_RANGE[1]})
+        cur.execute(statement, {"start": key_range[0], "end": key_range[1]})
     for path in forward.parent.glob(forward.name.removesuffix(".sql") + ".*"):
         path.unlink()
 
@@ -295,6 +297,51 @@ def test_a_contract_after_an_expand_written_without_target_builds_the_indexes_fi
         "AND indisvalid AND (pg_get_indexdef(indexrelid) LIKE '%state%')"
     )
     assert one(thorbis, indexed) == 2
+
+
+ODD_TABLE = """
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema".parent (id int PRIMARY KEY);
+INSERT INTO "Odd Schema".parent SELECT generate_series(1, 5);
+CREATE TABLE "Odd Schema"."t""x" (
+    id bigint PRIMARY KEY,
+    "a$sync$b" int NOT NULL DEFAULT 1 CHECK ("a$sync$b" > 0) REFERENCES "Odd Schema".parent (id),
+    UNIQUE ("a$sync$b", id)
+);
+CREATE INDEX "Idx a$sync$b" ON "Odd Schema"."t""x" ("a$sync$b") WHERE "a$sync$b" < 4;
+INSERT INTO "Odd Schema"."t""x" SELECT g, 1 + g % 5 FROM generate_series(1, 50) AS g;
+"""
+ODD_CONSTRAINTS = """
+SELECT contype::text, pg_get_constraintdef(oid) FROM pg_constraint
+ WHERE conrelid = '"Odd Schema"."t""x"'::regclass AND contype IN ('c', 'f', 'u') ORDER BY 1
+"""
+
+
+def test_odd_names_survive_every_file_and_every_constraint_kind_moves(thorbis: Endpoint) -> None:
+    with connected(thorbis) as conn, conn.cursor() as cur:
+        cur.execute(ODD_TABLE)
+    change = expand_contract.column_change(
+        kind="rename", table='Odd Schema.t"x', column="a$sync$b", to="select"
+    )
+    paths = expand_contract.write_change(
+        thorbis.settings, "odd_rename", change, phase="all", endpoint=thorbis
+    )
+    migrate.apply(
+        thorbis, migrate.ApplyRequest(to_version=paths[0].name[:14], backup="none", monitor=False)
+    ).raise_for_failure()
+    backfill_by_hand(thorbis, paths, (-(2**63), 2**63 - 1))
+    apply_all(thorbis)
+    with connected(thorbis) as conn, conn.cursor() as cur:
+        cur.execute(ODD_CONSTRAINTS)
+        assert cur.fetchall() == [
+            ("c", 'CHECK (("select" > 0))'),
+            ("f", 'FOREIGN KEY ("select") REFERENCES "Odd Schema".parent(id)'),
+            ("u", 'UNIQUE ("select", id)'),
+        ]
+        cur.execute("""SELECT to_regclass('"Odd Schema"."Idx select"') IS NOT NULL""")
+        assert cur.fetchone() == (True,)
+        cur.execute('SELECT sum("select") FROM "Odd Schema"."t""x"')
+        assert cur.fetchone() == (sum(1 + g % 5 for g in range(1, 51)),)
 
 
 @pytest.mark.skipif(not BATCHED, reason="needs part backfill's batched runner (Migration.batched)")
