@@ -349,12 +349,22 @@ def test_the_runner_applies_expand_backfill_and_contract_in_one_folder(thorbis: 
     change = expand_contract.column_change(
         kind="rename", table="business_hs.work_orders", column="description", to="summary"
     )
-    expand_contract.write_change(
+    descriptions = "SELECT md5(string_agg({}, ',' ORDER BY id)) FROM business_hs.work_orders"
+    before = one(thorbis, descriptions.format("description"))
+    paths = expand_contract.write_change(
         thorbis.settings, "rename_description", change, phase="all", endpoint=thorbis
     )
-    apply_all(thorbis)
-    missing = "SELECT count(*) FROM business_hs.work_orders WHERE summary IS NULL"
-    assert one(thorbis, missing) == 0
+    result = apply_all(thorbis)
+    assert [step.status for step in result.steps] == ["applied"] * 4
+    assert one(thorbis, descriptions.format("summary")) == before
+    notnull = (
+        "SELECT attnotnull FROM pg_attribute WHERE attrelid = "
+        "'business_hs.work_orders'::regclass AND attname = 'summary'"
+    )
+    assert one(thorbis, notnull) is True
+    backfill = next(p for p in paths if p.name.endswith("_backfill.sql"))
+    history = "SELECT status FROM runbook.migration_history WHERE version = %s"
+    assert one(thorbis, history, (backfill.name[:14],)) == "applied"
 
 
 # -- refused, before anything is written ------------------------------------------------------
