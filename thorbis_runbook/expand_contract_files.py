@@ -289,6 +289,7 @@ def _validate(change: ColumnChange, constraints: tuple[str, ...]) -> MigrationTe
         if change.kind == "not-null":
             forward.append(f"ALTER TABLE {rel} VALIDATE CONSTRAINT {check};")
         forward += [
+            "-- runbook:allow set-not-null the CHECK validated above spares SET NOT NULL its scan",
             f"ALTER TABLE {rel} ALTER COLUMN {new} SET NOT NULL;",
             f"ALTER TABLE {rel} DROP CONSTRAINT {check};",
         ]
