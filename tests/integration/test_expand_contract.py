@@ -243,7 +243,10 @@ def test_not_null_fills_writes_then_validates_in_a_later_file(thorbis: Endpoint)
     validate = next(p for p in paths if p.name.endswith("_validate.sql")).read_text()
     contract = next(p for p in paths if p.name.endswith("_contract.sql")).read_text()
     assert "NOT VALID" in contract and "VALIDATE" not in contract.replace("NOT VALID", "")
-    assert re.search(r"VALIDATE CONSTRAINT .*\n.*SET NOT NULL;\n.*DROP CONSTRAINT", validate)
+    assert re.search(
+        r"VALIDATE CONSTRAINT .*\n-- runbook:allow set-not-null .*\n.*SET NOT NULL;\n.*DROP CONSTRAINT",
+        validate,
+    )
 
     migrate.apply(
         thorbis, migrate.ApplyRequest(to_version=paths[0].name[:14], backup="none", monitor=False)
