@@ -144,32 +144,8 @@ def short_name(name: str) -> str:
 
 # -- rename and type: a new column kept in step ----------------------------------------------
 def _sync_expand(change: ColumnChange, facts: ColumnFacts | None, next_step: str) -> MigrationText:
-    rel, old, new, typ = (
-        change.relation,
-        quote(change.column),
-        quote(change.new_column),
-        change.new_type,
-    )
-    cast_old = f"NEW.{old}" if change.kind == "rename" else f"CAST(NEW.{old} AS {typ})"
-    body = "\n".join([
-        "BEGIN",
-        "    IF TG_OP = 'INSERT' THEN",
-        f"        IF NEW.{new} IS NULL THEN",
-        f"            NEW.{new} := {cast_old};",
-        "        ELSE",
-        f"            NEW.{old} := NEW.{new};",
-        "        END IF;",
-        f"    ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN",
-        "        -- the backfill's own copy leaves the old column as it is",
-        f"        IF NEW.{new} IS DISTINCT FROM {cast_old} THEN",
-        f"            NEW.{old} := NEW.{new};",
-        "        END IF;",
-        f"    ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN",
-        f"        NEW.{new} := {cast_old};",
-        "    END IF;",
-        "    RETURN NEW;",
-        "END",
-    ])  # fmt: skip
+    rel, new, typ = change.relation, quote(change.new_column), change.new_type
+    body = _sync_body(change)
     grants = _grants(change, facts, change.new_column)
     forward = "\n".join([
         f"-- expand: {change.new_column} beside {change.column} on {rel}, kept in step both ways",
@@ -262,7 +238,7 @@ def _sync_contract(change: ColumnChange, facts: ColumnFacts) -> MigrationText:
         *[f"ALTER SEQUENCE {sequence} OWNED BY {rel}.{old};" for sequence in facts.sequences],
         *[f"{index.definition};" for index in facts.indexes],
         *_constraints_back(change, facts),
-        *_trigger_sql(change, _restored_body(change), "INSERT OR UPDATE"),
+        *_trigger_sql(change, _sync_body(change), "INSERT OR UPDATE"),
     ]  # fmt: skip
     verify = _verify([
         _column_check(change, change.column, present=False),
@@ -309,15 +285,8 @@ def _validate(change: ColumnChange, constraints: tuple[str, ...]) -> MigrationTe
 
 # -- NOT NULL in place: fill, backfill, CHECK NOT VALID, VALIDATE, SET NOT NULL -------------
 def _fill_expand(change: ColumnChange, next_step: str) -> MigrationText:
-    rel, col = change.relation, quote(change.column)
-    body = "\n".join([
-        "BEGIN",
-        f"    IF NEW.{col} IS NULL THEN",
-        f"        NEW.{col} := {change.fill};",
-        "    END IF;",
-        "    RETURN NEW;",
-        "END",
-    ])  # fmt: skip
+    rel = change.relation
+    body = _fill_body(change)
     forward = "\n".join([
         f"-- expand: rows written to {rel} with {change.column} NULL get {_one_line(change.fill)} from now",
         "-- on, so the application may stop writing NULL at its own pace. Next: the batched",
@@ -363,7 +332,7 @@ def _fill_contract(change: ColumnChange) -> MigrationText:
         f"DROP TRIGGER {quote(change.trigger)} ON {rel};",
         f"DROP FUNCTION {change.function}();",
     ])  # fmt: skip
-    body = f"BEGIN\n    IF NEW.{col} IS NULL THEN\n        NEW.{col} := {change.fill};\n    END IF;\n    RETURN NEW;\nEND"
+    body = _fill_body(change)
     down = "\n".join([
         f"ALTER TABLE {rel} DROP CONSTRAINT IF EXISTS {check};",
         *_trigger_sql(change, body, "INSERT OR UPDATE"),
@@ -382,11 +351,42 @@ def _trigger_sql(change: ColumnChange, body: str, events: str) -> list[str]:
     ]
 
 
-def _restored_body(change: ColumnChange) -> str:
-    """The sync trigger's body again, for the contract's down script."""
-    text = _sync_expand(change, None, "").forward
-    start = text.index("BEGIN\n")
-    return text[start : text.index("\nEND", start) + 4]
+def _sync_body(change: ColumnChange) -> str:
+    """The sync trigger's body: a write to either column shows in the other."""
+    old, new = quote(change.column), quote(change.new_column)
+    cast_old = f"NEW.{old}" if change.kind == "rename" else f"CAST(NEW.{old} AS {change.new_type})"
+    return "\n".join([
+        "BEGIN",
+        "    IF TG_OP = 'INSERT' THEN",
+        f"        IF NEW.{new} IS NULL THEN",
+        f"            NEW.{new} := {cast_old};",
+        "        ELSE",
+        f"            NEW.{old} := NEW.{new};",
+        "        END IF;",
+        f"    ELSIF NEW.{new} IS DISTINCT FROM OLD.{new} THEN",
+        "        -- the backfill's own copy leaves the old column as it is",
+        f"        IF NEW.{new} IS DISTINCT FROM {cast_old} THEN",
+        f"            NEW.{old} := NEW.{new};",
+        "        END IF;",
+        f"    ELSIF NEW.{old} IS DISTINCT FROM OLD.{old} THEN",
+        f"        NEW.{new} := {cast_old};",
+        "    END IF;",
+        "    RETURN NEW;",
+        "END",
+    ])  # fmt: skip
+
+
+def _fill_body(change: ColumnChange) -> str:
+    """The fill trigger's body: a NULL written becomes the fill value."""
+    col = quote(change.column)
+    return "\n".join([
+        "BEGIN",
+        f"    IF NEW.{col} IS NULL THEN",
+        f"        NEW.{col} := {change.fill};",
+        "    END IF;",
+        "    RETURN NEW;",
+        "END",
+    ])  # fmt: skip
 
 
 def _key_name(change: ColumnChange) -> str:
