@@ -21,6 +21,7 @@ from .sql_text import (
     quote,
     retarget_constraint,
     retarget_index,
+    row_expression,
 )
 
 MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: longer names are cut by the server, so we cut them first
@@ -382,7 +383,7 @@ def _fill_body(change: ColumnChange) -> str:
     return "\n".join([
         "BEGIN",
         f"    IF NEW.{col} IS NULL THEN",
-        f"        NEW.{col} := {change.fill};",
+        f"        NEW.{col} := {row_expression(change.fill or 'NULL')};",
         "    END IF;",
         "    RETURN NEW;",
         "END",

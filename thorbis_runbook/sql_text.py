@@ -141,14 +141,33 @@ class _ColumnRenamer:
                 )
 
 
-def _walk(node: Any) -> Any:
-    """Every AST node under ``node`` (itself included), depth first."""
+def _walk(node: Any, skip: type | None = None) -> Any:
+    """Every AST node under ``node`` (itself included), depth first, not entering ``skip``."""
     from pglast import ast
 
     if isinstance(node, ast.Node):
+        if skip is not None and isinstance(node, skip):
+            return
         yield node
         for attribute in node:
-            yield from _walk(getattr(node, attribute))
+            yield from _walk(getattr(node, attribute), skip)
     elif isinstance(node, (tuple, list)):
         for item in node:
-            yield from _walk(item)
+            yield from _walk(item, skip)
+
+
+def row_expression(expression: str, row: str = "new") -> str:
+    """``expression`` with its column references read from ``row`` (a trigger's NEW).
+
+    Subqueries keep their own references: a column there names the subquery's tables.
+    """
+    from pglast import ast, parse_sql
+    from pglast.stream import RawStream
+
+    statement: Any = parse_sql(f"SELECT ({expression})")[0].stmt
+    node = statement.targetList[0].val
+    for ref in _walk(node, skip=ast.SubLink):
+        single = isinstance(ref, ast.ColumnRef) and ref.fields and len(ref.fields) == 1
+        if single and isinstance(ref.fields[0], ast.String):
+            ref.fields = (ast.String(sval=row), ref.fields[0])
+    return str(RawStream()(node))

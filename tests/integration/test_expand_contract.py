@@ -7,6 +7,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg2
@@ -227,10 +228,12 @@ def test_not_null_fills_writes_then_validates_in_a_later_file(thorbis: Endpoint)
         cur.execute(
             "UPDATE business_hs.work_orders SET scheduled_for = NULL WHERE status = 'cancelled'"
         )
+        cancelled = cur.rowcount
+        assert cancelled > 0
         before = rls.snapshot_rls(conn)
     change = expand_contract.column_change(
         kind="not-null", table="business_hs.work_orders", column="scheduled_for",
-        fill="'2020-01-01 00:00+00'::timestamptz",
+        fill="created_at + interval '1 day'",
     )  # fmt: skip
     paths = expand_contract.write_change(
         thorbis.settings, "schedule_required", change, phase="all", endpoint=thorbis
@@ -255,11 +258,15 @@ def test_not_null_fills_writes_then_validates_in_a_later_file(thorbis: Endpoint)
         cur.execute(
             "INSERT INTO business_hs.work_orders (business_id, customer_id, description) "
             "SELECT business_id, id, 'old code' FROM business_core.customers LIMIT 1 "
-            "RETURNING scheduled_for::date::text"
+            "RETURNING scheduled_for - created_at"
         )
-        assert cur.fetchone() == ("2020-01-01",)
+        assert cur.fetchone() == (timedelta(days=1),)  # the fill reads the row being written
     backfill_by_hand(thorbis, paths)
     apply_all(thorbis)
+    filled = (
+        "SELECT count(*) FROM business_hs.work_orders WHERE scheduled_for = created_at + '1 day'"
+    )
+    assert one(thorbis, filled) == cancelled + 1
     notnull = "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'business_hs.work_orders'::regclass AND attname = 'scheduled_for'"
     assert one(thorbis, notnull) is True
     assert (
