@@ -61,9 +61,18 @@ def column_change(
             f"--expand-contract {kind} needs --table and --column",
             "pass --table SCHEMA.TABLE --column COLUMN",
         )
-    schema, _, name = table.partition(".")
-    for what, value in (("schema", schema), ("table", name), ("column", column)):
-        _check_identifier(what, value, "--table SCHEMA.TABLE" if what != "column" else "--column")
+    schema, dot, name = table.partition(".")
+    if not dot:
+        raise ConfigError(
+            f"--table {table!r} names no schema",
+            "write it as SCHEMA.TABLE, for example business_hs.work_orders",
+        )
+    for what, value, option in (
+        ("schema", schema, "--table SCHEMA.TABLE"), ("table", name, "--table SCHEMA.TABLE"),
+        ("column", column, "--column"), ("key", key, "--key"),
+    ):  # fmt: skip
+        if value is not None:
+            _check_identifier(what, value, option)
     if kind == "not-null":
         _refuse_options(kind, {"--to": to, "--type": new_type})
         if fill is None:

@@ -441,11 +441,14 @@ def test_the_contract_before_the_expand_is_refused(thorbis: Endpoint) -> None:
         ({"kind": "rename", "to": "c", "fill": "1"}, "--fill means nothing"),
         ({"kind": "type", "new_type": "bigint", "to": "c"}, "--to c is the column's own name"),
         ({"kind": "drop"}, "is not a change it writes"),
+        ({"kind": "type", "new_type": "int", "table": "work_orders"}, "names no schema"),
+        ({"kind": "type", "new_type": "int", "key": "id\nDROP TABLE t;"}, "control character"),
+        ({"kind": "rename", "to": "x" * 64}, "too long"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        expand_contract.column_change(table="s.t", column="c", **options)  # type: ignore[arg-type]
+        expand_contract.column_change(**{"table": "s.t", "column": "c", **options})  # type: ignore[arg-type]
 
 
 def test_identifiers_are_quoted_and_dollar_quotes_cannot_be_closed_early() -> None:
