@@ -21,7 +21,7 @@ _REFUSED_CONSTRAINTS = {"p": "the primary key", "x": "an exclusion constraint"}
 class Dependent:
     """An index or a constraint of the table that involves the column, as the server prints it."""
 
-    name: str
+    name: str  # as stored in the catalog, unquoted
     definition: str
     contype: str | None  # None for a plain index; 'u', 'c', 'f' for constraints
 
@@ -118,11 +118,11 @@ def _dependents(
     sequences: list[str] = []
     refused: list[str] = []
     rows = db.fetch_all(conn, queries.load("expand_contract_dependents"), params)
-    for kind, name, definition, contype, description in rows:
+    for kind, name, qualified, definition, contype, description in rows:
         if kind == "index":
             indexes.append(Dependent(name, definition, None))
         elif kind == "sequence":
-            sequences.append(name)
+            sequences.append(qualified)  # schema-qualified: the migration's search_path may differ
         elif kind == "constraint" and contype != "n":  # PostgreSQL 18's NOT NULL is not_null
             constraints.append(Dependent(name, definition, contype))
         elif kind == "other":

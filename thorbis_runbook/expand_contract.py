@@ -36,6 +36,7 @@ from .sql_text import parse_expression, parse_type, qualified, quote
 __all__ = ["KINDS", "PHASES", "ColumnChange", "column_change", "migration_texts", "write_change"]
 
 READ_ONLY = "SET default_transaction_read_only = on"
+QUALIFY_NAMES = "SET search_path = pg_catalog, pg_temp"
 KINDS = ("rename", "type", "not-null")
 PHASES = ("expand", "contract", "all")
 
@@ -167,6 +168,9 @@ def _resolve(
         return replace(change, key=change.key or DEFAULT_KEY), None, frozenset()
     with endpoint.connection("thorbis-runbook new") as conn:
         db.execute(conn, READ_ONLY)  # new only reads; a slip here must not write
+        # Everything outside pg_catalog then prints schema-qualified (types, defaults, the
+        # tables a foreign key names), so the files mean the same under any search_path.
+        db.execute(conn, QUALIFY_NAMES)
         carry = change.kind != "not-null"  # NOT NULL in place drops nothing: nothing to carry
         facts = read_column(
             conn, table=change.relation, column=change.column, target=endpoint.name, carry=carry

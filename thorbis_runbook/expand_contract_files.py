@@ -414,9 +414,8 @@ def _grants(change: ColumnChange, facts: ColumnFacts | None, column: str) -> lis
 
 def _copied_name(change: ColumnChange, name: str) -> str:
     """The copy's name: the old column's name swapped for the new one's, else a suffix."""
-    bare = name.rsplit(".", 1)[-1].strip('"')
-    swapped = bare.replace(change.column, change.new_column)
-    return short_name(swapped if swapped != bare else f"{bare}_{change.new_column}")
+    swapped = name.replace(change.column, change.new_column)
+    return short_name(swapped if swapped != name else f"{name}_{change.new_column}")
 
 
 def copied_indexes(change: ColumnChange, facts: ColumnFacts) -> list[tuple[str, str]]:
@@ -472,11 +471,9 @@ def _constraints_back(change: ColumnChange, facts: ColumnFacts) -> list[str]:
     rel, back = change.relation, []
     for source in facts.constraints:
         if source.contype == "u":
+            name = quote(source.name)
             back.append(f"{source.definition};")
-            bare = source.name.rsplit(".", 1)[-1].strip('"')
-            back.append(
-                f"ALTER TABLE {rel} ADD CONSTRAINT {quote(bare)} UNIQUE USING INDEX {quote(bare)};"
-            )
+            back.append(f"ALTER TABLE {rel} ADD CONSTRAINT {name} UNIQUE USING INDEX {name};")
         else:
             back.append(
                 f"ALTER TABLE {rel} ADD CONSTRAINT {quote(source.name)} {source.definition};"

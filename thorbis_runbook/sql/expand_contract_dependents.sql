@@ -15,7 +15,8 @@ SELECT DISTINCT
            WHEN ad.adnum = col.attnum THEN 'default'
            ELSE 'other'
        END AS kind,
-       COALESCE(r.oid::regclass::text, k.conname::text) AS name,
+       COALESCE(r.relname::text, k.conname::text) AS name,
+       pg_catalog.quote_ident(rn.nspname) || '.' || pg_catalog.quote_ident(r.relname) AS qualified,
        CASE
            WHEN r.relkind IN ('i', 'I') THEN pg_catalog.pg_get_indexdef(r.oid)
            WHEN k.contype = 'u' THEN pg_catalog.pg_get_indexdef(k.conindid)
@@ -30,6 +31,7 @@ SELECT DISTINCT
    AND d.refobjsubid = col.attnum
   LEFT JOIN pg_catalog.pg_class AS r
     ON d.classid = 'pg_catalog.pg_class'::regclass AND r.oid = d.objid
+  LEFT JOIN pg_catalog.pg_namespace AS rn ON rn.oid = r.relnamespace
   LEFT JOIN pg_catalog.pg_constraint AS ic
     ON ic.conindid = r.oid AND ic.conrelid = col.attrelid AND ic.contype IN ('p', 'u', 'x')
   LEFT JOIN pg_catalog.pg_constraint AS k
