@@ -89,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
         "new", help="create a migration (and its down and verify files) from the template"
     )
     new_cmd.add_argument("name", help="snake_case description, e.g. add_invoice_due_date")
+    expand_contract_options(new_cmd)
 
     baseline_cmd = sub.add_parser(
         "baseline", help="record migrations as applied without running them"
@@ -229,6 +230,40 @@ def parser() -> argparse.ArgumentParser:
     pitr_cmd.add_argument("action", choices=("enable",))
     common(pitr_cmd)
     return parser
+
+
+def expand_contract_options(cmd: argparse.ArgumentParser) -> None:
+    """`new NAME --expand-contract ...`: a column change as expand, backfill and contract files."""
+    group = cmd.add_argument_group(
+        "expand/contract", "a column change the application can outlive (see README)"
+    )
+    group.add_argument(
+        "--expand-contract", metavar="KIND", choices=("rename", "type", "not-null"),
+        help="write a column rename, type change or NOT NULL as expand/contract migrations",
+    )  # fmt: skip
+    group.add_argument("--table", metavar="SCHEMA.TABLE", help="the table whose column changes")
+    group.add_argument("--column", metavar="COLUMN", help="the column as it is now")
+    group.add_argument("--to", metavar="NEW", help="the new column's name (rename; type: C_new)")
+    group.add_argument(
+        "--type", metavar="TYPE", help="the new type (type); the column's type (rename, no target)"
+    )
+    group.add_argument(
+        "--fill", metavar="EXPR", help="not-null: the SQL value rows holding NULL get"
+    )
+    group.add_argument(
+        "--key", metavar="COLUMN",
+        help="the unique NOT NULL column the backfill walks (default: the primary key, or id)",
+    )  # fmt: skip
+    group.add_argument(
+        "--phase", choices=("expand", "contract", "all"), default="expand",
+        help="expand (default: new beside old, backfill, indexes), contract (drop the old, once "
+        "nothing uses it), or all (both at once, for a rehearsal)",
+    )  # fmt: skip
+    group.add_argument(
+        "--target",
+        help="read the table and column from this target (only when given): they must exist, "
+        "and indexes, constraints, grants and the default are copied",
+    )
 
 
 def change_flag(cmd: argparse.ArgumentParser) -> None:

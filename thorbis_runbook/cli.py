@@ -21,6 +21,7 @@ from . import (
     changes,
     config,
     embedded,
+    expand_contract,
     fleet_verb,
     ledger,
     lint_rules,
@@ -320,9 +321,34 @@ def _baseline(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _new(args: argparse.Namespace, settings: config.Settings) -> int:
-    for path in scaffold.new_migration(settings, args.name):
+    if args.expand_contract is None:
+        _refuse_expand_contract_options(args)
+        paths = scaffold.new_migration(settings, args.name)
+    else:
+        change = expand_contract.column_change(
+            kind=args.expand_contract, table=args.table or "", column=args.column or "",
+            to=args.to, new_type=args.type, fill=args.fill, key=args.key,
+        )  # fmt: skip
+        endpoint = resolve(settings, args.target) if args.target else None
+        paths = expand_contract.write_change(
+            settings, args.name, change, phase=args.phase, endpoint=endpoint
+        )
+    for path in paths:
         print(path)
     return 0
+
+
+def _refuse_expand_contract_options(args: argparse.Namespace) -> None:
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("table", "column", "to", "type", "fill", "key", "target")
+        if getattr(args, name) is not None
+    ]
+    if given or args.phase != "expand":
+        raise ConfigError(
+            f"{', '.join(given) or '--phase'} only means something with --expand-contract",
+            "add --expand-contract rename|type|not-null, or leave the option out",
+        )
 
 
 def _seed(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from .config import Settings
 from .errors import ConfigError, MigrationFileError
 from .migrations import SIBLING_SUFFIXES, check_folder, is_snake_case, parse_filename
 
+SUFFIXES = (".sql", ".down.sql", ".verify.sql")
 LAST_VERSION = "99991231235959"  # the last second a 14-digit UTC timestamp can name
 
 
@@ -26,18 +28,51 @@ def new_migration(settings: Settings, name: str, *, now: datetime | None = None)
         )
     folder = settings.migrations_dir
     check_folder(folder)
-    version = _next_version(folder, now or datetime.now(UTC))
-    paths = []
     templates = resources.files(__package__).joinpath("templates")
-    for suffix in (".sql", ".down.sql", ".verify.sql"):
-        text = templates.joinpath(f"migration{suffix}").read_text(encoding="utf-8")
+    texts = [
+        templates.joinpath(f"migration{suffix}").read_text(encoding="utf-8") for suffix in SUFFIXES
+    ]
+    return write_migration(folder, name, texts, now=now, template=True)
+
+
+def write_migration(
+    folder: Path,
+    name: str,
+    texts: Sequence[str],
+    *,
+    now: datetime | None = None,
+    template: bool = False,
+) -> list[Path]:
+    """Write ``texts`` (forward, down, verify) as the next version's ``name`` files.
+
+    Each file's first line names it (``-- <version>_<name>``); with ``template`` the texts
+    are templates formatted with version and name instead. Raises ConfigError when no
+    version after the newest file's exists.
+    """
+    version = next_version(folder, now or datetime.now(UTC))
+    paths = []
+    for suffix, text in zip(SUFFIXES, texts, strict=True):
         path = folder / f"{version}_{name}{suffix}"
-        path.write_text(text.format(version=version, name=name), encoding="utf-8")
+        if template:
+            body = text.format(version=version, name=name)
+        else:
+            body = _titled(text, f"{version}_{name}", suffix)
+        path.write_text(body, encoding="utf-8")
         paths.append(path)
     return paths
 
 
-def _next_version(folder: Path, now: datetime) -> str:
+def _titled(text: str, stem: str, suffix: str) -> str:
+    """``text`` under a first line naming the file; a ``-- runbook:`` header stays first."""
+    kind = suffix.removesuffix("sql").strip(".")
+    title = f"-- {stem}{f' ({kind})' if kind else ''}\n"
+    first, newline, rest = text.partition("\n")
+    if first.startswith("-- runbook:"):
+        return first + newline + title + rest
+    return title + text
+
+
+def next_version(folder: Path, now: datetime) -> str:
     """Now as a version, or one second after the newest file's: never older than it, which
     would make the new file out of order at once."""
     moment = f"{now:%Y%m%d%H%M%S}"

@@ -19,10 +19,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "endpoint", "pooler", "checks", "thresholds", "sessions", "summary", "notify", "ledger",
      "ledger_verify", "signing", "parameters", "kernels"),
     # migration files and what the database says about them
-    ("statements", "migrations", "pins", "plan", "history", "resume"),
+    ("statements", "sql_text", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
     ("executor", "batch", "failures", "runs", "anchor", "apply", "status", "baseline", "scaffold",
-     "seed", "project"),
+     "column_facts", "expand_contract_files", "expand_contract", "seed", "project"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
