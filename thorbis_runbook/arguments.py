@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .lint_output import FORMATS as LINT_FORMATS
+
 
 def parser() -> argparse.ArgumentParser:
     """The whole command line: global options, then one sub-command per verb."""
@@ -145,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
         help="files to lint (default: the target's pending migrations with --target, "
         "else every migration in the folder)",
     )
+    lint_cmd.add_argument(
+        "--format", choices=LINT_FORMATS, default="text",
+        help="text (default), json (same as --json), github (workflow annotations) or gitlab "
+        "(Code Quality JSON); exit 1 on any fail in every format",
+    )  # fmt: skip
 
     precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")
     common(precheck_cmd)

@@ -23,7 +23,7 @@ from . import (
     embedded,
     fleet_verb,
     ledger,
-    lint_rules,
+    lint_output,
     migrate,
     parameters,
     pipeline,
@@ -373,13 +373,32 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
     files = [Path(f) for f in args.files]
     endpoint = _endpoint(args, settings) if args.target else None
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
-    code = print_checks(report, as_json=args.json)
-    rules = sorted({c.name.split()[0] for c in report if c.status in ("warn", "fail")})
-    if rules and not args.json:
+    fmt = "json" if args.json else args.format
+    if fmt != "text":
+        print(lint_output.render(report, fmt, _lint_paths(settings, files)))
+        return 0 if report.ok else 1
+    code = print_checks(report, as_json=False)
+    found = lint_output.fixes(report)
+    if found:
         print("\nfixes:")
-        for rule in rules:
-            print(f"  {rule}: {lint_rules.RULES.get(rule, '')}")
+        for rule, fix in found:
+            print(f"  {rule}: {fix}")
     return code
+
+
+def _lint_paths(settings: config.Settings, files: Sequence[Path]) -> Callable[[str], str]:
+    """File name -> the path a CI annotation shows: relative to the working directory (the
+    repository's root in a CI job) when it lies below it."""
+    given = {path.name: path for path in files}
+
+    def path_of(name: str) -> str:
+        path = given.get(name) or (settings.migrations_dir / name if name else None)
+        path = path or settings.migrations_dir
+        with contextlib.suppress(ValueError):
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path)
+
+    return path_of
 
 
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:

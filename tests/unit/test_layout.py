@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "change_evidence", "change_page", "fleet_page", "index_page", "pages", "archive",
      "pipeline", "fleet_member", "fleet_run", "fleet_airflow", "fleet_dag"),
     # the shell
-    ("cli", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
+    ("cli", "lint_output", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
