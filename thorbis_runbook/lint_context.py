@@ -133,6 +133,10 @@ class RuleContext:
     findings: list[LintFinding] = field(default_factory=list)
     not_null_checks: dict[tuple[str, str], str] = field(default_factory=dict)  # -> column
     validated_not_null: set[tuple[str, str]] = field(default_factory=set)  # (table, column)
+    # Columns these files declared nullable (a PRIMARY KEY on one implies SET NOT NULL), and
+    # index name -> its plain columns (for ADD PRIMARY KEY USING INDEX).
+    nullable: set[tuple[str, str]] = field(default_factory=set)
+    index_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     file: FileState = field(default_factory=lambda: FileState())
 
     def begin_file(self, *, in_transaction: bool = True, batched: bool = False) -> None:

@@ -69,10 +69,17 @@ def _create_table(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
             column = element["ColumnDef"]
             if column.get("colname") == "business_id":
                 ctx.tenant_tables.add(table)
+            _declare_nullability(table, column, ctx)
             for constraint in _constraints(column):
                 _column_constraint(table, column["colname"], constraint, where, ctx)
         elif "Constraint" in element:
             _table_constraint(table, element["Constraint"], where, ctx, new_table=True)
+
+
+def _declare_nullability(table: str, column: Node, ctx: RuleContext) -> None:
+    types = {c["contype"] for c in _constraints(column)}
+    if not types & {"CONSTR_NOTNULL", "CONSTR_PRIMARY", "CONSTR_IDENTITY"}:
+        ctx.nullable.add((table, str(column.get("colname"))))
 
 
 def _create_table_as(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
@@ -87,6 +94,7 @@ def _create_index(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
     ctx.indexes.setdefault(table, []).append(columns)
     if body.get("idxname"):
         ctx.file.index_names.add(str(body["idxname"]).lower())
+        ctx.index_columns[str(body["idxname"]).lower()] = columns
     if not body.get("concurrent") and ctx.existing(table):
         message = (
             f"CREATE INDEX {body.get('idxname', '')} without CONCURRENTLY blocks writes to {table}"
@@ -112,8 +120,9 @@ def _alter_table(table: str, cmd: Node, where: tuple[str, int], ctx: RuleContext
     elif subtype == "AT_AlterColumnType" and existing:
         message = f"ALTER COLUMN {cmd.get('name')} TYPE rewrites {table} under ACCESS EXCLUSIVE"
         ctx.graded("alter-column-type", where, message, table)
-    elif subtype == "AT_SetNotNull" and existing:
-        if (table, str(cmd.get("name"))) not in ctx.validated_not_null:
+    elif subtype == "AT_SetNotNull":
+        ctx.nullable.discard((table, str(cmd.get("name"))))
+        if existing and (table, str(cmd.get("name"))) not in ctx.validated_not_null:
             message = (
                 f"SET NOT NULL on {table}.{cmd.get('name')} scans the whole table under ACCESS "
                 "EXCLUSIVE (no validated CHECK (... IS NOT NULL) precedes it)"
@@ -134,6 +143,7 @@ def _alter_table(table: str, cmd: Node, where: tuple[str, int], ctx: RuleContext
 
 def _add_column(table: str, column: Node, where: tuple[str, int], ctx: RuleContext) -> None:
     existing = ctx.existing(table)
+    _declare_nullability(table, column, ctx)
     constraints = _constraints(column)
     types = {c["contype"] for c in constraints}
     if (
@@ -246,6 +256,10 @@ def _table_constraint(
     contype = constraint["contype"]
     keys = tuple(names(constraint.get("keys")))
     _remember_constraint(table, constraint, ctx)
+    if contype == "CONSTR_PRIMARY" and not new_table:
+        _primary_key_not_null(table, constraint, keys, where, ctx)
+    elif contype == "CONSTR_PRIMARY":
+        ctx.nullable.difference_update((table, key) for key in keys)
     if contype in ("CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION"):
         ctx.indexes.setdefault(table, []).append(keys)
         if not new_table and not constraint.get("indexname"):
@@ -262,6 +276,26 @@ def _table_constraint(
     elif contype == "CONSTR_CHECK" and not new_table and not constraint.get("skip_validation"):
         message = f"CHECK constraint on {table} validated at once under ACCESS EXCLUSIVE"
         ctx.graded("check-not-valid", where, message, table)
+
+
+def _primary_key_not_null(
+    table: str, constraint: Node, keys: tuple[str, ...], where: tuple[str, int], ctx: RuleContext
+) -> None:
+    """A primary key sets its columns NOT NULL: a scan when one was declared nullable.
+
+    Even ADD PRIMARY KEY USING INDEX, the online way, scans the table under ACCESS EXCLUSIVE
+    then, unless a validated CHECK (col IS NOT NULL) came first. A column this set of files
+    never declared is not judged (its nullability is the live table's).
+    """
+    columns = keys or ctx.index_columns.get(str(constraint.get("indexname", "")).lower(), ())
+    for column in columns:
+        if (table, column) in ctx.nullable and (table, column) not in ctx.validated_not_null:
+            message = (
+                f"ADD PRIMARY KEY on {table} sets the nullable column {column} NOT NULL: a full "
+                "scan under ACCESS EXCLUSIVE"
+            )
+            ctx.graded("set-not-null", where, message, table)
+        ctx.nullable.discard((table, column))
 
 
 def _remember_constraint(table: str, constraint: Node, ctx: RuleContext) -> None:

@@ -287,3 +287,18 @@ def test_thorbis_migrations_lint_without_failures() -> None:
     assert report.ok, [c for c in report if c.status == "fail"]
     # RLS is enabled by a DO block loop in 20250131000005; the linter credits it.
     assert not any(c.name.startswith("rls-missing") and c.status == "fail" for c in report)
+
+
+def test_a_primary_key_on_a_column_declared_nullable_sets_it_not_null(tmp_path: Path) -> None:
+    files = {
+        V1: "CREATE TABLE authors (name text);",
+        V2: "CREATE UNIQUE INDEX CONCURRENTLY authors_name_key ON authors (name);",
+        "20250301000003_third.sql": "ALTER TABLE authors ADD CONSTRAINT authors_pkey "
+        "PRIMARY KEY USING INDEX authors_name_key;",
+    }
+    findings = lint_findings(_files(tmp_path, files))
+    assert [(f.rule, f.file) for f in findings] == [("set-not-null", "20250301000003_third.sql")]
+    # Declared NOT NULL (or a table these files never created): no scan to report.
+    (tmp_path / "safe").mkdir()
+    files[V1] = "CREATE TABLE authors (name text NOT NULL);"
+    assert lint_findings(_files(tmp_path / "safe", files)) == ()
