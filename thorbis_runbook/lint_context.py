@@ -41,6 +41,8 @@ RULES: dict[str, str] = {
     "--expand-contract rename --table S.T --column C --to NEW writes the files",
     "validate-same-transaction": "move VALIDATE CONSTRAINT to a later migration: in the same "
     "file it runs in the ADD's transaction and holds its lock through the whole scan",
+    "table-rewrite": "move or convert the table online (pg_repack, or a new table filled in "
+    "batches), or run it in a maintenance window: -- runbook:allow table-rewrite <reason>",
     "vacuum-full-cluster": "leave VACUUM FULL and CLUSTER out of migrations: plain VACUUM takes "
     "no blocking lock, pg_repack or pg_squeeze rebuild a table online",
     "reindex-not-concurrent": "REINDEX ... CONCURRENTLY in a file of its own",

@@ -38,11 +38,21 @@ _VOLATILE = {
     "uuidv4", "uuidv7", "clock_timestamp", "timeofday", "nextval", "txid_current",
     "pg_current_xact_id", "setseed", "random_normal",
 }  # fmt: skip
+# ALTER TABLE forms that copy the whole table into a new file while holding ACCESS EXCLUSIVE.
+_REWRITING = {
+    "AT_SetTableSpace": "SET TABLESPACE",
+    "AT_SetLogged": "SET LOGGED",
+    "AT_SetUnLogged": "SET UNLOGGED",
+    "AT_SetAccessMethod": "SET ACCESS METHOD",
+}
 _STABLE = {
     "now", "statement_timestamp", "transaction_timestamp", "current_setting", "to_timestamp",
     "make_interval", "make_date", "make_timestamp", "make_timestamptz", "timezone", "lower",
     "upper", "concat", "length", "abs", "round", "jsonb_build_object", "json_build_object",
     "jsonb_build_array", "json_build_array", "array_fill", "to_jsonb", "to_json", "current_user",
+    "date_trunc", "date_part", "extract", "to_char", "to_date", "format", "btrim", "ltrim",
+    "rtrim", "substring", "replace", "split_part", "array_length", "cardinality",
+    "md5", "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
 }  # fmt: skip
 
 
@@ -134,6 +144,9 @@ def _alter_table(table: str, cmd: Node, where: tuple[str, int], ctx: RuleContext
         if not cmd.get("def", {}).get("PartitionCmd", {}).get("concurrent"):
             message = f"DETACH PARTITION without CONCURRENTLY takes ACCESS EXCLUSIVE on {table}"
             ctx.graded("detach-partition-not-concurrent", where, message, table)
+    elif subtype in _REWRITING and existing:
+        message = f"{_REWRITING[subtype]} rewrites {table} under ACCESS EXCLUSIVE"
+        ctx.graded("table-rewrite", where, message, table)
     elif subtype == "AT_DropColumn" and existing:
         message = f"DROP COLUMN {cmd.get('name')} of {table} loses its data"
         ctx.add("destructive-drop", "fail", where, message, table)
@@ -197,12 +210,12 @@ def _volatile_call(expression: Any) -> str | None:
     A constant or stable default (now(), a cast literal) is stored once in the catalog; a
     volatile one (random(), gen_random_uuid(), nextval()) is evaluated per row, rewriting.
     """
-    for call in _function_calls(expression):
-        if call in _VOLATILE:
-            return f"{call}() (volatile)"
-        if call not in _STABLE:
-            return f"{call}() (not known to be immutable or stable)"
-    return None
+    calls = _function_calls(expression)
+    volatile = [call for call in calls if call in _VOLATILE]
+    if volatile:
+        return f"{volatile[0]}() (volatile)"
+    unknown = [call for call in calls if call not in _STABLE]
+    return f"{unknown[0]}() (not known to be immutable or stable)" if unknown else None
 
 
 def _function_calls(tree: Any) -> list[str]:
