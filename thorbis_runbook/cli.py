@@ -375,7 +375,7 @@ def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
     fmt = "json" if args.json else args.format
     if fmt != "text":
-        print(lint_output.render(report, fmt, _lint_paths(settings, files)))
+        print(lint_output.render(report, fmt, path_of=_lint_paths(settings, files)))
         return 0 if report.ok else 1
     code = print_checks(report, as_json=False)
     found = lint_output.fixes(report)

@@ -148,7 +148,7 @@ def _lint_file(
         if kind == "VariableSetStmt" and body.get("name") == "lock_timeout":
             sets_lock_timeout = True
         statement_rules(kind, body, where, ctx)
-        for inner in body_statements(kind, body, text[start:end], where[1]):
+        for inner in body_statements(kind, body, statement=text[start:end], line=where[1]):
             statement_rules(inner.kind, inner.node, (name, inner.line), ctx)
             inner_lines.append(inner.line)
     if lock_timeout_ms == 0 and not sets_lock_timeout:

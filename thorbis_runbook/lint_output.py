@@ -42,7 +42,7 @@ def annotate(report: CheckReport, path_of: Callable[[str], str]) -> list[Annotat
     return [_annotation(check, path_of) for check in report if check.status in ("fail", "warn")]
 
 
-def render(report: CheckReport, fmt: str, path_of: Callable[[str], str]) -> str:
+def render(report: CheckReport, fmt: str, *, path_of: Callable[[str], str]) -> str:
     """The report as JSON, GitHub workflow commands or GitLab Code Quality JSON."""
     if fmt == "json":
         return report.to_json()

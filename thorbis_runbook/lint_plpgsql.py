@@ -1,8 +1,8 @@
 """The static SQL inside DO blocks and function bodies, located in the file, for the linter.
 
 A DO block runs its statements inside the migration's transaction exactly as top-level ones
-would, so its ALTER TABLE or unbatched UPDATE takes the same locks; neither we nor squawk saw
-them before. PL/pgSQL is parsed by PostgreSQL's own PL/pgSQL parser (pglast), LANGUAGE sql
+would, so its ALTER TABLE or unbatched UPDATE takes the same locks and is judged the same
+way; a procedure the migration creates is there to be called. PL/pgSQL is parsed by PostgreSQL's own PL/pgSQL parser (pglast), LANGUAGE sql
 bodies by the SQL parser. EXECUTE of a constant string counts; EXECUTE format(...) cannot be
 followed statically and is left to `lint --trace`.
 """
@@ -31,7 +31,7 @@ class BodyStatement:
     dynamic: bool = False  # from EXECUTE of a constant string
 
 
-def body_statements(kind: str, body: Node, statement: str, line: int) -> list[BodyStatement]:
+def body_statements(kind: str, body: Node, *, statement: str, line: int) -> list[BodyStatement]:
     """Return the static statements a DO block or a CREATE FUNCTION/PROCEDURE runs.
 
     ``statement`` is the statement's source text and ``line`` the file line it starts on.

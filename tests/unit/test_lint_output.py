@@ -108,11 +108,11 @@ def test_github_escapes_what_would_end_a_workflow_command() -> None:
         "lint",
         [Check("parse-error a,b:c.sql:3", "fail", None, None, "50% done\nthen: this")],
     )
-    line = render(report, "github", lambda name: f"db/{name}").splitlines()[0]
+    line = render(report, "github", path_of=lambda name: f"db/{name}").splitlines()[0]
     assert line == "::error file=db/a%2Cb%3Ac.sql,line=3,title=parse-error::50%25 done%0Athen: this"
 
 
 def test_a_row_without_a_location_is_reported_against_the_folder() -> None:
     report = CheckReport.of("lint", [Check("trace only", "warn", None, None, "took SHARE")])
-    issues = json.loads(render(report, "gitlab", lambda name: name or "migrations"))
+    issues = json.loads(render(report, "gitlab", path_of=lambda name: name or "migrations"))
     assert issues[0]["location"] == {"path": "migrations", "lines": {"begin": 1}}
