@@ -64,6 +64,7 @@ def lint(
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
+    not_null_columns: Iterable[Sequence[str]] = (),
     thresholds: Thresholds | None = None,
     lock_timeout_ms: int | None = None,
 ) -> CheckReport:
@@ -71,8 +72,9 @@ def lint(
 
     ``paths`` are files, or migrations a verb has read already (their text is not read again).
     A .down.sql or .verify.sql among them is checked to have its forward file. ``table_stats``
-    (rows, bytes per "schema.table") and ``indexed_columns`` come from the target when lint
-    runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
+    (rows, bytes per "schema.table"), ``indexed_columns`` and ``not_null_columns`` ("schema.table",
+    column: where SET NOT NULL scans nothing) come from the target when lint runs against one;
+    ``lock_timeout_ms`` is the target's (0 means disabled).
     Raises MigrationFileError for a file that cannot be read as UTF-8 text.
     """
     given = list(paths)
@@ -82,6 +84,7 @@ def lint(
         files,
         table_stats=table_stats,
         indexed_columns=indexed_columns,
+        not_null_columns=not_null_columns,
         thresholds=thresholds,
         lock_timeout_ms=lock_timeout_ms,
     ) + tuple(_orphan_findings(siblings))
@@ -98,6 +101,7 @@ def lint_findings(
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
+    not_null_columns: Iterable[Sequence[str]] = (),
     thresholds: Thresholds | None = None,
     lock_timeout_ms: int | None = None,
 ) -> tuple[LintFinding, ...]:
@@ -106,6 +110,7 @@ def lint_findings(
     Raises MigrationFileError for a file that cannot be read as UTF-8 text.
     """
     ctx = RuleContext(thresholds or Thresholds(), table_stats, indexed_columns or {})
+    ctx.validated_not_null.update((str(table), str(column)) for table, column in not_null_columns)
     allows: dict[str, list[Allow]] = {}
     for source in files:
         allows[_name(source)] = _lint_file(source, ctx, lock_timeout_ms)

@@ -308,3 +308,16 @@ def test_a_primary_key_on_a_column_declared_nullable_sets_it_not_null(tmp_path: 
     (tmp_path / "safe").mkdir()
     files[V1] = "CREATE TABLE authors (name text NOT NULL);"
     assert lint_findings(_files(tmp_path / "safe", files)) == ()
+
+
+def test_columns_the_target_proves_not_null_need_no_scan(tmp_path: Path) -> None:
+    sql = "ALTER TABLE public.orders ALTER COLUMN total SET NOT NULL;"
+    stats = {"public.orders": (5_000_000, 10**10)}
+    proven = lint_findings(
+        _files(tmp_path, {V2: sql}),
+        table_stats=stats,
+        not_null_columns=[("public.orders", "total")],
+    )
+    assert proven == ()
+    unproven = _rules(tmp_path, sql, alone=True, table_stats=stats)
+    assert unproven == {"set-not-null": "fail"}
