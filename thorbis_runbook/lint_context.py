@@ -45,6 +45,8 @@ RULES: dict[str, str] = {
     "batches), or run it in a maintenance window: -- runbook:allow table-rewrite <reason>",
     "vacuum-full-cluster": "leave VACUUM FULL and CLUSTER out of migrations: plain VACUUM takes "
     "no blocking lock, pg_repack or pg_squeeze rebuild a table online",
+    "refresh-matview-not-concurrent": "REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a "
+    "unique index on the view), or refresh outside the migration",
     "reindex-not-concurrent": "REINDEX ... CONCURRENTLY in a file of its own",
     "drop-index-not-concurrent": "DROP INDEX CONCURRENTLY in a file of its own",
     "detach-partition-not-concurrent": "DETACH PARTITION ... CONCURRENTLY (PostgreSQL 14 or "

@@ -1,7 +1,8 @@
-"""Lint rules for maintenance commands in a migration: VACUUM FULL, CLUSTER, REINDEX, domains.
+"""Lint rules for maintenance commands in a migration: VACUUM FULL, CLUSTER, REINDEX, REFRESH.
 
-Each of these rewrites or scans whole tables under a lock the application queues behind, and
-none of them is an ALTER TABLE, which is where a reviewer looks for danger.
+Each of these rewrites or scans whole tables (or every column of a domain) under a lock the
+application queues behind, and none of them is an ALTER TABLE, which is where a reviewer looks
+for danger.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def _reindex(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
     ctx.add("reindex-not-concurrent", "fail", where, " ".join(message.split()))
 
 
+def _refresh(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
+    if body.get("concurrent") or body.get("skipData"):
+        return
+    view = table_name(body.get("relation", {}))
+    if ctx.existing(view):
+        message = (
+            f"REFRESH MATERIALIZED VIEW {view} without CONCURRENTLY holds ACCESS EXCLUSIVE on it "
+            "(every read of it waits) for the whole refresh"
+        )
+        ctx.graded("refresh-matview-not-concurrent", where, message, view)
+
+
 def _create_domain(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
     ctx.file.domains.add(".".join(names(body.get("domainname"))).lower())
 
@@ -104,6 +117,7 @@ HANDLERS: dict[str, Callable[[Node, tuple[str, int], RuleContext], None]] = {
     "VacuumStmt": _vacuum,
     "ClusterStmt": _cluster,
     "ReindexStmt": _reindex,
+    "RefreshMatViewStmt": _refresh,
     "CreateDomainStmt": _create_domain,
     "AlterDomainStmt": _alter_domain,
 }

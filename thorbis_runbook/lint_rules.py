@@ -414,12 +414,30 @@ def _dml(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:
     if "whereClause" not in body:
         message = f"{verb} of every row of {table} in one statement (no WHERE, unbatched)"
         ctx.graded("update-delete-without-where", where, message, table)
+    elif not _refers_to_rows(body["whereClause"]):
+        message = (
+            f"{verb} of {table} whose WHERE names no column (WHERE 1=1, TRUE ...): every row "
+            "or none, in one statement"
+        )
+        ctx.graded("update-delete-without-where", where, message, table)
     elif not ctx.file.batched and ctx.big(table) is not False:
         message = (
             f"{verb} on {table} in one transaction: every row it touches stays locked until "
             "the migration commits, and a failure at 99% throws all of it away"
         )
         ctx.add("unbatched-dml", "warn", where, message, table)
+
+
+def _refers_to_rows(tree: Any) -> bool:
+    """Whether a WHERE clause depends on the row at all (a column, a subquery, a parameter
+    or a function call, which may be volatile); a constant one like 1=1 filters nothing."""
+    if isinstance(tree, list):
+        return any(_refers_to_rows(item) for item in tree)
+    if not isinstance(tree, dict):
+        return False
+    if tree.keys() & {"ColumnRef", "SubLink", "ParamRef", "FuncCall"}:
+        return True
+    return any(_refers_to_rows(value) for value in tree.values())
 
 
 def _rename(body: Node, where: tuple[str, int], ctx: RuleContext) -> None:

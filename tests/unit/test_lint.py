@@ -57,6 +57,10 @@ CASES = [
     ("destructive-drop", "TRUNCATE orders;", "DELETE FROM orders WHERE id < 100;"),
     ("update-delete-without-where", "UPDATE orders SET total = 0;", "UPDATE orders SET total = 0 WHERE id BETWEEN 1 AND 1000;"),
     ("update-delete-without-where", "DELETE FROM orders;", "DELETE FROM orders WHERE total IS NULL;"),
+    ("update-delete-without-where", "DELETE FROM orders WHERE 1 = 1;",
+     "DELETE FROM orders WHERE id = 1;"),
+    ("update-delete-without-where", "UPDATE orders SET total = 0 WHERE NOT FALSE;",
+     "UPDATE orders SET total = 0 WHERE id IN (SELECT 1);"),
     ("rls-missing", "CREATE TABLE business_core.notes (id int, business_id uuid);",
      "CREATE TABLE business_core.notes (id int, business_id uuid);\n"
      "ALTER TABLE business_core.notes ENABLE ROW LEVEL SECURITY;\n"
@@ -86,6 +90,8 @@ CASES = [
      "CREATE UNLOGGED TABLE t (a int);\nALTER TABLE t SET LOGGED;"),
     ("vacuum-full-cluster", "CLUSTER orders USING orders_pkey;", "ANALYZE orders;"),
     ("reindex-not-concurrent", "REINDEX TABLE orders;", "REINDEX TABLE CONCURRENTLY orders;"),
+    ("refresh-matview-not-concurrent", "REFRESH MATERIALIZED VIEW daily_totals;",
+     "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_totals;"),
     ("reindex-not-concurrent", "REINDEX INDEX orders_pkey;", "REINDEX INDEX CONCURRENTLY orders_pkey;"),
     ("domain-add-constraint", "ALTER DOMAIN positive ADD CONSTRAINT p CHECK (VALUE > 0);",
      "ALTER DOMAIN positive ADD CONSTRAINT p CHECK (VALUE > 0) NOT VALID;"),
