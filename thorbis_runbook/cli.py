@@ -370,10 +370,15 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.json and args.format not in ("text", "json"):
+        raise ConfigError(
+            f"--json and --format {args.format} ask for two output formats",
+            "give one: --json is the same as --format json",
+        )
+    fmt = "json" if args.json else args.format
     files = [Path(f) for f in args.files]
     endpoint = _endpoint(args, settings) if args.target else None
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
-    fmt = "json" if args.json else args.format
     if fmt != "text":
         print(lint_output.render(report, fmt, path_of=_lint_paths(settings, files)))
         return 0 if report.ok else 1

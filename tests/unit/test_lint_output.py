@@ -116,3 +116,13 @@ def test_a_row_without_a_location_is_reported_against_the_folder() -> None:
     report = CheckReport.of("lint", [Check("trace only", "warn", None, None, "took SHARE")])
     issues = json.loads(render(report, "gitlab", path_of=lambda name: name or "migrations"))
     assert issues[0]["location"] == {"path": "migrations", "lines": {"begin": 1}}
+
+
+def test_json_with_another_format_is_refused_with_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _project(tmp_path, BLOCKING)
+    assert _lint(config, "--json", "--format", "gitlab") == 2
+    err = capsys.readouterr().err
+    assert "error: --json and --format gitlab ask for two output formats" in err
+    assert "hint: give one" in err and "Traceback" not in err
