@@ -142,6 +142,7 @@ class RuleContext:
     nullable: set[tuple[str, str]] = field(default_factory=set)
     index_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     file: FileState = field(default_factory=lambda: FileState())
+    _by_name: dict[str, tuple[int, int]] | None = field(default=None, repr=False)
 
     def begin_file(self, *, in_transaction: bool = True, batched: bool = False) -> None:
         """Forget what the previous file created: its tables are live ones from here on."""
@@ -151,7 +152,26 @@ class RuleContext:
         """Not created earlier in this file and, with live statistics, present in the target."""
         if table in self.file.tables:
             return False
-        return self.table_stats is None or table in self.table_stats
+        return self.table_stats is None or self.live(table) is not None
+
+    def live(self, table: str | None) -> tuple[int, int] | None:
+        """The target's (rows, bytes) of a table, None without a target or when it is absent.
+
+        An unqualified name reads as public.NAME, but a migration that sets search_path means
+        another schema's table; when public has none, the biggest table of that name in any
+        schema stands for it, so a live table is never mistaken for a new one.
+        """
+        if self.table_stats is None or not table:
+            return None
+        found = self.table_stats.get(table)
+        if found is None and table.startswith("public."):
+            if self._by_name is None:
+                self._by_name = {}
+                for key, stats in self.table_stats.items():
+                    name = key.split(".", 1)[-1]
+                    self._by_name[name] = max(self._by_name.get(name, stats), stats)
+            found = self._by_name.get(table.removeprefix("public."))
+        return found
 
     def add(
         self,
@@ -165,7 +185,7 @@ class RuleContext:
 
     def big(self, table: str) -> bool | None:
         """Whether the table's live size passes the lint thresholds; None when unknown."""
-        stats = self.table_stats.get(table) if self.table_stats is not None else None
+        stats = self.live(table)
         if stats is None:
             return None
         rows, size = stats
@@ -177,7 +197,7 @@ class RuleContext:
         Without a target nothing says the table is small, and a CI gate must not let a
         blocking operation through on a guess, so it fails until allowed with a reason.
         """
-        stats = self.table_stats.get(table) if self.table_stats is not None and table else None
+        stats = self.live(table)
         if stats is None:
             if self.table_stats is None:
                 message += " (table size unknown: lint with --target to grade it by size)"

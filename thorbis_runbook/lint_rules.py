@@ -165,7 +165,7 @@ def _add_column(table: str, column: Node, where: tuple[str, int], ctx: RuleConte
         and not types & {"CONSTR_DEFAULT", "CONSTR_IDENTITY", "CONSTR_GENERATED"}
     ):
         message = f"ADD COLUMN {column['colname']} NOT NULL without a DEFAULT fails on a non-empty {table}"
-        stats = ctx.table_stats.get(table) if ctx.table_stats is not None else None
+        stats = ctx.live(table)
         level: Level = "warn" if stats is not None and stats[0] == 0 else "fail"
         rows, size = stats if stats is not None else (None, None)
         ctx.findings.append(

@@ -327,3 +327,11 @@ def test_columns_the_target_proves_not_null_need_no_scan(tmp_path: Path) -> None
     assert proven == ()
     unproven = _rules(tmp_path, sql, alone=True, table_stats=stats)
     assert unproven == {"set-not-null": "fail"}
+
+
+def test_an_unqualified_name_finds_the_live_table_in_another_schema(tmp_path: Path) -> None:
+    # SET search_path makes "work_orders" business_hs.work_orders: live, not new.
+    sql = "SET search_path = business_hs;\nCREATE INDEX wo_status_idx ON work_orders (status);"
+    stats = {"business_hs.work_orders": (5_000_000, 10**10)}
+    rules = _rules(tmp_path, sql, alone=True, table_stats=stats)
+    assert rules == {"index-not-concurrent": "fail"}
