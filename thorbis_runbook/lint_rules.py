@@ -29,6 +29,13 @@ __all__ = [
     "format_size", "set_rules", "statement_rules",
 ]  # fmt: skip
 BUSINESS_SCHEMA_PREFIX = "business_"
+# ALTER TABLE forms that copy the whole table into a new file while holding ACCESS EXCLUSIVE.
+_REWRITING = {
+    "AT_SetTableSpace": "SET TABLESPACE",
+    "AT_SetLogged": "SET LOGGED",
+    "AT_SetUnLogged": "SET UNLOGGED",
+    "AT_SetAccessMethod": "SET ACCESS METHOD",
+}
 # Column types whose default is a sequence: adding one fills every existing row.
 _SERIAL_TYPES = {"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"}
 # Functions a DEFAULT commonly calls, by volatility (pg_proc.provolatile); a default calling
@@ -38,13 +45,6 @@ _VOLATILE = {
     "uuidv4", "uuidv7", "clock_timestamp", "timeofday", "nextval", "txid_current",
     "pg_current_xact_id", "setseed", "random_normal",
 }  # fmt: skip
-# ALTER TABLE forms that copy the whole table into a new file while holding ACCESS EXCLUSIVE.
-_REWRITING = {
-    "AT_SetTableSpace": "SET TABLESPACE",
-    "AT_SetLogged": "SET LOGGED",
-    "AT_SetUnLogged": "SET UNLOGGED",
-    "AT_SetAccessMethod": "SET ACCESS METHOD",
-}
 _STABLE = {
     "now", "statement_timestamp", "transaction_timestamp", "current_setting", "to_timestamp",
     "make_interval", "make_date", "make_timestamp", "make_timestamptz", "timezone", "lower",
