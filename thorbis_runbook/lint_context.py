@@ -142,7 +142,7 @@ class RuleContext:
     nullable: set[tuple[str, str]] = field(default_factory=set)
     index_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     file: FileState = field(default_factory=lambda: FileState())
-    _by_name: dict[str, tuple[int, int]] | None = field(default=None, repr=False)
+    _by_name: dict[str, tuple[str, tuple[int, int]]] | None = field(default=None, repr=False)
 
     def begin_file(self, *, in_transaction: bool = True, batched: bool = False) -> None:
         """Forget what the previous file created: its tables are live ones from here on."""
@@ -155,7 +155,12 @@ class RuleContext:
         return self.table_stats is None or self.live(table) is not None
 
     def live(self, table: str | None) -> tuple[int, int] | None:
-        """The target's (rows, bytes) of a table, None without a target or when it is absent.
+        """The target's (rows, bytes) of a table, None without a target or when it is absent."""
+        found = self._lookup(table)
+        return found[1] if found else None
+
+    def _lookup(self, table: str | None) -> tuple[str, tuple[int, int]] | None:
+        """The target's name and (rows, bytes) for a table as the migration names it.
 
         An unqualified name reads as public.NAME, but a migration that sets search_path means
         another schema's table; when public has none, the biggest table of that name in any
@@ -163,15 +168,17 @@ class RuleContext:
         """
         if self.table_stats is None or not table:
             return None
-        found = self.table_stats.get(table)
-        if found is None and table.startswith("public."):
-            if self._by_name is None:
-                self._by_name = {}
-                for key, stats in self.table_stats.items():
-                    name = key.split(".", 1)[-1]
-                    self._by_name[name] = max(self._by_name.get(name, stats), stats)
-            found = self._by_name.get(table.removeprefix("public."))
-        return found
+        if table in self.table_stats:
+            return table, self.table_stats[table]
+        if not table.startswith("public."):
+            return None
+        if self._by_name is None:
+            self._by_name = {}
+            for key, stats in self.table_stats.items():
+                name = key.split(".", 1)[-1]
+                if name not in self._by_name or stats > self._by_name[name][1]:
+                    self._by_name[name] = (key, stats)
+        return self._by_name.get(table.removeprefix("public."))
 
     def add(
         self,
@@ -197,22 +204,22 @@ class RuleContext:
         Without a target nothing says the table is small, and a CI gate must not let a
         blocking operation through on a guess, so it fails until allowed with a reason.
         """
-        stats = self.live(table)
-        if stats is None:
+        found = self._lookup(table)
+        if found is None:
             if self.table_stats is None:
                 message += " (table size unknown: lint with --target to grade it by size)"
             else:  # DROP INDEX names the index only: its table is not known without the catalog
                 message += " (its table is not named in the statement, so not graded by size)"
             self.add(rule, "fail", where, message, table)
             return
-        rows, size = stats
+        live_name, (rows, size) = found
         limit = self.thresholds
         threshold = (
             f"fail above {limit.lint_fail_rows:,} rows or {format_size(limit.lint_fail_bytes)}"
         )
-        level: Level = "fail" if self.big(table or "") else "warn"
+        level: Level = "fail" if self.big(live_name) else "warn"
         self.findings.append(
-            LintFinding(rule, level, where[0], where[1], message, table, rows, size, threshold)
+            LintFinding(rule, level, where[0], where[1], message, live_name, rows, size, threshold)
         )
 
 

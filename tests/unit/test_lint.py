@@ -335,3 +335,7 @@ def test_an_unqualified_name_finds_the_live_table_in_another_schema(tmp_path: Pa
     stats = {"business_hs.work_orders": (5_000_000, 10**10)}
     rules = _rules(tmp_path, sql, alone=True, table_stats=stats)
     assert rules == {"index-not-concurrent": "fail"}
+    check = next(
+        c for c in lint(_files(tmp_path, {V2: sql}), table_stats=stats) if c.status == "fail"
+    )
+    assert check.observed == "business_hs.work_orders: 5,000,000 rows, 9.3 GB"
