@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .lint_output import FORMATS as LINT_FORMATS
+
 
 def parser() -> argparse.ArgumentParser:
     """The whole command line: global options, then one sub-command per verb."""
@@ -155,6 +157,11 @@ def parser() -> argparse.ArgumentParser:
         "--trace-source", choices=("schema", "template"), default="schema",
         help="the copy --trace runs on: the schema alone (pg_dump --schema-only, the default), "
         "or CREATE DATABASE ... TEMPLATE (with the data; no other session may be connected)",
+    )  # fmt: skip
+    lint_cmd.add_argument(
+        "--format", choices=LINT_FORMATS, default="text",
+        help="text (default), json (same as --json), github (workflow annotations) or gitlab "
+        "(Code Quality JSON); exit 1 on any fail in every format",
     )  # fmt: skip
 
     precheck_cmd = sub.add_parser("precheck", help="is the target healthy enough to migrate now?")

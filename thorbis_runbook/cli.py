@@ -24,7 +24,7 @@ from . import (
     expand_contract,
     fleet_verb,
     ledger,
-    lint_rules,
+    lint_output,
     lock_trace,
     migrate,
     parameters,
@@ -398,18 +398,42 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _lint(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.json and args.format not in ("text", "json"):
+        raise ConfigError(
+            f"--json and --format {args.format} ask for two output formats",
+            "give one: --json is the same as --format json",
+        )
+    fmt = "json" if args.json else args.format
     if args.trace:
-        return _lint_trace(args, settings)
+        return _lint_trace(args, settings, fmt)
     files = [Path(f) for f in args.files]
     endpoint = _endpoint(args, settings) if args.target else None
     report = precheck.lint_command(settings, files=files, endpoint=endpoint)
-    code = print_checks(report, as_json=args.json)
-    rules = sorted({c.name.split()[0] for c in report if c.status in ("warn", "fail")})
-    if rules and not args.json:
+    if fmt != "text":
+        print(lint_output.render(report, fmt, path_of=_lint_paths(settings, files)))
+        return 0 if report.ok else 1
+    code = print_checks(report, as_json=False)
+    found = lint_output.fixes(report)
+    if found:
         print("\nfixes:")
-        for rule in rules:
-            print(f"  {rule}: {lint_rules.RULES.get(rule, '')}")
+        for rule, fix in found:
+            print(f"  {rule}: {fix}")
     return code
+
+
+def _lint_paths(settings: config.Settings, files: Sequence[Path]) -> Callable[[str], str]:
+    """File name -> the path a CI annotation shows: relative to the working directory (the
+    repository's root in a CI job) when it lies below it."""
+    given = {path.name: path for path in files}
+
+    def path_of(name: str) -> str:
+        path = given.get(name) or (settings.migrations_dir / name if name else None)
+        path = path or settings.migrations_dir
+        with contextlib.suppress(ValueError):
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path)
+
+    return path_of
 
 
 def _precheck(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -522,7 +546,7 @@ def _rehearse(args: argparse.Namespace, settings: config.Settings) -> int:
     return code
 
 
-def _lint_trace(args: argparse.Namespace, settings: config.Settings) -> int:
+def _lint_trace(args: argparse.Namespace, settings: config.Settings, fmt: str) -> int:
     """`lint --trace`: the pending migrations run on a scratch copy, lint's rows confirmed."""
     if not args.target:
         raise ConfigError(
@@ -536,8 +560,11 @@ def _lint_trace(args: argparse.Namespace, settings: config.Settings) -> int:
             "drop the file arguments, or lint them without --trace",
         )
     result = lock_trace.trace(_endpoint(args, settings), source=args.trace_source)
-    if args.json:
+    if fmt == "json":
         print_json(result.to_dict())
+        return 0 if result.ok else 1
+    if fmt != "text":
+        print(lint_output.render(result.checks, fmt, path_of=_lint_paths(settings, [])))
         return 0 if result.ok else 1
     if result.statements:
         print_table(TRACE_COLUMNS, result.rows())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .checks import CheckReport, passed
 from .errors import MigrationFileError
+from .lint_plpgsql import body_statements
 from .lint_rules import (
     RULES,
     IndexedColumns,
@@ -29,11 +30,15 @@ from .migrations import (
     read_text,
 )
 from .statements import (
+    NO_TRANSACTION_HEADER,
     TRANSACTION_CONTROL_KINDS,
+    Node,
     SqlSyntaxError,
     client_copy,
+    committing_procedure_name,
     copy_before,
     line_of,
+    no_transaction_reason,
     parse,
 )
 from .thresholds import Thresholds
@@ -42,7 +47,16 @@ FILE_RULES = {"file-name", "missing-down", "missing-verify", "no-lock-timeout", 
 # What apply refuses is never allowed away by a comment.
 _UNSUPPRESSED = {"parse-error", "no-statement", "copy-from-client", "duplicate-version",
                  "orphan-sibling", "transaction-control"}  # fmt: skip
+# An allow comment: the first and last line of the statement it covers (None: no statement
+# follows it), the rule id and the reason.
+Allow = tuple[tuple[int, int] | None, str, str]
 _ALLOW = re.compile(r"--\s*runbook:allow\b[ \t]*(?P<rule>[\w-]*)[ \t]*(?P<reason>[^\n]*)")
+# A batched migration (issue 15) declares itself in a comment line; the runner walks its key
+# range in short transactions, so its one UPDATE or DELETE is batched by construction.
+BATCHED_HEADER = re.compile(r"^\s*--\s*runbook:batched\b", re.MULTILINE)
+# Its key-range placeholders are no SQL; blanked to a parameter of the same length so that
+# the parser accepts the statement and every offset and line stays where it was.
+_BATCH_PLACEHOLDER = re.compile(r"(?<![:\w]):batch_(?:start|end)\b")
 
 
 def lint(
@@ -50,6 +64,7 @@ def lint(
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
+    not_null_columns: Iterable[Sequence[str]] = (),
     thresholds: Thresholds | None = None,
     lock_timeout_ms: int | None = None,
 ) -> CheckReport:
@@ -57,8 +72,9 @@ def lint(
 
     ``paths`` are files, or migrations a verb has read already (their text is not read again).
     A .down.sql or .verify.sql among them is checked to have its forward file. ``table_stats``
-    (rows, bytes per "schema.table") and ``indexed_columns`` come from the target when lint
-    runs against one; ``lock_timeout_ms`` is the target's (0 means disabled).
+    (rows, bytes per "schema.table"), ``indexed_columns`` and ``not_null_columns`` ("schema.table",
+    column: where SET NOT NULL scans nothing) come from the target when lint runs against one;
+    ``lock_timeout_ms`` is the target's (0 means disabled).
     Raises MigrationFileError for a file that cannot be read as UTF-8 text.
     """
     given = list(paths)
@@ -68,6 +84,7 @@ def lint(
         files,
         table_stats=table_stats,
         indexed_columns=indexed_columns,
+        not_null_columns=not_null_columns,
         thresholds=thresholds,
         lock_timeout_ms=lock_timeout_ms,
     ) + tuple(_orphan_findings(siblings))
@@ -84,6 +101,7 @@ def lint_findings(
     *,
     table_stats: TableStats | None = None,
     indexed_columns: IndexedColumns | None = None,
+    not_null_columns: Iterable[Sequence[str]] = (),
     thresholds: Thresholds | None = None,
     lock_timeout_ms: int | None = None,
 ) -> tuple[LintFinding, ...]:
@@ -92,7 +110,8 @@ def lint_findings(
     Raises MigrationFileError for a file that cannot be read as UTF-8 text.
     """
     ctx = RuleContext(thresholds or Thresholds(), table_stats, indexed_columns or {})
-    allows: dict[str, list[tuple[int | None, str, str]]] = {}
+    ctx.validated_not_null.update((str(table), str(column)) for table, column in not_null_columns)
+    allows: dict[str, list[Allow]] = {}
     for source in files:
         allows[_name(source)] = _lint_file(source, ctx, lock_timeout_ms)
         _lint_verify(source, ctx)
@@ -104,12 +123,15 @@ def lint_findings(
 # -- files ---------------------------------------------------------------------------------
 def _lint_file(
     source: Path | Migration, ctx: RuleContext, lock_timeout_ms: int | None
-) -> list[tuple[int | None, str, str]]:
-    """Lint one file; return its allow comments as (statement line or None, rule, reason)."""
+) -> list[Allow]:
+    """Lint one file; return its allow comments as (statement lines or None, rule, reason)."""
     path = source.path if isinstance(source, Migration) else source
     name = path.name
     _file_name_rule(path, ctx)
     text = source.sql if isinstance(source, Migration) else read_text(path)
+    batched = bool(BATCHED_HEADER.search(text))
+    if batched:
+        text = _BATCH_PLACEHOLDER.sub(lambda m: "$1".ljust(len(m[0])), text)
     try:
         spans = parse(text)
     except SqlSyntaxError as exc:
@@ -122,20 +144,33 @@ def _lint_file(
         return []
     if not spans:
         ctx.add("no-statement", "fail", (name, 1), "the file holds no SQL statement")
+    ctx.begin_file(in_transaction=_in_transaction(text, [n for _, _, n in spans]), batched=batched)
     sets_lock_timeout = False
-    for start, _end, node in spans:
+    inner_lines: list[int] = []
+    for start, end, node in spans:
         where = (name, line_of(text, start))
         ((kind, body),) = node.items()
         if kind == "VariableSetStmt" and body.get("name") == "lock_timeout":
             sets_lock_timeout = True
         statement_rules(kind, body, where, ctx)
+        for inner in body_statements(kind, body, statement=text[start:end], line=where[1]):
+            statement_rules(inner.kind, inner.node, (name, inner.line), ctx)
+            inner_lines.append(inner.line)
     if lock_timeout_ms == 0 and not sets_lock_timeout:
         ctx.add(
             "no-lock-timeout", "warn", (name, 1),
             "the target's lock_timeout is 0 (disabled) and this file sets none: a lock wait "
             "behind a long transaction would block every session queued behind it",
         )  # fmt: skip
-    return _allow_comments(text, [(start, end) for start, end, _ in spans])
+    return _allow_comments(text, [(start, end) for start, end, _ in spans], inner_lines)
+
+
+def _in_transaction(text: str, nodes: Sequence[Node]) -> bool:
+    """Whether apply runs the file in one transaction, as it decides it (statements.py)."""
+    if NO_TRANSACTION_HEADER.search(text):
+        return False
+    procedures = {name for name in map(committing_procedure_name, nodes) if name}
+    return not any(no_transaction_reason(node, procedures) for node in nodes)
 
 
 def _lint_verify(source: Path | Migration, ctx: RuleContext) -> None:
@@ -207,27 +242,38 @@ def _file_name_rule(path: Path, ctx: RuleContext) -> None:
             ctx.add(rule, "warn", (name, 1), f"no {version}_{base}{suffix} beside it")
 
 
-def _allow_comments(text: str, spans: list[tuple[int, int]]) -> list[tuple[int | None, str, str]]:
-    """Find ``-- runbook:allow`` comments and the line of the statement each one applies to.
+def _allow_comments(
+    text: str, spans: list[tuple[int, int]], inner_lines: Sequence[int] = ()
+) -> list[Allow]:
+    """Find ``-- runbook:allow`` comments and the lines of the statement each one applies to.
 
-    That is the statement that follows the comment, or the one the comment sits inside.
+    That is the statement that follows the comment, or the one the comment sits inside: a
+    comment above a DO block covers the whole block, one inside it the next statement of
+    its body (``inner_lines``).
     """
-    found: list[tuple[int | None, str, str]] = []
+    found: list[Allow] = []
     for match in _ALLOW.finditer(text):
         at = match.start()
-        start = next((s for s, e in spans if s <= at < e or s >= at), None)
-        line = line_of(text, start) if start is not None else None
-        found.append((line, match["rule"], match["reason"].strip()))
+        span = next(((s, e) for s, e in spans if s <= at < e or s >= at), None)
+        lines = None
+        if span is not None:
+            first, last = line_of(text, span[0]), line_of(text, span[1])
+            here = line_of(text, at)
+            if first < here:  # inside the statement: the body's next statement
+                after = [line for line in inner_lines if here <= line <= last]
+                first = last = min(after, default=first)
+            lines = (first, last)
+        found.append((lines, match["rule"], match["reason"].strip()))
     return found
 
 
 def _apply_allows(
-    findings: list[LintFinding], allows: Mapping[str, list[tuple[int | None, str, str]]]
+    findings: list[LintFinding], allows: Mapping[str, list[Allow]]
 ) -> list[LintFinding]:
     out: list[LintFinding] = []
     for file, comments in allows.items():
-        for line, rule, reason in comments:
-            at = line or 1
+        for lines, rule, reason in comments:
+            at = lines[0] if lines else 1
             if rule not in RULES:
                 out.append(
                     LintFinding("allow-unknown-rule", "warn", file, at, f"unknown rule {rule!r}")
@@ -244,11 +290,13 @@ def _apply_allows(
     return sorted(out, key=lambda f: (f.file, f.line, f.rule))
 
 
-def _reason_for(finding: LintFinding, comments: list[tuple[int | None, str, str]]) -> str | None:
+def _reason_for(finding: LintFinding, comments: list[Allow]) -> str | None:
     if finding.rule in _UNSUPPRESSED:
         return None
-    for line, rule, reason in comments:
-        if rule == finding.rule and reason and (finding.rule in FILE_RULES or line == finding.line):
+    for lines, rule, reason in comments:
+        if rule != finding.rule or not reason:
+            continue
+        if finding.rule in FILE_RULES or (lines and lines[0] <= finding.line <= lines[1]):
             return reason
     return None
 

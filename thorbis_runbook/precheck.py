@@ -127,6 +127,7 @@ def live_lint(
         paths,
         table_stats=table_stats(conn),
         indexed_columns=indexed_columns(conn),
+        not_null_columns=db.fetch_all(conn, queries.load("lint_not_null_columns")),
         thresholds=thresholds,
         lock_timeout_ms=target.lock_timeout_ms,
     )

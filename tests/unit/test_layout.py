@@ -26,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
-     "recovery.rollback", "monitor", "lint_rules", "lint", "precheck", "troubleshoot",
+     "recovery.rollback", "monitor", "lint_context", "lint_plpgsql", "lint_maintenance",
+     "lint_rules", "lint", "precheck", "troubleshoot",
      "expectations", "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate",
      "charts", "traced_locks"),
     # verbs that compose the layers below
@@ -39,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "change_evidence", "change_page", "fleet_page", "index_page", "pages", "archive",
      "pipeline", "fleet_member", "fleet_run", "fleet_airflow", "fleet_dag"),
     # the shell
-    ("cli", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
+    ("cli", "lint_output", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
