@@ -200,7 +200,7 @@ def _run_batched_in_thread(
                     run_id="RUN-test",
                     operator="pytest",
                     strain=strain,
-                )  # fmt: skip
+                )
             )
 
     thread = threading.Thread(target=work)
@@ -262,7 +262,7 @@ def test_pause_holds_the_walk_between_batches_and_resume_lets_it_go_on(
     with endpoint.connection("resume") as control:
         assert backfill.resume(control) == "dba"
     thread.join(60)
-    steps, failure = outcome[0]  # type: ignore[misc]
+    _steps, failure = outcome[0]  # type: ignore[misc]
     assert failure is None and _touched(conn) == {1: ROWS}
     reason = _one(conn, "SELECT throttle_reason FROM runbook.batch_progress WHERE batch = 1")[0]
     assert reason == "paused by dba: month end"
