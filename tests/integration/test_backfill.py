@@ -16,8 +16,10 @@ import psycopg2
 import pytest
 
 from tests.conftest import status_of, write_migrations
-from thorbis_runbook import backfill, db, history, migrate
+from thorbis_runbook import backfill, db, history, migrate, runbook
 from thorbis_runbook.apply import apply_plan
+from thorbis_runbook.charts import Chart
+from thorbis_runbook.display import Notice
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import MigrationFileError
 from thorbis_runbook.executor import LiveExecutor
@@ -315,3 +317,18 @@ def test_a_runner_killed_between_or_inside_batches_resumes_with_no_batch_twice(
 def test_db_compose_quotes_identifiers(conn) -> None:  # type: ignore[no-untyped-def]
     text = db.compose(conn, "SELECT {key} FROM {table}", key="My Key", table=("s", "t"))
     assert text == 'SELECT "My Key" FROM "s"."t"'
+
+
+def test_the_apply_runbook_charts_the_batches_of_its_run(
+    tmp_path: Path, settings_for, pg_database: str
+) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(_folder(tmp_path))
+    rb = runbook.Run(
+        "apply", settings, settings.target(), run_id="RUN-20250101-000000-abcdef",
+        operator="pytest", report_dir=None,
+    )  # fmt: skip
+    assert isinstance(rb.chart_batches(), Notice), "before apply: nothing to draw"
+    rb.apply()
+    chart = rb.chart_batches()
+    assert isinstance(chart, Chart) and chart.png.startswith(b"\x89PNG")
+    assert rb.figures["batches"] > 1
