@@ -38,11 +38,13 @@ INTEGER_KEYS = ("int2", "int4", "int8")
 KEY_TYPES = (*INTEGER_KEYS, "uuid", "text", "varchar")
 # Below every key of its type: the exclusive lower bound of the first batch.
 _BOTTOM = {"uuid": "00000000-0000-0000-0000-000000000000", "text": "", "varchar": ""}
+# The batch's upper bound and its number of keys: the last of the next ``size`` keys. Not
+# max(): uuid has no max() aggregate, and every key type has an ordering.
 KEYSET_SQL = (
-    "SELECT max(k), count(*) FROM (SELECT {key} AS k FROM {table} WHERE {key} > %(last)s "
-    "ORDER BY {key} LIMIT %(size)s) AS batch"
+    "SELECT k, count(*) OVER () FROM (SELECT {key} AS k FROM {table} WHERE {key} > %(last)s "
+    "ORDER BY {key} LIMIT %(size)s) AS batch ORDER BY k DESC LIMIT 1"
 )
-MIN_KEY_SQL = "SELECT min({key}) FROM {table}"
+MIN_KEY_SQL = "SELECT {key} FROM {table} ORDER BY {key} LIMIT 1"
 PAUSE_SQL = "SELECT paused_by, paused_at, reason FROM runbook.batch_pause"
 COMPLETE_SQL = "UPDATE runbook.batch_progress SET completed = true WHERE version = %(version)s"
 THROTTLE_FIRST_S = 0.5
@@ -243,9 +245,10 @@ class _Batches:
 
     def _first_start(self, walk: Walk) -> Any:
         """The exclusive lower bound of the first batch: just below the smallest key."""
-        smallest = db.fetch_all(self.conn, walk.min_key)[0][0]
-        if smallest is None:
+        found = db.fetch_all(self.conn, walk.min_key)
+        if not found:
             return None  # an empty table: nothing to walk
+        smallest = found[0][0]
         if walk.key_type in INTEGER_KEYS:
             return int(smallest) - 1
         bottom = _BOTTOM[walk.key_type]
@@ -260,7 +263,12 @@ class _Batches:
     def _resume(self, walk: Walk) -> int:
         """Start after the last batch an earlier run committed; return how many it did."""
         params = {"version": self.migration.version}
-        rows = db.fetch_all(self.conn, queries.load("batch_resume"), params)
+        # A dry run on a runbook schema older than batched migrations only writes its upgrade.
+        rows = (
+            db.fetch_all(self.conn, queries.load("batch_resume"), params)
+            if _has_schema(self.conn)
+            else []
+        )
         if not rows:
             self.state.last = self._first_start(walk)
             return 0
@@ -311,7 +319,7 @@ class _Batches:
             end: Any = None
             try:
                 db.execute(self.conn, f"BEGIN;\n{timeouts_sql(self.target, local=True)}")
-                end, keys = db.fetch_all(self.conn, walk.keyset, {"last": start, "size": size})[0]
+                end, keys = _next_bound(self.conn, walk, start, size)
                 if end is None:
                     db.execute(self.conn, "ROLLBACK")
                     return None, False
@@ -370,6 +378,11 @@ class _Batches:
         code, message = db.sqlstate(exc), db.error_message(exc)
         upper = f" AND {walk.spec.key} <= {end}" if end is not None else ""
         hint = failures.hint_for(code, message, target=self.target, transactional=True, role="")
+        if code == db.QUERY_CANCELED:
+            hint = (
+                f"the batch ran past statement_timeout ({self.target.statement_timeout_ms} ms) "
+                "or was cancelled; lower batch_time= or max_batch_size= in the header"
+            )
         return MigrationFailed(
             f"batched migration {self.migration.filename} failed in batch {number} "
             f"({walk.spec.key} > {start}{upper}): {message} [SQLSTATE {code or 'none'}]",
@@ -468,7 +481,7 @@ class _Batches:
                               label=self.migration.filename, transactional=False)  # fmt: skip
             return BatchedResult("planned", self._elapsed(), resumed_after=resumed)
         size = walk.spec.batch_size
-        end, keys = db.fetch_all(self.conn, walk.keyset, {"last": self.state.last, "size": size})[0]
+        end, keys = _next_bound(self.conn, walk, self.state.last, size)
         left = max(walk.estimated_rows - self.state.keys, int(keys or 0))
         estimate = max(1, math.ceil(left / size)) if end is not None else 0
         start = self.state.last
@@ -501,6 +514,12 @@ class _Batches:
 
     def _elapsed(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
+
+
+def _next_bound(conn: db.Connection, walk: Walk, last: Any, size: int) -> tuple[Any, int]:
+    """The next batch's upper bound and its number of keys; (None, 0) past the last key."""
+    rows = db.fetch_all(conn, walk.keyset, {"last": last, "size": size})
+    return (rows[0][0], int(rows[0][1])) if rows else (None, 0)
 
 
 def _parts(spec: BatchedSpec) -> tuple[str, ...]:
@@ -579,6 +598,7 @@ def batch_status(conn: db.Connection, *, target: Target) -> BatchStatus:
 
 
 def _has_schema(conn: db.Connection) -> bool:
+    """Is the runbook schema recent enough for batched migrations (version 3)?"""
     rows = db.fetch_all(conn, "SELECT to_regclass('runbook.batch_pause') IS NOT NULL")
     return bool(rows[0][0])
 

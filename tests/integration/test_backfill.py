@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,7 +17,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import status_of, write_migrations
-from thorbis_runbook import backfill, db, history, migrate, runbook
+from thorbis_runbook import backfill, cli, db, history, migrate, runbook
 from thorbis_runbook.apply import apply_plan
 from thorbis_runbook.charts import Chart
 from thorbis_runbook.display import Notice
@@ -332,3 +333,58 @@ def test_the_apply_runbook_charts_the_batches_of_its_run(
     chart = rb.chart_batches()
     assert isinstance(chart, Chart) and chart.png.startswith(b"\x89PNG")
     assert rb.figures["batches"] > 1
+
+
+@pytest.mark.parametrize("key_type", ["uuid", "varchar(20)"])
+def test_uuid_and_varchar_keys_walk_every_row_once(
+    tmp_path: Path, settings_for, conn, key_type: str
+) -> None:  # type: ignore[no-untyped-def]
+    value = "gen_random_uuid()" if key_type == "uuid" else "'k' || g"
+    setup = (
+        f"CREATE SCHEMA app;\nCREATE TABLE app.items (k {key_type} PRIMARY KEY, "
+        "touched int NOT NULL DEFAULT 0);\n"
+        f"INSERT INTO app.items (k) SELECT {value} FROM generate_series(1, {ROWS}) AS g;\n"
+    )
+    batched = "-- runbook:batched table=app.items key=k batch_size=300\n" + (
+        "UPDATE app.items SET touched = touched + 1 WHERE k > :batch_start AND k <= :batch_end;"
+    )
+    folder = write_migrations(tmp_path / "m", {SETUP: setup, BATCHED: batched})
+    result = migrate.apply(resolve(settings_for(folder)), ApplyRequest(backup="none"))
+    assert result.ok, result.failure
+    assert _touched(conn) == {1: ROWS}
+
+
+def test_dry_run_on_a_fresh_database_shows_the_statement_as_written(
+    tmp_path: Path, settings_for, conn
+) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(_folder(tmp_path))
+    result = migrate.apply(resolve(settings), ApplyRequest(dry_run=True))
+    assert result.ok, result.failure
+    assert "walks table app.items, which does not exist" in result.script
+    assert "WHERE id > :batch_start AND id <= :batch_end" in result.script
+    assert _one(conn, "SELECT to_regclass('runbook.schema_version')") == (None,)
+
+
+def test_the_backfill_verb_pauses_shows_and_resumes(tmp_path: Path, settings_for, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = _folder(tmp_path)
+    settings_for(folder)
+    config = tmp_path / "runbook.toml"
+    config.write_text(
+        f'[runbook]\nmigrations_dir = "{folder}"\ndefault_target = "t"\n'
+        '[targets.t]\ndsn_env = "THORBIS_TEST_DSN"\nbackup_before_apply = "none"\n',
+        encoding="utf-8",
+    )
+    verb = ["--config", str(config), "backfill"]
+    assert cli.main([*verb, "pause", "--reason", "month end"]) == 0, "a fresh database too"
+    assert cli.main([*verb, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "paused by pytest" in out and "month end" in out
+    assert cli.main([*verb, "resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+    assert cli.main(["--config", str(config), "apply"]) == 0
+    capsys.readouterr()
+    assert cli.main([*verb, "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert not report["paused"] and report["walks"][0]["state"] == "applied"
+    assert report["walks"][0]["keys"] == ROWS
+    assert cli.main([*verb, "status", "--target", "nope"]) == 2
