@@ -155,8 +155,18 @@ class Migration:
             procedures = _ProceduresBefore(procedures, self.version)
         # A batched file's :batch_start and :batch_end are not SQL; the parser reads them as
         # $1 and $2, padded so every offset and line stays the file's own.
-        text = parseable_batched(self.sql) if self._has_batched_header else self.sql
+        text = self.sql
+        if self._has_batched_header:
+            try:
+                text = parseable_batched(self.sql)
+            except BatchedFileError as exc:
+                raise self._batched_error(exc) from None
         return tuple(_parse(self.path, text, procedures))
+
+    def _batched_error(self, exc: BatchedFileError) -> MigrationFileError:
+        return MigrationFileError(
+            f"batched migration {self.filename} line {exc.line} {exc.message}", exc.hint
+        )
 
     @cached_property
     def _has_batched_header(self) -> bool:
@@ -176,9 +186,7 @@ class Migration:
             if spec is not None:
                 check_batched_statements(split_statements(parseable_batched(self.sql)), self.sql)
         except BatchedFileError as exc:
-            raise MigrationFileError(
-                f"batched migration {self.filename} line {exc.line} {exc.message}", exc.hint
-            ) from None
+            raise self._batched_error(exc) from None
         if spec is not None and NO_TRANSACTION_HEADER.search(self.sql):
             raise MigrationFileError(
                 f"batched migration {self.filename} also says -- runbook:no-transaction",
