@@ -49,6 +49,10 @@ PAUSE_SQL = "SELECT paused_by, paused_at, reason FROM runbook.batch_pause"
 COMPLETE_SQL = "UPDATE runbook.batch_progress SET completed = true WHERE version = %(version)s"
 THROTTLE_FIRST_S = 0.5
 THROTTLE_MAX_S = 10.0
+# commit_flush = "run" (as apply.DEFER_FLUSH_SQL): a batch's commit does not wait for its WAL to
+# reach disk; the run's last commit flushes it all. A server crash loses whole batches with their
+# progress rows, so the walk resumes exactly where the server's data stops.
+DEFER_FLUSH_SQL = "SET LOCAL synchronous_commit = off;"
 PAUSE_POLL_S = 2.0
 PROGRESS_LOG_S = 5.0  # one progress line in the log (and a notebook cell) at most this often
 
@@ -318,7 +322,7 @@ class _Batches:
             clock = time.monotonic()
             end: Any = None
             try:
-                db.execute(self.conn, f"BEGIN;\n{timeouts_sql(self.target, local=True)}")
+                db.execute(self.conn, self._begin())
                 end, keys = _next_bound(self.conn, walk, start, size)
                 if end is None:
                     db.execute(self.conn, "ROLLBACK")
@@ -343,6 +347,10 @@ class _Batches:
                 return self._batch_failed(walk, number, start, end, exc), False
             self._done(walk, number, end, int(keys), changed, time.monotonic() - clock)
             return None, True
+
+    def _begin(self) -> str:
+        flush = f"\n{DEFER_FLUSH_SQL}" if self.target.commit_flush == "run" else ""
+        return f"BEGIN;\n{timeouts_sql(self.target, local=True)}{flush}"
 
     def _done(self, walk: Walk, number: int, end: Any, keys: int, rows: int, took_s: float) -> None:
         """Count the batch, adapt the size toward batch_time, report progress."""
@@ -455,7 +463,11 @@ class _Batches:
         ) else ""  # fmt: skip
         return (
             f"BEGIN;\n{timeouts_sql(self.target, local=True)}\n{verify}"
-            + self._history("applied", attempts=0, duration_ms=self._elapsed())
+            + self._history(
+                "applied",
+                attempts=0,
+                duration_ms=None if self.executor.dry_run else self._elapsed(),
+            )
             + ";\n"
             + db.mogrify(self.conn, COMPLETE_SQL, {"version": migration.version})
             + ";\nCOMMIT;\n"
@@ -491,7 +503,7 @@ class _Batches:
             f"-- batch {self.state.batch + 1} of about {self.state.batch + estimate} "
             f"(~{walk.estimated_rows:,} rows in {walk.spec.table.quoted()}, {size:,} keys a "
             f"batch at first, adapting toward {walk.spec.batch_time_ms} ms a batch)\n"
-            f"BEGIN;\n{timeouts_sql(self.target, local=True)}\n"
+            f"{self._begin()}\n"
             + db.mogrify(self.conn, walk.keyset, {"last": start, "size": size})
             + ";\n"
             + db.mogrify(self.conn, walk.statement, {"batch_start": start, "batch_end": end})
