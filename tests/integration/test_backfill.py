@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from tests.conftest import status_of, write_migrations
-from thorbis_runbook import backfill, cli, db, history, migrate, runbook
+from thorbis_runbook import backfill, cli, db, history, migrate, runbook, troubleshoot
 from thorbis_runbook.apply import apply_plan
 from thorbis_runbook.charts import Chart
 from thorbis_runbook.display import Notice
@@ -297,16 +297,22 @@ def test_a_runner_killed_between_or_inside_batches_resumes_with_no_batch_twice(
         " WHERE id > :batch_start AND id <= :batch_end AND pg_sleep(0.0005) IS NOT NULL;\n"
     )
     folder = _folder(tmp_path, slow)
-    settings_for(folder)
-    migrate.apply(
-        resolve(settings_for(folder)), ApplyRequest(backup="none", to_version="20250101000000")
-    )
+    settings = settings_for(folder)
+    migrate.apply(resolve(settings), ApplyRequest(backup="none", to_version="20250101000000"))
     chance = random.Random(15)
     for _kill in range(3):
         runner = _apply_in_subprocess(folder, pg_database)
         time.sleep(0.8 + chance.random())
         runner.send_signal(signal.SIGKILL)
         runner.wait()
+    advice = ""
+    for _wait in range(40):  # until the killed runner's session (and its lock) is gone
+        report = troubleshoot.troubleshoot(resolve(settings))
+        advice = " ".join(action.why for action in report.actions)
+        if advice:
+            break
+        time.sleep(0.25)
+    assert "apply resumes after its last committed batch" in advice, advice
     runner = _apply_in_subprocess(folder, pg_database)
     _out, err = runner.communicate(timeout=120)
     assert runner.returncode == 0, err.decode()
