@@ -49,6 +49,7 @@ PAUSE_SQL = "SELECT paused_by, paused_at, reason FROM runbook.batch_pause"
 COMPLETE_SQL = "UPDATE runbook.batch_progress SET completed = true WHERE version = %(version)s"
 THROTTLE_FIRST_S = 0.5
 THROTTLE_MAX_S = 10.0
+THROTTLE_TELL_S = 60.0
 # commit_flush = "run" (as apply.DEFER_FLUSH_SQL): a batch's commit does not wait for its WAL to
 # reach disk; the run's last commit flushes it all. A server crash loses whole batches with their
 # progress rows, so the walk resumes exactly where the server's data stops.
@@ -384,7 +385,7 @@ class _Batches:
         self, walk: Walk, number: int, start: Any, end: Any, exc: db.DatabaseError
     ) -> MigrationFailed:
         code, message = db.sqlstate(exc), db.error_message(exc)
-        upper = f" AND {walk.spec.key} <= {end}" if end is not None else ""
+        upper = f" AND {walk.spec.key} <= {_literal(end)}" if end is not None else ""
         hint = failures.hint_for(code, message, target=self.target, transactional=True, role="")
         if code == db.QUERY_CANCELED:
             hint = (
@@ -393,7 +394,7 @@ class _Batches:
             )
         return MigrationFailed(
             f"batched migration {self.migration.filename} failed in batch {number} "
-            f"({walk.spec.key} > {start}{upper}): {message} [SQLSTATE {code or 'none'}]",
+            f"({walk.spec.key} > {_literal(start)}{upper}): {message} [SQLSTATE {code or 'none'}]",
             f"{hint}; the {number - 1} batch(es) before it stay done and the next apply resumes "
             "after them",
             version=self.migration.version, sqlstate=code,
@@ -405,12 +406,13 @@ class _Batches:
         """Sleep, backing off, while the guard says the application is suffering."""
         if self.hooks.strain is None:
             return 0, None
-        waited, delay, first = 0.0, THROTTLE_FIRST_S, None
+        waited, delay, first, told = 0.0, THROTTLE_FIRST_S, None, -THROTTLE_TELL_S
         while (reason := self.hooks.strain()) is not None:
-            if first is None:
-                first = reason
-                log.warning("%s: throttled before batch %d: %s", self.migration.filename,
-                            self.state.batch + 1, reason)  # fmt: skip
+            first = first or reason
+            if waited - told >= THROTTLE_TELL_S:  # at once, then once a minute while it lasts
+                told = waited
+                log.warning("%s: throttled before batch %d (%.0f s so far): %s",
+                            self.migration.filename, self.state.batch + 1, waited, reason)  # fmt: skip
             self.hooks.sleep(delay)
             waited += delay
             delay = min(delay * 2, THROTTLE_MAX_S)
@@ -537,6 +539,11 @@ def _next_bound(conn: db.Connection, walk: Walk, last: Any, size: int) -> tuple[
 def _parts(spec: BatchedSpec) -> tuple[str, ...]:
     table = spec.table
     return (table.schema, table.name) if table.schema else (table.name,)
+
+
+def _literal(key: Any) -> str:
+    """A key as a DBA would type it in a WHERE clause: numbers bare, the rest quoted."""
+    return str(key) if isinstance(key, int) else "'" + str(key).replace("'", "''") + "'"
 
 
 def _duration(seconds: float) -> str:
