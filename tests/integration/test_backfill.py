@@ -394,3 +394,48 @@ def test_the_backfill_verb_pauses_shows_and_resumes(tmp_path: Path, settings_for
     assert not report["paused"] and report["walks"][0]["state"] == "applied"
     assert report["walks"][0]["keys"] == ROWS
     assert cli.main([*verb, "status", "--target", "nope"]) == 2
+
+
+def _wait_until(conn, query: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not _one(conn, query)[0]:
+        assert time.monotonic() < deadline, f"timed out waiting for: {query}"
+        time.sleep(0.1)
+
+
+def test_a_kill_inside_a_batch_and_one_between_batches_each_resume_with_no_batch_twice(
+    tmp_path: Path, settings_for, conn, pg_database: str
+) -> None:  # type: ignore[no-untyped-def]
+    # The batch holding id 1500 sleeps as long as app.nap says: the first runner is killed in it.
+    sleepy = HEADER + (
+        "UPDATE app.items SET priority_v2 = priority, touched = touched + 1\n"
+        " WHERE id > :batch_start AND id <= :batch_end\n"
+        "   AND (id <> 1500 OR pg_sleep((SELECT seconds FROM app.nap)) IS NOT NULL);\n"
+    )
+    folder = _folder(tmp_path, sleepy)
+    settings = settings_for(folder)
+    migrate.apply(resolve(settings), ApplyRequest(backup="none", to_version="20250101000000"))
+    conn.cursor().execute("CREATE TABLE app.nap AS SELECT 30 AS seconds")
+
+    inside = _apply_in_subprocess(folder, pg_database)
+    _wait_until(conn, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+    inside.send_signal(signal.SIGKILL)
+    inside.wait()
+    batches, keys = _one(conn, "SELECT count(*), sum(keys) FROM runbook.batch_progress")
+    assert batches > 0 and _touched(conn)[1] == keys, "only the committed batches' rows changed"
+
+    conn.cursor().execute("UPDATE app.nap SET seconds = 0")
+    endpoint = resolve(settings)
+    with endpoint.connection("pause") as control:
+        backfill.pause(control, target=endpoint.target, operator="dba", reason="")
+    between = _apply_in_subprocess(folder, pg_database)
+    _wait_until(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%runbook.batch_pause%'"
+                " AND application_name LIKE 'thorbis-runbook %' AND pid <> pg_backend_pid()")  # fmt: skip
+    between.send_signal(signal.SIGKILL)  # paused: between two batches
+    between.wait()
+    with endpoint.connection("resume") as control:
+        backfill.resume(control)
+    last = _apply_in_subprocess(folder, pg_database)
+    _out, err = last.communicate(timeout=120)
+    assert last.returncode == 0, err.decode()
+    assert _touched(conn) == {1: ROWS}, "every row exactly once after both kills"
