@@ -176,13 +176,13 @@ class _Batches:
         self.state.size = spec.batch_size
         try:
             walk = self._walk(spec)
+            if self.executor.dry_run:
+                return self._dry_run(walk)
+            resumed = self._resume(walk)
         except BatchRefused as refused:
             if self.executor.dry_run and refused.table_missing:
                 return self._dry_run_unknown(refused)
             return BatchedResult("failed", self._elapsed(), failure=refused)
-        if self.executor.dry_run:
-            return self._dry_run(walk)
-        resumed = self._resume(walk)
         self.executor.run(
             self._history("running", attempts=1), label=f"{self.migration.filename} start",
             transactional=False,

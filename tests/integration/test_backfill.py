@@ -439,3 +439,28 @@ def test_a_kill_inside_a_batch_and_one_between_batches_each_resume_with_no_batch
     _out, err = last.communicate(timeout=120)
     assert last.returncode == 0, err.decode()
     assert _touched(conn) == {1: ROWS}, "every row exactly once after both kills"
+
+
+def test_an_empty_text_key_and_a_changed_walk_are_refused_with_exit_2(
+    tmp_path: Path, settings_for, conn
+) -> None:  # type: ignore[no-untyped-def]
+    by_code = "-- runbook:batched table=app.items key=code\n" + (
+        "UPDATE app.items SET touched = touched + 1 WHERE code > :batch_start AND code <= :batch_end;"
+    )
+    folder = _folder(tmp_path, by_code)
+    settings = settings_for(folder)
+    migrate.apply(resolve(settings), ApplyRequest(backup="none", to_version="20250101000000"))
+    conn.cursor().execute("UPDATE app.items SET code = '' WHERE id = 3")
+    failure = migrate.apply(resolve(settings), ApplyRequest(backup="none")).failure
+    assert isinstance(failure, backfill.BatchRefused) and "holds the key ''" in failure.message
+    assert _touched(conn) == {0: ROWS}
+
+    conn.cursor().execute("UPDATE app.items SET code = 'c1' WHERE id = 3")
+    failing = by_code.replace("touched + 1", "touched + 1 / (id - 1500)")
+    (folder / BATCHED).write_text(failing, encoding="utf-8")
+    assert migrate.apply(resolve(settings), ApplyRequest(backup="none")).failure is not None
+    (folder / BATCHED).write_text(HEADER + UPDATE, encoding="utf-8")  # now walks id, not code
+    failure = migrate.apply(resolve(settings), ApplyRequest(backup="none")).failure
+    assert isinstance(failure, backfill.BatchRefused), failure
+    assert "was walking app.items.code when it stopped" in failure.message
+    assert "DELETE FROM runbook.batch_progress" in failure.hint
