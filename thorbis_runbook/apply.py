@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from . import db, failures, queries, resume
+from . import backfill, db, failures, queries, resume
 from .batch import Batch
 from .config import Target
 from .display import message_box
@@ -88,17 +88,22 @@ def apply_plan(
     progress: ProgressCallback | None = None,
     reconnect: Callable[[], db.Connection] | None = None,
     explain_lock_wait: LockWaitExplainer | None = None,
+    strain: backfill.Strain | None = None,
 ) -> tuple[tuple[StepResult, ...], MigrationFailed | None]:
     """Apply each pending migration in order; stop at the first failure.
 
     Returns the step results and the MigrationFailed of the step that failed, if one did. The
     caller holds the migration lock and has brought the runbook schema up to date.
     ``reconnect`` opens a new connection to ask the server what became of a migration whose
-    connection was lost; ``explain_lock_wait`` names who held the lock after a lock timeout.
+    connection was lost; ``explain_lock_wait`` names who held the lock after a lock timeout;
+    ``strain`` says why the application suffers, and batched migrations wait while it does.
     """
     runner = _Runner(conn, target=target, executor=executor, run_id=run_id, operator=operator)
     runner.reconnect = reconnect
     runner.explain_lock_wait = explain_lock_wait
+    runner.batch_hooks = backfill.Hooks(
+        strain=strain, progress=(lambda m, line: progress("batch", m, line)) if progress else None
+    )
     steps: list[StepResult] = []
     for position, migration in enumerate(plan.pending):
         if progress:
@@ -133,6 +138,7 @@ class _Runner:
         self.operator = operator
         self.reconnect: Callable[[], db.Connection] | None = None
         self.explain_lock_wait: LockWaitExplainer | None = None
+        self.batch_hooks = backfill.Hooks()
         self.autocommit = Autocommit(conn, executor, target, on_retry=self._attempt_failed)
         self.reset_session_sql = reset_session_sql(conn)
         self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
@@ -145,6 +151,8 @@ class _Runner:
         self._attempt_clock = time.monotonic()
         previous = plan.history.get(migration.version)
         try:
+            if migration.batched is not None:
+                return self.apply_batched(migration)
             if migration.transactional:
                 return self.apply_transactional(migration)
             resumable = previous is not None and previous.status in ("failed", "running")
@@ -156,6 +164,20 @@ class _Runner:
             return self._give_up(
                 migration, failure, attempts=1, elapsed=_ms_since(self._attempt_clock)
             )
+
+    def apply_batched(self, migration: Migration) -> tuple[StepResult, MigrationFailed | None]:
+        """A ``-- runbook:batched`` file: its batches run in backfill.py, one transaction each."""
+        done = backfill.run_batched(
+            self.conn, migration, target=self.target, executor=self.executor,
+            run_id=self.run_id, operator=self.operator, hooks=self.batch_hooks,
+        )  # fmt: skip
+        if done.failure is not None:
+            return self._give_up(migration, done.failure, attempts=1, elapsed=done.duration_ms)
+        step = StepResult(
+            migration.version, migration.name, done.status, False, 1, done.duration_ms,
+            done.resumed_after,
+        )  # fmt: skip
+        return step, None
 
     # -- transactional -------------------------------------------------------------------
     def apply_transactional(

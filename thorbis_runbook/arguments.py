@@ -236,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     pitr_cmd = sub.add_parser("pitr", help="point-in-time recovery set-up (WAL archive)")
     pitr_cmd.add_argument("action", choices=("enable",))
     common(pitr_cmd)
+    backfill_verb(sub)
     return parser
 
 
@@ -271,6 +272,19 @@ def expand_contract_options(cmd: argparse.ArgumentParser) -> None:
         help="read the table and column from this target (only when given): they must exist, "
         "and indexes, constraints, grants and the default are copied",
     )
+
+
+def backfill_verb(sub: Any) -> None:
+    """`backfill pause|resume|status`: the operator's hold on batched data migrations."""
+    cmd = sub.add_parser(
+        "backfill", help="batched data migrations: pause, resume, status (how far each walk got)"
+    )
+    cmd.add_argument(
+        "action", choices=("pause", "resume", "status"),
+        help="pause: wait before the next batch; resume: go on; status: the pause and each walk",
+    )  # fmt: skip
+    cmd.add_argument("--reason", default="", help="why (pause): shown to whoever looks")
+    common(cmd)
 
 
 def change_flag(cmd: argparse.ArgumentParser) -> None:

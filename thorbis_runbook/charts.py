@@ -204,3 +204,39 @@ def capacity(
     figure.suptitle(f"Capacity of {target}")
     figure.tight_layout()
     return render(figure, "capacity")
+
+
+def batch_timeline(rows: Sequence[Sequence[object]], *, target: str) -> Chart | None:
+    """Each batch of the batched migrations: its size, rows changed, time and throttle sleeps.
+
+    ``rows`` are backfill.batch_rows: (version, batch, keys, rows, batch_size, duration_ms,
+    throttle_ms, throttle_reason, run_id, finished_at), in version and batch order.
+    """
+    if not rows:
+        return None
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5.5))
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    versions = sorted({str(row[0]) for row in rows})
+    for version in versions:
+        mine = [row for row in rows if str(row[0]) == version]
+        batch = [int(str(row[1])) for row in mine]
+        suffix = f" ({version})" if len(versions) > 1 else ""
+        top.plot(batch, [int(str(row[2])) for row in mine], color=CHART["series"],
+                 label=f"keys in the batch{suffix}")  # fmt: skip
+        top.plot(batch, [int(str(row[3])) for row in mine], color=CHART["total"],
+                 linestyle=":", label=f"rows changed{suffix}")  # fmt: skip
+        bottom.bar(batch, [int(str(row[5])) for row in mine], color=CHART["series"],
+                   label=f"batch time{suffix}")  # fmt: skip
+        sleeps = [(b, int(str(row[6]))) for b, row in zip(batch, mine, strict=True) if row[6]]
+        if sleeps:
+            bottom.bar([b for b, _ in sleeps], [ms for _, ms in sleeps], color=CHART["warn"],
+                       alpha=0.8, label=f"throttled or paused before it{suffix}")  # fmt: skip
+    top.set_ylabel("keys / rows")
+    top.set_title(f"Batched migrations on {target}: {len(rows)} batch(es)")
+    top.legend(fontsize=8, loc="upper right")
+    bottom.set_ylabel("ms")
+    bottom.set_xlabel("batch")
+    bottom.legend(fontsize=8, loc="upper right")
+    return render(figure, "batches of the batched migrations")

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import (
     arguments,
+    backfill_verb,
     baseline,
     benchmark,
     change_verb,
@@ -601,6 +602,7 @@ def _report_apply(result: migrate.ApplyResult, *, as_json: bool) -> None:
 
 
 HANDLERS: dict[str, Handler] = {
+    "backfill": backfill_verb.backfill_verb,
     "db": _db,
     "status": _status,
     "apply": _apply,

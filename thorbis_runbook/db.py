@@ -149,6 +149,18 @@ def mogrify(conn: Connection, query: str, params: tuple[Any, ...] | Mapping[str,
     return text.decode("utf-8")
 
 
+def compose(conn: Connection, template: str, **names: str | tuple[str, ...]) -> str:
+    """Fill the ``{name}`` slots of ``template`` with identifiers quoted by the driver.
+
+    A tuple is a qualified name (schema, table). ``%(param)s`` slots are left for binding.
+    """
+    slots = {
+        key: sql.Identifier(*value) if isinstance(value, tuple) else sql.Identifier(value)
+        for key, value in names.items()
+    }
+    return sql.SQL(template).format(**slots).as_string(conn)
+
+
 def rollback_quietly(conn: Connection) -> None:
     """End a failed transaction block; a connection already gone has nothing to roll back."""
     if not conn.closed:

@@ -24,7 +24,11 @@ UNLOCK_SQL = f"SELECT pg_advisory_unlock({LOCK_CLASSID}, {LOCK_OBJID})"
 _STRAY_UNLOCK_ATTEMPTS = 4
 
 # The runbook schema's own migrations, in order (yoyo's internal migrations).
-INTERNAL_VERSIONS: tuple[tuple[int, str], ...] = ((1, "history_v1"), (2, "history_v2"))
+INTERNAL_VERSIONS: tuple[tuple[int, str], ...] = (
+    (1, "history_v1"),
+    (2, "history_v2"),
+    (3, "history_v3"),
+)
 INTERNAL_VERSION_INSERT = "INSERT INTO runbook.schema_version (version) VALUES ({version})"
 
 

@@ -30,33 +30,31 @@ from .migrations import (
     read_text,
 )
 from .statements import (
+    BATCHED_HEADER,
     NO_TRANSACTION_HEADER,
     TRANSACTION_CONTROL_KINDS,
+    BatchedFileError,
     Node,
     SqlSyntaxError,
+    batched_spec,
     client_copy,
     committing_procedure_name,
     copy_before,
     line_of,
     no_transaction_reason,
     parse,
+    parseable_batched,
 )
 from .thresholds import Thresholds
 
 FILE_RULES = {"file-name", "missing-down", "missing-verify", "no-lock-timeout", "parse-error"}
 # What apply refuses is never allowed away by a comment.
 _UNSUPPRESSED = {"parse-error", "no-statement", "copy-from-client", "duplicate-version",
-                 "orphan-sibling", "transaction-control"}  # fmt: skip
+                 "orphan-sibling", "transaction-control", "batched-file"}  # fmt: skip
 # An allow comment: the first and last line of the statement it covers (None: no statement
 # follows it), the rule id and the reason.
 Allow = tuple[tuple[int, int] | None, str, str]
 _ALLOW = re.compile(r"--\s*runbook:allow\b[ \t]*(?P<rule>[\w-]*)[ \t]*(?P<reason>[^\n]*)")
-# A batched migration (issue 15) declares itself in a comment line; the runner walks its key
-# range in short transactions, so its one UPDATE or DELETE is batched by construction.
-BATCHED_HEADER = re.compile(r"^\s*--\s*runbook:batched\b", re.MULTILINE)
-# Its key-range placeholders are no SQL; blanked to a parameter of the same length so that
-# the parser accepts the statement and every offset and line stays where it was.
-_BATCH_PLACEHOLDER = re.compile(r"(?<![:\w]):batch_(?:start|end)\b")
 
 
 def lint(
@@ -129,9 +127,17 @@ def _lint_file(
     name = path.name
     _file_name_rule(path, ctx)
     text = source.sql if isinstance(source, Migration) else read_text(path)
-    batched = bool(BATCHED_HEADER.search(text))
+    # A batched migration (backfill.py) walks its key range in short transactions, so its one
+    # UPDATE or DELETE is batched by construction; its placeholders parse as parameters of the
+    # same length, so every offset and line stays where it was.
+    batched = BATCHED_HEADER.search(text) is not None
     if batched:
-        text = _BATCH_PLACEHOLDER.sub(lambda m: "$1".ljust(len(m[0])), text)
+        try:
+            batched_spec(text)
+            text = parseable_batched(text)
+        except BatchedFileError as exc:
+            ctx.add("batched-file", "fail", (name, exc.line), f"{exc.message} ({exc.hint})")
+            return []
     try:
         spans = parse(text)
     except SqlSyntaxError as exc:

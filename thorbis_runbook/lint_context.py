@@ -68,6 +68,8 @@ RULES: dict[str, str] = {
     "transaction-control": "remove BEGIN/COMMIT/ROLLBACK: the runner owns transactions",
     "no-lock-timeout": "SET lock_timeout = '2s' at the top of the file, or set the target's lock_timeout",
     "parse-error": "fix the SQL: PostgreSQL's parser rejects it",
+    "batched-file": "a batched file is one -- runbook:batched table=S.T key=COL header and one "
+    "UPDATE, DELETE or INSERT ... SELECT whose WHERE uses :batch_start and :batch_end",
     "no-statement": "add the migration's SQL or delete the file",
     "copy-from-client": "the runner sends SQL, not data: write the rows as INSERT ... VALUES, "
     "or COPY ... FROM a file on the server",

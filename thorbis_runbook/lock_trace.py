@@ -25,7 +25,7 @@ from .lint import lint_findings
 from .migrations import Migration, discover
 from .plan import build_plan
 from .precheck import indexed_columns, table_stats
-from .statements import Node, SqlSyntaxError, Statement, parse
+from .statements import BATCHED_HEADER, Node, SqlSyntaxError, Statement, parse
 from .thresholds import load_thresholds
 from .traced_locks import (
     BATCHED,
@@ -83,8 +83,6 @@ SERVER_FUNCTIONS = {
     "pg_wal_replay_resume", "lo_export", "pg_file_write", "pg_file_unlink", "pg_file_rename",
     "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
 }  # fmt: skip
-# A batched data migration (issue 15) runs batch by batch under its own runner.
-_BATCHED_HEADER = re.compile(r"^[ \t]*--[ \t]*runbook:batched\b", re.MULTILINE)
 # A migration planned for a maintenance window says so; its strong locks are intended.
 _LONG_LOCK = re.compile(r"--[ \t]*runbook:allow[ \t]+long-lock\b(?P<reason>[^\n]*)")
 # A DO block's body is PL/pgSQL text; these words in it are enough to leave it alone.
@@ -314,7 +312,7 @@ class _Tracer:
     def file(self, migration: Migration) -> list[StatementTrace]:
         """Trace one file as the runner runs it, its verify script in the same transaction."""
         try:
-            if _BATCHED_HEADER.search(migration.sql):
+            if BATCHED_HEADER.search(migration.sql):
                 return [_batched(migration)]
             steps = _steps(migration.filename, migration.sql, migration.statements)
             verify = migration.verify_path
@@ -481,7 +479,7 @@ def _unreadable(migration: Migration, message: str) -> StatementTrace:
 def _batched(migration: Migration) -> StatementTrace:
     """A batched file, left to its own runner: the trace would run it as one statement."""
     text = migration.sql
-    found = _BATCHED_HEADER.search(text)
+    found = BATCHED_HEADER.search(text)
     line = text.count("\n", 0, found.start()) + 1 if found else 1
     reason = (
         "a batched migration runs batch by batch in short transactions of its own (ROW "

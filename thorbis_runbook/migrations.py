@@ -21,15 +21,21 @@ from pathlib import Path
 
 from .errors import MigrationFileError
 from .statements import (
+    BATCHED_HEADER,
     NO_TRANSACTION_HEADER,
+    BatchedFileError,
+    BatchedSpec,
     CopyDataError,
     NulByteError,
     SqlSyntaxError,
     Statement,
     TransactionControlError,
+    batched_spec,
+    check_batched_statements,
     committing_procedures,
     copy_before,
     line_of,
+    parseable_batched,
     split_statements,
 )
 
@@ -147,10 +153,51 @@ class Migration:
         procedures = self.procedures
         if isinstance(procedures, ProcedureIndex):
             procedures = _ProceduresBefore(procedures, self.version)
-        return tuple(_parse(self.path, self.sql, procedures))
+        # A batched file's :batch_start and :batch_end are not SQL; the parser reads them as
+        # $1 and $2, padded so every offset and line stays the file's own.
+        text = self.sql
+        if self._has_batched_header:
+            try:
+                text = parseable_batched(self.sql)
+            except BatchedFileError as exc:
+                raise self._batched_error(exc) from None
+        return tuple(_parse(self.path, text, procedures))
+
+    def _batched_error(self, exc: BatchedFileError) -> MigrationFileError:
+        return MigrationFileError(
+            f"batched migration {self.filename} line {exc.line} {exc.message}", exc.hint
+        )
+
+    @cached_property
+    def _has_batched_header(self) -> bool:
+        return BATCHED_HEADER.search(self.sql) is not None
+
+    @cached_property
+    def batched(self) -> BatchedSpec | None:
+        """The ``-- runbook:batched`` header of a batched data migration (backfill.py), or None.
+
+        Raises MigrationFileError for a header or a statement that breaks the contract.
+        """
+        if not self._has_batched_header:
+            return None
+        _ = self.statements  # a file that does not parse is reported as such, with its line
+        try:
+            spec = batched_spec(self.sql)
+            if spec is not None:
+                check_batched_statements(split_statements(parseable_batched(self.sql)), self.sql)
+        except BatchedFileError as exc:
+            raise self._batched_error(exc) from None
+        if spec is not None and NO_TRANSACTION_HEADER.search(self.sql):
+            raise MigrationFileError(
+                f"batched migration {self.filename} also says -- runbook:no-transaction",
+                "remove it: a batched file runs one short transaction per batch already",
+            )
+        return spec
 
     @cached_property
     def no_transaction_reason(self) -> str | None:
+        if self.batched is not None:
+            return "-- runbook:batched (one transaction per batch)"
         reason = next(
             (s.no_transaction_reason for s in self.statements if s.no_transaction_reason), None
         )
@@ -177,7 +224,7 @@ class Migration:
 
     def check(self) -> None:
         """Read and parse the file and its verify script now; raise MigrationFileError if unusable."""
-        _ = self.no_transaction_reason, self.verify_statements
+        _ = self.no_transaction_reason, self.batched, self.verify_statements
 
 
 @dataclass(frozen=True)

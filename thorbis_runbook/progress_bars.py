@@ -1,4 +1,5 @@
-"""Progress on a terminal: a bar over migrations while apply runs, one per table while seed loads.
+"""Progress on a terminal: a bar over migrations while apply runs (a batched one shows its rows,
+rate and ETA), one per table while seed loads.
 
 Silent in logs and pipes (one line per finished migration instead), so CI output stays readable.
 """
@@ -29,6 +30,11 @@ class MigrationBar:
             self.bar.close()
 
     def update(self, event: str, migration: Migration, status: str) -> None:
+        """``event`` is start, done, or batch (a batched migration's rows, rate and ETA)."""
+        if event == "batch":
+            if self.bar is not None:
+                self.bar.set_postfix_str(status, refresh=True)
+            return  # without a bar, backfill.py logs the same line every few seconds
         if event == "start":
             log.debug("applying %s", migration.filename)
         if not self.enabled:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    backfill,
     benchmark,
     changes,
     charts,
@@ -252,6 +253,30 @@ class Run:
         monitored = getattr(result, "monitor", None)
         chart = charts.monitor_timeline(monitored) if monitored is not None else None
         return chart or Notice("skipped", "apply ran no migration, so there was nothing to watch")
+
+    def chart_batches(self) -> Any:
+        """Each batch of this run's batched migrations: size, rows, time, throttle sleeps.
+
+        Read back from the target's runbook.batch_progress, so a walk resumed from an earlier
+        run shows its earlier batches too.
+        """
+        step = next((s for s in self.steps if s.name == "apply"), None)
+        result = step.result if step else None
+        ran = {s.version for s in getattr(result, "steps", ()) if s.status != "planned"}
+        versions = [m.version for m in getattr(result, "migrations", ()) if m.version in ran]
+        if not versions:
+            return Notice("skipped", "no batched migration ran in this run")
+        try:
+            with self.endpoint.connection("thorbis-runbook batches") as conn:
+                rows = backfill.batch_rows(conn, versions)
+        except RunbookError as exc:
+            redaction.scrub_error(exc)
+            return Notice("skipped", f"the batches could not be read: {exc.message}", exc.hint)
+        chart = charts.batch_timeline(rows, target=self.target.name)
+        if chart is None:
+            return Notice("skipped", "no batched migration ran in this run")
+        self.figures["batches"] = len(rows)
+        return chart
 
     def benchmark(self, runs: int = 0) -> Any:
         """Time the benchmark queries of runbook.toml; saved with the run as a later baseline."""

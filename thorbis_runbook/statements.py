@@ -8,6 +8,7 @@ Its parser extension cannot be loaded alone (it imports the package's ``ast``, `
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -454,3 +455,251 @@ def _tree_has_key(tree: object, keys: set[str]) -> bool:
     if isinstance(tree, list):
         return any(_tree_has_key(item, keys) for item in tree)
     return False
+
+
+# -- batched files (-- runbook:batched) ---------------------------------------------------------
+# A full-line comment that makes a file a batched data migration (backfill.py runs it).
+BATCHED_HEADER = re.compile(r"^[ \t]*--[ \t]*runbook:batched\b(?P<options>.*)$", re.MULTILINE)
+BATCH_PLACEHOLDERS = ("batch_start", "batch_end")
+BATCHED_KINDS = ("UpdateStmt", "DeleteStmt", "InsertStmt")
+_HEADER_OPTION = re.compile(r'(?P<name>[A-Za-z_]+)=(?P<value>(?:"(?:[^"]|"")*"|[^\s"])+)')
+_BATCH_DEFAULTS = {"batch_size": 1000, "batch_time": 200, "max_batch_size": 50_000}
+
+
+@dataclass(frozen=True)
+class BatchedSpec:
+    """A batched file's header: the table and unique key walked, the batch size and its goal."""
+
+    table: ObjectName
+    key: str
+    batch_size: int = 1000
+    batch_time_ms: int = 200  # the time one batch should take; the size adapts toward it
+    max_batch_size: int = 50_000
+    line: int = 1  # of the header, for messages
+
+
+class BatchedFileError(Exception):
+    """A batched file breaks its contract; ``line`` locates it, ``hint`` is the fix."""
+
+    def __init__(self, message: str, hint: str, line: int) -> None:
+        super().__init__(message, hint, line)
+        self.message = message
+        self.hint = hint
+        self.line = line
+
+
+def batched_spec(text: str) -> BatchedSpec | None:
+    """Read a file's ``-- runbook:batched`` header; None when the file has none.
+
+    Raises BatchedFileError for a second header, an unknown or repeated option, a missing
+    table or key, a name that is not one identifier, or a size that is not a positive number.
+    """
+    found = [m for m in BATCHED_HEADER.finditer(text) if _is_comment_at(text, m.start())]
+    if not found:
+        return None
+    line = line_of(text, found[0].start())
+    if len(found) > 1:
+        raise BatchedFileError(
+            f"holds {len(found)} -- runbook:batched headers (lines {line} and "
+            f"{line_of(text, found[1].start())})",
+            "keep one header: a batched file is one statement walked over one key",
+            line_of(text, found[1].start()),
+        )
+    options = _header_options(found[0]["options"], line)
+    for required in ("table", "key"):
+        if required not in options:
+            raise BatchedFileError(
+                f"-- runbook:batched header has no {required}=",
+                "write it as -- runbook:batched table=SCHEMA.TABLE key=COLUMN [batch_size=N] "
+                "[batch_time=200ms] [max_batch_size=N]",
+                line,
+            )
+    sizes = {name: _header_number(options, name, line) for name in _BATCH_DEFAULTS}
+    if sizes["max_batch_size"] < sizes["batch_size"]:
+        raise BatchedFileError(
+            f"max_batch_size={sizes['max_batch_size']} is smaller than "
+            f"batch_size={sizes['batch_size']}",
+            "raise max_batch_size or lower batch_size",
+            line,
+        )
+    return BatchedSpec(
+        table=_table_name(options["table"], line), key=_column_name(options["key"], line),
+        batch_size=sizes["batch_size"], batch_time_ms=sizes["batch_time"],
+        max_batch_size=sizes["max_batch_size"], line=line,
+    )  # fmt: skip
+
+
+def placeholder_spans(text: str) -> list[tuple[int, int, str]]:
+    """Where ``:batch_start`` and ``:batch_end`` stand as placeholders (start, end, name).
+
+    Found with PostgreSQL's own scanner, so the same words in a string or a comment, or a cast
+    (``x::batch_start``), are never taken for them. Raises BatchedFileError for a ``$1``
+    parameter of the file's own, which the runner could not bind.
+    """
+    from pglast import parser  # deferred: see the module docstring
+
+    encoded = text.encode("utf-8")
+    try:
+        tokens = list(parser.scan(text))
+    except parser.ParseError:
+        return []  # the parse reports it, with its line
+    for token in tokens:
+        if token.name == "PARAM":
+            raise BatchedFileError(
+                f"holds the parameter {encoded[token.start : token.end + 1].decode()}, "
+                "which the runner does not bind",
+                "use :batch_start and :batch_end, the only values a batched file is given",
+                line_of(text, len(encoded[: token.start].decode("utf-8"))),
+            )
+    spans = []
+    for colon, word in itertools.pairwise(tokens):
+        name = encoded[word.start : word.end + 1].decode("utf-8")
+        if colon.name == "ASCII_58" and word.start == colon.end + 1 and name in BATCH_PLACEHOLDERS:
+            start = len(encoded[: colon.start].decode("utf-8"))
+            spans.append((start, start + 1 + len(name), name))
+    return spans
+
+
+def parseable_batched(text: str) -> str:
+    """The file's text with each placeholder as ``$1``/``$2``, padded: offsets and lines stay."""
+    pieces, last = [], 0
+    for start, end, name in placeholder_spans(text):
+        param = f"${BATCH_PLACEHOLDERS.index(name) + 1}"
+        pieces += [text[last:start], param.ljust(end - start)]
+        last = end
+    return "".join(pieces) + text[last:]
+
+
+def bound_batched(text: str) -> str:
+    """The statement's text for the driver: placeholders as ``%(batch_start)s``, ``%`` doubled.
+
+    The values are then bound by the driver (quoted as literals of the key's type), never
+    pasted into the text by us.
+    """
+    pieces, last = [], 0
+    for start, end, name in placeholder_spans(text):
+        pieces += [text[last:start].replace("%", "%%"), f"%({name})s"]
+        last = end
+    return "".join(pieces) + text[last:].replace("%", "%%")
+
+
+def check_batched_statements(
+    statements: list[Statement] | tuple[Statement, ...], text: str
+) -> None:
+    """A batched file holds one UPDATE, DELETE or INSERT ... SELECT using both placeholders.
+
+    Raises BatchedFileError naming what is wrong.
+    """
+    if len(statements) != 1:
+        where = statements[1].line if len(statements) > 1 else 1
+        raise BatchedFileError(
+            f"holds {len(statements)} statements; a batched file holds exactly one",
+            "move the other statements to a migration of their own (before or after this one)",
+            where,
+        )
+    statement = statements[0]
+    body = statement.node.get(statement.kind, {}) if statement.node else {}
+    values = statement.kind == "InsertStmt" and "valuesLists" in body.get("selectStmt", {}).get(
+        "SelectStmt", {}
+    )
+    if statement.kind not in BATCHED_KINDS or values:
+        raise BatchedFileError(
+            f"holds a {statement.text.split()[0].upper()} statement, which cannot be batched",
+            "a batched file holds one UPDATE, DELETE or INSERT ... SELECT whose WHERE takes "
+            "the key range: WHERE key > :batch_start AND key <= :batch_end",
+            statement.line,
+        )
+    named = {name for _start, _end, name in placeholder_spans(text)}
+    missing = [name for name in BATCH_PLACEHOLDERS if name not in named]
+    if missing:
+        raise BatchedFileError(
+            f"uses no :{missing[0]} placeholder, so its batches would not cover disjoint key ranges",
+            "write the WHERE as key > :batch_start AND key <= :batch_end",
+            statement.line,
+        )
+
+
+def _is_comment_at(text: str, offset: int) -> bool:
+    """Is the header match a comment of its own line (not inside a string or a body)?"""
+    from pglast import parser  # deferred: see the module docstring
+
+    dash = text.index("--", offset)
+    byte = len(text[:dash].encode("utf-8"))
+    try:
+        return any(t.start == byte and t.name == "SQL_COMMENT" for t in parser.scan(text))
+    except parser.ParseError:
+        return True  # the parse reports the file's error; the header is taken as written
+
+
+def _header_options(raw: str, line: int) -> dict[str, str]:
+    options: dict[str, str] = {}
+    rest = _HEADER_OPTION.sub("", raw).strip()
+    if rest:
+        raise BatchedFileError(
+            f"-- runbook:batched header has {rest.split()[0]!r}, which is not NAME=VALUE",
+            "write it as -- runbook:batched table=SCHEMA.TABLE key=COLUMN [batch_size=N] "
+            "[batch_time=200ms] [max_batch_size=N]",
+            line,
+        )
+    for match in _HEADER_OPTION.finditer(raw):
+        name = match["name"]
+        if name not in ("table", "key", *_BATCH_DEFAULTS) or name in options:
+            problem = "repeats" if name in options else "has the unknown option"
+            raise BatchedFileError(
+                f"-- runbook:batched header {problem} {name}=",
+                "the options are table=, key=, batch_size=, batch_time= and max_batch_size=, "
+                "each once",
+                line,
+            )
+        options[name] = match["value"]
+    return options
+
+
+def _header_number(options: dict[str, str], name: str, line: int) -> int:
+    raw = options.get(name)
+    if raw is None:
+        return _BATCH_DEFAULTS[name]
+    if name == "batch_time":
+        found = re.fullmatch(r"(\d+)(ms|s)", raw)
+        value = int(found[1]) * (1000 if found[2] == "s" else 1) if found else 0
+        what = 'a duration such as "200ms" or "1s", above 0'
+    else:
+        value = int(raw) if raw.isdigit() else 0
+        what = "a whole number of rows, at least 1"
+    if value < 1:
+        raise BatchedFileError(
+            f"-- runbook:batched header has {name}={raw}, which is not {what}",
+            f"write {name}= as {what}",
+            line,
+        )
+    return value
+
+
+def _table_name(raw: str, line: int) -> ObjectName:
+    try:
+        ((_start, _end, node),) = parse(f"SELECT FROM {raw} AS runbook_alias")
+        (item,) = node["SelectStmt"]["fromClause"]
+        relation = item["RangeVar"]
+        if set(relation) - {"schemaname", "relname", "inh", "relpersistence", "location", "alias"}:
+            raise ValueError(raw)
+        return ObjectName(relation.get("schemaname"), str(relation["relname"]))
+    except (SqlSyntaxError, ValueError, KeyError):
+        raise BatchedFileError(
+            f"-- runbook:batched header has table={raw}, which is not a table name",
+            'write table=SCHEMA.TABLE (quote a name as "Name" when it needs quotes)',
+            line,
+        ) from None
+
+
+def _column_name(raw: str, line: int) -> str:
+    try:
+        ((_start, _end, node),) = parse(f"SELECT {raw} AS runbook_alias")
+        (target,) = node["SelectStmt"]["targetList"]
+        (field,) = target["ResTarget"]["val"]["ColumnRef"]["fields"]
+        return str(field["String"]["sval"])
+    except (SqlSyntaxError, ValueError, KeyError):
+        raise BatchedFileError(
+            f"-- runbook:batched header has key={raw}, which is not one column name",
+            "write key=COLUMN: a NOT NULL column with a unique index (the primary key, usually)",
+            line,
+        ) from None

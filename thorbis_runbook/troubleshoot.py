@@ -274,6 +274,11 @@ class _Judge:
         if row.transactional or migration is None or migration.checksum != row.checksum:
             return None
         try:
+            if migration.batched is not None:
+                return resume.Decision(
+                    resume.RUN, "a batched migration: apply resumes after its last committed "
+                    "batch (thorbis-runbook backfill status shows how far it got)",
+                )  # fmt: skip
             statements = migration.statements
             done = _done_prefix(self.conn, row.version, statements)
             if done >= len(statements):

@@ -38,6 +38,7 @@ VERBS = (
     ("status",), ("lint", "--target", "test"), ("precheck",), ("apply",), ("troubleshoot",),
     ("validate", "--no-baseline"), ("benchmark",), ("backup",), ("backups",), ("rehearse",),
     ("rollback", "--strategy", "schema_only"), ("status", "--json"),
+    ("backfill", "pause", "--reason", "sweep"), ("backfill", "status"), ("backfill", "resume"),
 )  # fmt: skip
 
 

@@ -17,12 +17,10 @@ from thorbis_runbook import cli, expand_contract, migrate, rls
 from thorbis_runbook.config import Settings
 from thorbis_runbook.endpoint import Endpoint, resolve
 from thorbis_runbook.errors import ConfigError
-from thorbis_runbook.migrations import Migration
 
 from ..conftest import MIGRATIONS
 
 UUID_RANGE = ("00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff")
-BATCHED = hasattr(Migration, "batched")
 
 
 @pytest.fixture
@@ -354,7 +352,6 @@ def test_odd_names_survive_every_file_and_every_constraint_kind_moves(thorbis: E
         assert cur.fetchone() == (sum(1 + g % 5 for g in range(1, 51)),)
 
 
-@pytest.mark.skipif(not BATCHED, reason="needs part backfill's batched runner (Migration.batched)")
 def test_the_runner_applies_expand_backfill_and_contract_in_one_folder(thorbis: Endpoint) -> None:
     change = expand_contract.column_change(
         kind="rename", table="business_hs.work_orders", column="description", to="summary"

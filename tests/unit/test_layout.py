@@ -21,8 +21,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # migration files and what the database says about them
     ("statements", "sql_text", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
-    ("executor", "batch", "failures", "runs", "anchor", "apply", "status", "baseline", "scaffold",
-     "column_facts", "expand_contract_files", "expand_contract", "seed", "project"),
+    ("executor", "batch", "backfill", "failures", "runs", "anchor", "apply", "status", "baseline",
+     "scaffold", "column_facts", "expand_contract_files", "expand_contract", "seed", "project"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
@@ -40,7 +40,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "change_evidence", "change_page", "fleet_page", "index_page", "pages", "archive",
      "pipeline", "fleet_member", "fleet_run", "fleet_airflow", "fleet_dag"),
     # the shell
-    ("cli", "lint_output", "arguments", "output", "progress_bars", "change_verb", "fleet_verb", "reports_verb", "__init__"),
+    ("cli", "lint_output", "arguments", "output", "progress_bars", "change_verb", "fleet_verb",
+     "reports_verb", "backfill_verb", "__init__"),
 )  # fmt: skip
 RANK = {name: rank for rank, layer in enumerate(LAYERS) for name in layer}
 
