@@ -60,6 +60,15 @@ def _one(conn, query: str):  # type: ignore[no-untyped-def]
         return cur.fetchone()
 
 
+def _batches_done(conn) -> int:  # type: ignore[no-untyped-def]
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('runbook.batch_progress') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT count(*) FROM runbook.batch_progress")
+        return int(cur.fetchone()[0])
+
+
 def _touched(conn) -> dict[int, int]:  # type: ignore[no-untyped-def]
     """How many times the batched statement changed each row (0 = never, 2 = twice)."""
     with conn.cursor() as cur:
@@ -301,8 +310,13 @@ def test_a_runner_killed_between_or_inside_batches_resumes_with_no_batch_twice(
     migrate.apply(resolve(settings), ApplyRequest(backup="none", to_version="20250101000000"))
     chance = random.Random(15)
     for _kill in range(3):
+        done = _batches_done(conn)
         runner = _apply_in_subprocess(folder, pg_database)
-        time.sleep(0.8 + chance.random())
+        for _start in range(240):  # a loaded machine starts the runner slowly: wait for a batch
+            if _batches_done(conn) > done:
+                break
+            time.sleep(0.05)
+        time.sleep(chance.random() * 0.6)
         runner.send_signal(signal.SIGKILL)
         runner.wait()
     advice = ""

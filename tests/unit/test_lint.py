@@ -118,6 +118,10 @@ CASES = [
      "CREATE TABLE t (a int);\nDELETE FROM t WHERE a < 0;"),
     ("rename-column", "ALTER TABLE orders RENAME COLUMN total TO amount;",
      "CREATE TABLE t (a int);\nALTER TABLE t RENAME COLUMN a TO b;"),
+    ("batched-file", "-- runbook:batched table=public.orders key=id\n"
+     "UPDATE orders SET total = 0 WHERE id > $1;",
+     "-- runbook:batched table=public.orders key=id\n"
+     "UPDATE orders SET total = 0 WHERE id > :batch_start AND id <= :batch_end;"),
 ]  # fmt: skip
 
 
