@@ -99,14 +99,18 @@ class MonitorResult:
             return {}
         return {name: getattr(self.limits, name) for name in _DRAWN_LIMITS}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, max_points: int | None = None) -> dict[str, Any]:
+        """Everything recorded; with ``max_points`` the samples, waits and probe runs thinned
+        evenly to about that many each (summary.json of a long run stays small)."""
         return {
             "target": self.target, "interval_ms": self.interval_ms,
             "blocked_warn_ms": self.blocked_warn_ms, "max_blocked_ms": self.max_blocked_ms,
             "deadlocks": self.deadlocks, "warnings": list(self.warnings), "error": self.error,
-            "samples": [asdict(s) for s in self.samples], "waits": [asdict(w) for w in self.waits],
-            "probes": [asdict(t) for t in self.probes], "alerts": [asdict(a) for a in self.alerts],
-            "notes": list(self.notes), "limits": self.drawn_limits(),
+            "samples": [asdict(s) for s in _thin(self.samples, max_points)],
+            "waits": [asdict(w) for w in _thin(self.waits, max_points)],
+            "probes": [asdict(t) for t in _thin(self.probes, max_points)],
+            "alerts": [asdict(a) for a in self.alerts], "notes": list(self.notes),
+            "limits": self.drawn_limits(), "max_probe_ms": self.max_probe_ms,
         }  # fmt: skip
 
     def summary(self) -> str:
@@ -488,6 +492,14 @@ def _try_probes(
         )
     notes += [f"benchmark query {n!r} is not used as a probe: {w}" for n, w in failures.items()]
     return tuple(p for p in usable if p.name not in failures), notes
+
+
+def _thin(items: Sequence[Any], most: int | None) -> Sequence[Any]:
+    """Every n-th item so about ``most`` remain, the last one always kept (None: all)."""
+    if most is None or len(items) <= most:
+        return items
+    step = -(-len(items) // most)
+    return [*items[: len(items) - 1 : step], items[-1]]
 
 
 def _wait_rows(waits: tuple[Session, ...]) -> list[tuple[Any, ...]]:
