@@ -393,7 +393,7 @@ class Monitor:
         self._last_deadlocks = int(deadlocks)
         own_rollbacks = self._probes.failed if self._probes is not None else 0
         own_commits = self._own_commits + (
-            len(self._probes.timings()) - own_rollbacks if self._probes is not None else 0
+            self._probes.runs - own_rollbacks if self._probes is not None else 0
         )
         rates = self._rates.update(
             now, commits=int(commits), rollbacks=int(rollbacks), own_commits=own_commits,
@@ -433,14 +433,16 @@ class Monitor:
         return self._rates.archive_failures(failed_count, last_archived, last_failed)
 
     def _judge(self, sample: Sample, waits: Sequence[Session]) -> list[signals.Crossing]:
-        timings = self._probes.timings() if self._probes is not None else ()
-        if not self._baselines and timings:
-            self._baselines = signals.baseline(timings)
-        count = len(self._probe_list) or 1
-        latest = timings[-count:] if timings else ()
+        count = len(self._probe_list)
+        rounds = count * signals.BASELINE_ROUNDS
+        if self._probes is not None and count and not self._baselines:
+            # From the first rounds (twice the baseline's, so a failed run or two still leaves
+            # enough good ones); fixed once found.
+            self._baselines = signals.baseline(self._probes.head(rounds * 2))
+        recent = self._probes.tail(rounds) if self._probes is not None else ()
         return signals.crossings(
-            sample, waits, self.thresholds, latest_round=latest, baselines=self._baselines,
-            recent=signals.recent(timings[-count * signals.BASELINE_ROUNDS :]),
+            sample, waits, self.thresholds, latest_round=recent[-count:] if count else (),
+            baselines=self._baselines, recent=signals.recent(recent),
         )  # fmt: skip
 
     def _warn_waits(self, waits: list[Session]) -> None:

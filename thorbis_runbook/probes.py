@@ -260,6 +260,7 @@ class ProbeRunner:
         self._timings: list[ProbeTiming] = []
         self._latest: float | None = None
         self._failures = 0
+        self._in_flight: float | None = None  # when the probe now running started (monotonic)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,9 +286,21 @@ class ProbeRunner:
 
     @property
     def latest_ms(self) -> float | None:
-        """The latest round's slowest probe (None before the first round ended)."""
+        """The latest round's slowest probe, or the one running now if it already took longer
+        (an application query stuck behind a lock is suffering before its probe times out).
+        None before the first round ended."""
         with self._lock:
-            return self._latest
+            latest, began = self._latest, self._in_flight
+        running = (time.monotonic() - began) * 1000 if began is not None else None
+        if running is not None and latest is not None and running > latest:
+            return round(min(running, float(self.timeout_ms)), 2)
+        return latest
+
+    @property
+    def runs(self) -> int:
+        """How many probe runs ended so far."""
+        with self._lock:
+            return len(self._timings)
 
     @property
     def failed(self) -> int:
@@ -298,6 +311,16 @@ class ProbeRunner:
     def timings(self) -> tuple[ProbeTiming, ...]:
         with self._lock:
             return tuple(self._timings)
+
+    def head(self, count: int) -> tuple[ProbeTiming, ...]:
+        """The first ``count`` probe runs (the baseline a slowdown is judged against)."""
+        with self._lock:
+            return tuple(self._timings[:count])
+
+    def tail(self, count: int) -> tuple[ProbeTiming, ...]:
+        """The latest ``count`` probe runs."""
+        with self._lock:
+            return tuple(self._timings[-count:]) if count > 0 else ()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -310,8 +333,11 @@ class ProbeRunner:
     def _round(self) -> None:
         found: list[ProbeTiming] = []
         for probe in self.probes:
+            with self._lock:
+                self._in_flight = time.monotonic()
             found.append(self._one(probe))
         with self._lock:
+            self._in_flight = None
             self._timings.extend(found)
             self._latest = max(t.ms for t in found)
             self._failures += sum(not t.ok for t in found)
