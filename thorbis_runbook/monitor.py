@@ -58,6 +58,9 @@ class MonitorResult:
     alerts: tuple[AlertRecord, ...] = ()  # every alert raised or recovered, and its delivery
     notes: tuple[str, ...] = ()  # what was not measured, and why (said once)
     limits: Thresholds | None = None
+    # Seconds the sampler and the probes spent working (their queries and our bookkeeping):
+    # the guard's own cost, against the run's wall time.
+    busy_s: float = 0.0
 
     @property
     def max_blocked_ms(self) -> int:
@@ -111,6 +114,7 @@ class MonitorResult:
             "probes": [asdict(t) for t in _thin(self.probes, max_points)],
             "alerts": [asdict(a) for a in self.alerts], "notes": list(self.notes),
             "limits": self.drawn_limits(), "max_probe_ms": self.max_probe_ms,
+            "busy_s": round(self.busy_s, 3),
         }  # fmt: skip
 
     def summary(self) -> str:
@@ -199,6 +203,7 @@ class Monitor:
         self._started = 0.0
         self._last_deadlocks: int | None = None
         self._own_commits = 0
+        self._busy_s = 0.0
         self._archive_ready: bool | None = None  # whether .ready files can be counted
         self._disk: Path | None = None
         self._baselines: dict[str, float] = {}
@@ -272,6 +277,7 @@ class Monitor:
                 tuple(self._samples), tuple(self._waits), tuple(self._warnings), self._error,
                 probes=timings, alerts=self._alerter.records(), notes=tuple(self._notes),
                 limits=self.thresholds,
+                busy_s=self._busy_s + (self._probes.busy_s if self._probes is not None else 0.0),
             )  # fmt: skip
 
     def strain(self) -> str | None:
@@ -337,6 +343,7 @@ class Monitor:
             began = time.monotonic()
             try:
                 self._sample()
+                self._busy_s += time.monotonic() - began
             except Exception as exc:  # the monitor must never break the apply it watches
                 with self._lock:
                     self._error = f"{type(exc).__name__}: {db.error_message(exc)}"
@@ -358,7 +365,8 @@ class Monitor:
         assert self._conn is not None
         seen = sessions.sessions(self._conn)
         row = db.fetch_all(self._conn, queries.load("monitor_counters"))[0]
-        self._own_commits += 2
+        row += db.fetch_all(self._conn, queries.load("monitor_health"))[0]
+        self._own_commits += 3  # each statement above is a transaction of this database
         now = time.monotonic()
         waits = sessions.waiting(seen)
         sample = self._build(seen, waits, row, now)
@@ -385,8 +393,8 @@ class Monitor:
     def _build(
         self, seen: list[Session], waits: list[Session], row: tuple[Any, ...], now: float
     ) -> Sample:
-        connections, deadlocks, commits, rollbacks, wal, lag = row[:6]
-        archiving, failed_count, last_archived, last_failed = row[6:]
+        connections, deadlocks, commits, rollbacks, wal = row[:5]
+        lag, archiving, failed_count, last_archived, last_failed = row[5:]
         active = [s for s in seen if s.state == "active"]
         longest = max(active, key=lambda s: s.query_ms or 0, default=None)
         delta = 0 if self._last_deadlocks is None else max(0, int(deadlocks) - self._last_deadlocks)

@@ -261,6 +261,7 @@ class ProbeRunner:
         self._latest: float | None = None
         self._failures = 0
         self._in_flight: float | None = None  # when the probe now running started (monotonic)
+        self.busy_s = 0.0  # time spent running probes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -326,6 +327,7 @@ class ProbeRunner:
         while not self._stop.is_set():
             began = time.monotonic()
             self._round()
+            self.busy_s += time.monotonic() - began
             wait = self.interval_ms / 1000 - (time.monotonic() - began)
             if self._stop.wait(max(0.0, wait)):
                 return

@@ -30,6 +30,7 @@ SAMPLE_COLUMNS = (
 # backends report their counters about once a second, and one failed transaction among three
 # is not an error storm.
 ERROR_WINDOW_S = 3.0
+RATE_SPAN_S = 1.0
 ERROR_MIN_TRANSACTIONS = 20
 # A probe this much slower than its first rounds is noise on a busy machine, whatever the ratio.
 DEGRADATION_FLOOR_MS = 5.0
@@ -93,38 +94,40 @@ class Crossing:
 class Rates:
     """Counters read at each sample turned into per-second rates and a windowed error rate.
 
-    ``own_*`` are the transactions the guard itself ran (the sampler's statements, the probes),
-    taken out so a quiet database does not look busy, nor a timed-out probe like an error.
+    Backends report their counters to the statistics about once a second, so rates are taken
+    over the last second (RATE_SPAN_S) rather than one 250 ms sample, which would read 0, 0, 0
+    and then four times the truth. ``own_*`` are the transactions the guard itself ran (the
+    sampler's statements, the probes), taken out so a quiet database does not look busy, nor a
+    timed-out probe like an application error.
     """
 
     def __init__(self) -> None:
-        self._last: tuple[float, int, int, int, int, float | None] | None = None
-        self._window: deque[tuple[float, int, int]] = deque()
+        self._readings: deque[_Reading] = deque()
         self._archiving: tuple[Any, int] | None = None  # last success seen, failures then
 
     def update(
         self, now: float, *, commits: int, rollbacks: int, own_commits: int, own_rollbacks: int,
         wal: float | None,
     ) -> dict[str, float | None]:  # fmt: skip
-        """Rates since the previous call (None on the first)."""
-        last, self._last = self._last, (now, commits, rollbacks, own_commits, own_rollbacks, wal)
-        if last is None or now <= last[0]:
+        """Rates over about the last second (None on the first reading)."""
+        reading = _Reading(now, commits - own_commits, rollbacks - own_rollbacks, wal)
+        self._readings.append(reading)
+        while len(self._readings) > 2 and now - self._readings[1].at >= ERROR_WINDOW_S:
+            self._readings.popleft()
+        span = _since(self._readings, now, RATE_SPAN_S)
+        if span is None:
             return {"commits_per_s": None, "rollbacks_per_s": None, "error_rate": None,
                     "wal_bytes_per_s": None}  # fmt: skip
-        seconds = now - last[0]
-        app_commits = max(0, commits - last[1] - (own_commits - last[3]))
-        app_rollbacks = max(0, rollbacks - last[2] - (own_rollbacks - last[4]))
-        self._window.append((now, app_commits, app_rollbacks))
-        while self._window and now - self._window[0][0] > ERROR_WINDOW_S:
-            self._window.popleft()
-        done = sum(c for _, c, _ in self._window)
-        failed = sum(r for _, _, r in self._window)
-        wal_rate = (wal - last[5]) / seconds if wal is not None and last[5] is not None else None
+        seconds = now - span.at
+        done, failed = reading.delta(span)
+        window = _since(self._readings, now, ERROR_WINDOW_S) or span
+        in_window = reading.delta(window)
+        wal_rate = (wal - span.wal) / seconds if wal is not None and span.wal is not None else None
         return {
-            "commits_per_s": round(app_commits / seconds, 1),
-            "rollbacks_per_s": round(app_rollbacks / seconds, 1),
-            "error_rate": round(100 * failed / (done + failed), 2)
-            if done + failed >= ERROR_MIN_TRANSACTIONS
+            "commits_per_s": round(done / seconds, 1),
+            "rollbacks_per_s": round(failed / seconds, 1),
+            "error_rate": round(100 * in_window[1] / sum(in_window), 2)
+            if sum(in_window) >= ERROR_MIN_TRANSACTIONS
             else None,
             "wal_bytes_per_s": round(max(0.0, wal_rate), 1) if wal_rate is not None else None,
         }
@@ -135,6 +138,28 @@ class Rates:
             self._archiving = (last_archived, failed_count)
         failing = last_failed is not None and (last_archived is None or last_failed > last_archived)
         return max(0, failed_count - self._archiving[1]) if failing else 0
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The database's commits and rollbacks less our own, and the WAL position, at a moment."""
+
+    at: float
+    commits: int
+    rollbacks: int
+    wal: float | None
+
+    def delta(self, earlier: _Reading) -> tuple[int, int]:
+        """Commits and rollbacks since ``earlier`` (never below 0: a stats reset)."""
+        return max(0, self.commits - earlier.commits), max(0, self.rollbacks - earlier.rollbacks)
+
+
+def _since(readings: deque[_Reading], now: float, span: float) -> _Reading | None:
+    """The latest reading at least ``span`` seconds old, else the oldest one but the newest."""
+    if len(readings) < 2:
+        return None
+    older = [r for r in list(readings)[:-1] if now - r.at >= span]
+    return older[-1] if older else readings[0]
 
 
 def disk_used_pct(folder: Path | None) -> float | None:
