@@ -38,8 +38,7 @@ _REFUSED_FUNCTIONS = {
 }  # fmt: skip
 _CHANGES_DATA = {"InsertStmt": "INSERT", "UpdateStmt": "UPDATE", "DeleteStmt": "DELETE",
                  "MergeStmt": "MERGE"}  # fmt: skip
-_BEGIN = "BEGIN TRANSACTION READ ONLY"
-_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+_BEGIN = "BEGIN TRANSACTION READ ONLY; SET LOCAL statement_timeout = %s"
 
 
 @dataclass(frozen=True)
@@ -217,11 +216,10 @@ def run_probe(conn: db.Connection, probe: Probe, *, timeout_ms: int, started: fl
     """
     at = datetime.now(UTC)
     elapsed = round(time.monotonic() - started, 3)
-    db.execute(conn, _BEGIN)
+    # One round trip opens the transaction and bounds it.
+    db.execute(conn, _BEGIN, (int(timeout_ms),))
     began = time.perf_counter()
     try:
-        db.fetch_all(conn, _TIMEOUT, (f"{timeout_ms}ms",))
-        began = time.perf_counter()
         db.fetch_all(conn, probe.sql)
         ms = round((time.perf_counter() - began) * 1000, 2)
         db.execute(conn, "COMMIT")
