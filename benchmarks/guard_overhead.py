@@ -63,7 +63,9 @@ def settings_for(folder: Path, root: Path) -> Any:
     return settings_from_mapping(data, root=root, env={})
 
 
-def apply_once(server: embedded.EmbeddedStatus, folder: Path, work: Path, *, guarded: bool) -> dict[str, Any]:
+def apply_once(
+    server: embedded.EmbeddedStatus, folder: Path, work: Path, *, guarded: bool
+) -> dict[str, Any]:
     """Apply the migration to a fresh database; with the guard watching when ``guarded``."""
     name = f"guard_{secrets.token_hex(4)}"
     admin(server, sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
@@ -161,7 +163,9 @@ def summarize(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\napply of {report['rows']:,} rows + an index, {len(report['runs']['with'])} repeats each")
+    print(
+        f"\napply of {report['rows']:,} rows + an index, {len(report['runs']['with'])} repeats each"
+    )
     print("| repeat | without s | with s | guard busy s | busy % of apply | samples | probe runs |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     pairs = zip(report["runs"]["without"], report["runs"]["with"], strict=True)
