@@ -50,7 +50,7 @@ from .thresholds import load_thresholds
 log = logging.getLogger("thorbis_runbook")
 BENCHMARK_FILE = "benchmark.json"
 # The most samples (and probe runs, and lock waits) of the monitor kept in summary.json.
-MONITOR_POINTS = 600
+MONITOR_POINTS = 300
 
 
 @dataclass
