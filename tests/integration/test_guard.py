@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import psycopg2
 import pytest
 
-from thorbis_runbook import charts
+from thorbis_runbook import charts, runbook
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import ConfigError
@@ -255,3 +255,31 @@ def test_signals_show_the_database_working_and_the_report_charts_them(
     assert chart is not None and chart.png.startswith(b"\x89PNG")
     group = charts.ChartGroup((chart,), result.alerts_html())
     assert "data:image/png;base64," in group._repr_html_()
+
+
+def test_the_apply_report_charts_the_health_series_and_keeps_them_in_the_summary(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "20250301000001_fill.sql").write_text(
+        "CREATE TABLE public.filled AS SELECT g AS id, md5(g::text) AS memo\n"
+        "  FROM generate_series(1, 300000) AS g;\nSELECT pg_sleep(0.6);\n"
+    )
+    config = tmp_path / "runbook.toml"
+    config.write_text(f'[runbook]\nmigrations_dir = "{folder}"\ndefault_target = "t"\n'
+                      '[targets.t]\ndsn_env = "THORBIS_GUARD_DSN"\nbackup_before_apply = "none"\n')  # fmt: skip
+    monkeypatch.setenv("THORBIS_GUARD_DSN", pg_database)
+    rb = runbook.start("apply", config_path=str(config), report_dir=str(tmp_path / "out"))
+    rb.apply()
+    shown = rb.chart_monitor()
+    assert isinstance(shown, charts.ChartGroup)
+    assert [c.title for c in shown.charts] == [
+        "sessions and lock waits during apply", "the application's health during apply",
+    ]  # fmt: skip
+    assert "No alert was raised" in shown._repr_html_()
+    rb.finish()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    monitored = summary["figures"]["monitor"]
+    assert monitored["samples"] and "wal_bytes_per_s" in monitored["samples"][0]
+    assert monitored["limits"]["error_rate_fail"] == 5.0
