@@ -227,7 +227,9 @@ def _probe_panel(result: MonitorResult, axis: Axes | None) -> bool:
         return bool(result.probes)
     for name in dict.fromkeys(t.name for t in result.probes):
         runs = [t for t in result.probes if t.name == name]
-        axis.plot([t.elapsed_s for t in runs], [t.ms for t in runs], marker=".", label=name[:30])
+        # A "$" in a label would start matplotlib's math text (and fail the whole chart).
+        label = name[:30].replace("$", r"\$")
+        axis.plot([t.elapsed_s for t in runs], [t.ms for t in runs], marker=".", label=label)
         failed = [t for t in runs if not t.ok]
         if failed:
             axis.scatter([t.elapsed_s for t in failed], [t.ms for t in failed], marker="x",
@@ -287,6 +289,7 @@ def _disk_panel(result: MonitorResult, axis: Axes | None) -> bool:
         return bool(used)
     axis.plot(t, used, color=CHART["series"], label="data directory's disk used")
     _limits(axis, result, "disk_used", unit=" %")
+    axis.set_ylim(0, 100)
     axis.set_ylabel("disk used (%)")
     return True
 
