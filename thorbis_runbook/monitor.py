@@ -58,9 +58,11 @@ class MonitorResult:
     alerts: tuple[AlertRecord, ...] = ()  # every alert raised or recovered, and its delivery
     notes: tuple[str, ...] = ()  # what was not measured, and why (said once)
     limits: Thresholds | None = None
-    # Seconds the sampler and the probes spent working (their queries and our bookkeeping):
-    # the guard's own cost, against the run's wall time.
+    # Seconds the sampler and the probes spent working (wall time of their queries and our
+    # bookkeeping, a probe's wait behind a lock included), and the CPU time of their threads
+    # in this process: the guard's own cost, against the run's wall time.
     busy_s: float = 0.0
+    cpu_s: float = 0.0
 
     @property
     def max_blocked_ms(self) -> int:
@@ -114,7 +116,7 @@ class MonitorResult:
             "probes": [asdict(t) for t in _thin(self.probes, max_points)],
             "alerts": [asdict(a) for a in self.alerts], "notes": list(self.notes),
             "limits": self.drawn_limits(), "max_probe_ms": self.max_probe_ms,
-            "busy_s": round(self.busy_s, 3),
+            "busy_s": round(self.busy_s, 3), "cpu_s": round(self.cpu_s, 3),
         }  # fmt: skip
 
     def summary(self) -> str:
@@ -204,6 +206,7 @@ class Monitor:
         self._last_deadlocks: int | None = None
         self._own_commits = 0
         self._busy_s = 0.0
+        self._cpu_s = 0.0
         self._archive_ready: bool | None = None  # whether .ready files can be counted
         self._disk: Path | None = None
         self._baselines: dict[str, float] = {}
@@ -278,6 +281,7 @@ class Monitor:
                 probes=timings, alerts=self._alerter.records(), notes=tuple(self._notes),
                 limits=self.thresholds,
                 busy_s=self._busy_s + (self._probes.busy_s if self._probes is not None else 0.0),
+                cpu_s=self._cpu_s + (self._probes.cpu_s if self._probes is not None else 0.0),
             )  # fmt: skip
 
     def strain(self) -> str | None:
@@ -340,10 +344,11 @@ class Monitor:
     def _run(self) -> None:
         interval = self.interval_ms / 1000
         while True:
-            began = time.monotonic()
+            began, cpu = time.monotonic(), time.thread_time()
             try:
                 self._sample()
                 self._busy_s += time.monotonic() - began
+                self._cpu_s += time.thread_time() - cpu
             except Exception as exc:  # the monitor must never break the apply it watches
                 with self._lock:
                     self._error = f"{type(exc).__name__}: {db.error_message(exc)}"

@@ -260,6 +260,7 @@ class ProbeRunner:
         self._failures = 0
         self._in_flight: float | None = None  # when the probe now running started (monotonic)
         self.busy_s = 0.0  # time spent running probes
+        self.cpu_s = 0.0  # CPU time of this thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -323,9 +324,10 @@ class ProbeRunner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            began = time.monotonic()
+            began, cpu = time.monotonic(), time.thread_time()
             self._round()
             self.busy_s += time.monotonic() - began
+            self.cpu_s += time.thread_time() - cpu
             wait = self.interval_ms / 1000 - (time.monotonic() - began)
             if self._stop.wait(max(0.0, wait)):
                 return
