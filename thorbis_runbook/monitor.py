@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import alerts, db, probes, queries, sessions, signals
+from . import alerts, db, precheck, probes, queries, sessions, signals
 from .alerts import Alerter, AlertRecord
 from .config import Target
 from .display import html_table
@@ -170,8 +170,7 @@ class Monitor:
         thresholds: Thresholds | None = None,
         probes: Sequence[Probe] = (),
         guard: GuardSettings | None = None,
-        notify_target: Target | None = None,
-        data_directory: Path | None = None,
+        target: Target | None = None,
         liveness: dict[str, int] | None = None,
         notes: Sequence[str] = (),
     ) -> None:
@@ -183,10 +182,11 @@ class Monitor:
         self.listeners = tuple(listeners)
         self.guard = guard or GuardSettings()
         self._probe_list = tuple(probes)
-        self._data_directory = data_directory
+        # Where alerts go and where a data_directory may be configured (None: nowhere, found).
+        self._target = target
         self._liveness = liveness
         self._alerter = Alerter(
-            notify_target, every_ms=self.guard.alert_every_ms,
+            target, every_ms=self.guard.alert_every_ms,
             context={"runbook": "apply", "source": "monitor"},
         )  # fmt: skip
         self._probes: ProbeRunner | None = None
@@ -210,7 +210,6 @@ class Monitor:
         self._archive_ready: bool | None = None  # whether .ready files can be counted
         self._disk: Path | None = None
         self._baselines: dict[str, float] = {}
-        self._result: MonitorResult | None = None
 
     @classmethod
     def for_endpoint(cls, endpoint: Endpoint, *, listeners: Sequence[Listener] = ()) -> Monitor:
@@ -227,11 +226,9 @@ class Monitor:
         kept, notes = _try_probes(
             endpoint, chosen, declared=declared, timeout_ms=guard.probe_timeout_ms
         )
-        folder = endpoint.target.options.get("data_directory")
         return cls(
             endpoint.dsn, target_name=endpoint.name, listeners=listeners, thresholds=limits,
-            probes=kept, guard=guard, notify_target=endpoint.target,
-            data_directory=Path(folder) if isinstance(folder, str) else None,
+            probes=kept, guard=guard, target=endpoint.target,
             liveness=endpoint.target.liveness(), notes=notes,
         )  # fmt: skip
 
@@ -316,25 +313,17 @@ class Monitor:
         )  # fmt: skip
 
     def _find_disk(self, conn: db.Connection) -> Path | None:
-        """The data directory whose disk each sample reads, when it is this server's and here."""
-        if self._data_directory is not None:
-            if self._data_directory.is_dir():
-                return self._data_directory
-            self._note(f"free disk not measured: data_directory {self._data_directory} is not "
-                       "a folder on this machine")  # fmt: skip
-            return None
+        """The data directory whose disk each sample reads: the target's data_directory, or
+        the server's own when its files are on this machine (precheck's rule)."""
         try:
             folder, started, port = db.fetch_all(conn, queries.load("monitor_server_home"))[0]
-        except db.DatabaseError:
-            self._note("free disk not measured: this role may not read the server's "
-                       "data_directory (grant pg_read_all_settings, or set the target's "
-                       "data_directory)")  # fmt: skip
-            return None
-        if folder and signals.same_server(Path(folder), int(started), str(port)):
-            return Path(folder)
-        self._note("free disk not measured: the server's data directory is not on this "
-                   "machine (or not readable here)")  # fmt: skip
-        return None
+        except db.DatabaseError:  # this role may not read data_directory
+            folder, started, port = None, 0, 0
+        facts = {"data_directory": folder, "started_epoch": started, "port": port}
+        found, why = precheck.data_directory(facts, self._target or Target(self.target_name))
+        if found is None:
+            self._note(f"free disk not measured: {why}")
+        return found
 
     def _note(self, message: str) -> None:
         log.info("monitor %s: %s", self.target_name, message)

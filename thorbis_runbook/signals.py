@@ -173,19 +173,6 @@ def disk_used_pct(folder: Path | None) -> float | None:
     return round(100 * (usage.total - usage.free) / usage.total, 1) if usage.total else None
 
 
-def same_server(folder: Path, started_epoch: int, port: str) -> bool:
-    """Whether ``folder`` holds the files of the server we are connected to.
-
-    A remote server's data directory path may exist here too (another server, a mount):
-    postmaster.pid names the running server's start time and port.
-    """
-    try:
-        lines = (folder / "postmaster.pid").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return len(lines) > 3 and lines[2].strip() == str(started_epoch) and lines[3].strip() == port
-
-
 def app_waits(waits: Sequence[Session]) -> list[Session]:
     """The waiting sessions that are not the runbook's own (its runner, monitor, probes)."""
     return [w for w in waits if not w.application_name.startswith(OURS)]
