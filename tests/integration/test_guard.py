@@ -13,10 +13,12 @@ from typing import Any, ClassVar
 import psycopg2
 import pytest
 
-from thorbis_runbook import charts, runbook
+from tests.conftest import write_migrations
+from thorbis_runbook import charts, migrate, runbook
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import ConfigError
+from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.monitor import Monitor, MonitorResult
 from thorbis_runbook.sessions import Session
 from thorbis_runbook.signals import Sample
@@ -92,24 +94,36 @@ def _storm(dsn: str, stop: threading.Event) -> None:
         connection.close()
 
 
-def test_an_error_storm_sends_the_error_rate_alert_while_running_and_its_recovery(
-    pg_database: str, guarded: Callable[..., Settings], webhook: str
+def test_an_error_storm_during_apply_sends_the_error_rate_alert_then_its_recovery(
+    tmp_path: Path, conn: Conn, pg_database: str, guarded: Callable[..., Settings], webhook: str
 ) -> None:
+    # The migration waits for an advisory lock this test holds, so the run lasts until the
+    # test lets it finish.
+    write_migrations(tmp_path / "migrations",
+                     {"20250301000001_wait.sql": "SELECT pg_advisory_xact_lock(4242);\n"})  # fmt: skip
     settings = guarded(
-        probes=[{"name": "one", "sql": "SELECT 1"}],
-        notify={"webhook_url_env": "GUARD_HOOK"},
-    )
+        probes=[{"name": "one", "sql": "SELECT 1"}], notify={"webhook_url_env": "GUARD_HOOK"},
+        lock_timeout="60s", backup_before_apply="none",
+    )  # fmt: skip
+    endpoint = resolve(settings)
     stop = threading.Event()
     storm = threading.Thread(target=_storm, args=(pg_database, stop), daemon=True)
-    monitor = Monitor.for_endpoint(resolve(settings)).start()
+    applied: list[migrate.ApplyResult] = []
+    run = threading.Thread(
+        target=lambda: applied.append(migrate.apply(endpoint, ApplyRequest(monitor=False)))
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(4242)")
+    monitor = Monitor.for_endpoint(endpoint).start()
     try:
+        run.start()
         storm.start()
 
         def raised() -> bool:
             return any(m.get("alert") == "error_rate_fail" for m in _Hook.received)
 
         assert _wait_for(raised, 20), _Hook.received
-        running = monitor.result()  # the monitor is still sampling: the alert came during the run
+        assert run.is_alive()  # the alert arrived while the migration was still running
         stop.set()
         storm.join()
 
@@ -120,16 +134,22 @@ def test_an_error_storm_sends_the_error_rate_alert_while_running_and_its_recover
         assert _wait_for(recovered, 20), _Hook.received
     finally:
         stop.set()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(4242)")
+        run.join(timeout=60)
         result = monitor.stop()
+    assert applied and applied[0].ok
     alert = next(m for m in _Hook.received if m.get("alert") == "error_rate_fail")
     assert alert["event"] == "alert" and alert["target"] == "test" and alert["level"] == "fail"
     assert "rolled back" in alert["message"]
     # One alert per crossing: the storm lasted many samples, the webhook heard it once.
     assert sum(m == alert for m in _Hook.received) == 1
-    assert running.samples and max(s.error_rate or 0 for s in running.samples) >= 50
+    assert max(s.error_rate or 0 for s in result.samples) >= 50
     sent = [a for a in result.alerts if a.name == "error_rate_fail"]
     assert [a.event for a in sent] == ["alert", "recovered"]
     assert all(a.sent.startswith("delivered") for a in sent), sent
+    # Our runner waited on a lock all along, but it is not the application: no blocked alert.
+    assert not [a for a in result.alerts if a.name in ("blocked_warn", "max_app_wait")]
     assert "alerts during the run" in result._repr_html_()
 
 
