@@ -235,3 +235,11 @@ def test_guard_thresholds_of_the_wrong_unit_are_refused(
     with pytest.raises(ConfigError) as caught:
         _limits(tmp_path, values)
     assert what in caught.value.message and caught.value.hint
+
+
+def test_a_probe_that_errors_fast_alerts_but_does_not_throttle() -> None:
+    latest = [ProbeTiming(datetime.now(UTC), 1.0, "renamed", 0.4, False, "relation does not exist")]
+    found = signals.crossings(_sample(probe_ms=0.4), [], Thresholds(), latest_round=latest)
+    (failed,) = [c for c in found if c.name == "probe_failed"]
+    assert failed.crossed and "relation does not exist" in failed.message
+    assert signals.strain_reasons(found) == []
