@@ -473,6 +473,8 @@ def _try_probes(
     endpoint: Endpoint, chosen: Sequence[Probe], *, declared: bool, timeout_ms: int
 ) -> tuple[tuple[Probe, ...], list[str]]:
     """Run each probe once read-only: a declared one that fails is refused, a default one left out."""
+    if declared and not chosen:
+        return (), [f"no probes: [targets.{endpoint.name}.probes] is empty"]
     notes: list[str] = []
     usable = []
     for probe in chosen:
