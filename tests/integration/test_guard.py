@@ -303,3 +303,20 @@ def test_the_apply_report_charts_the_health_series_and_keeps_them_in_the_summary
     monitored = summary["figures"]["monitor"]
     assert monitored["samples"] and "wal_bytes_per_s" in monitored["samples"][0]
     assert monitored["limits"]["error_rate_fail"] == 5.0
+
+
+def test_the_disk_is_read_where_the_target_says_and_not_measured_is_said_once(
+    tmp_path: Path, guarded: Callable[..., Settings]
+) -> None:
+    here = tmp_path / "pgdata"
+    here.mkdir()
+    with Monitor.for_endpoint(resolve(guarded(data_directory=str(here)))) as monitor:
+        time.sleep(0.6)
+    assert all(s.disk_used_pct is not None for s in monitor.result().samples)
+    gone = tmp_path / "elsewhere"
+    with Monitor.for_endpoint(resolve(guarded(data_directory=str(gone)))) as monitor:
+        time.sleep(0.6)
+    result = monitor.result()
+    assert len(result.samples) >= 2 and all(s.disk_used_pct is None for s in result.samples)
+    said = [n for n in result.notes if n.startswith("free disk not measured")]
+    assert said == [f"free disk not measured: data_directory {gone} is not a folder here"]
