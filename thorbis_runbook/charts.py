@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING
 from .display import CHART
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from .apply import StepResult
@@ -31,6 +34,22 @@ class Chart:
     def save(self, path: str) -> None:
         with open(path, "wb") as out:
             out.write(self.png)
+
+
+@dataclass(frozen=True)
+class ChartGroup:
+    """Charts and an HTML table shown by one cell (images embedded, so a report stays whole)."""
+
+    charts: tuple[Chart, ...]
+    table_html: str = ""
+
+    def _repr_html_(self) -> str:
+        images = "".join(
+            f"<img alt='{html.escape(c.title)}' style='max-width:100%' "
+            f"src='data:image/png;base64,{base64.b64encode(c.png).decode()}'/>"
+            for c in self.charts
+        )
+        return f"<div class='runbook-charts'>{images}{self.table_html}</div>"
 
 
 def render(figure: Figure, title: str) -> Chart:
@@ -158,6 +177,121 @@ def monitor_timeline(result: MonitorResult) -> Chart | None:
     bottom.set_xlabel("seconds since apply started")
     bottom.legend(fontsize=8, loc="upper right")
     return render(figure, "sessions and lock waits during apply")
+
+
+def monitor_signals(result: MonitorResult) -> Chart | None:
+    """The application's health while apply ran: probe latency, transactions and error rate,
+    WAL, replication lag, the archiver's backlog and disk, each only when it has data."""
+    panels = [
+        panel for panel in (_probe_panel, _transactions_panel, _wal_panel, _lag_panel,
+                            _archive_panel, _disk_panel)
+        if panel(result, None)
+    ]  # fmt: skip
+    if not panels:
+        return None
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 1.2 + 2.1 * len(panels)))
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for panel, axis in zip(panels, axes, strict=True):
+        panel(result, axis)
+        axis.legend(fontsize=7, loc="upper right")
+    axes[0].set_title(f"While apply ran on {result.target}: the application's health")
+    axes[-1].set_xlabel("seconds since apply started")
+    figure.tight_layout()
+    return render(figure, "the application's health during apply")
+
+
+def _series(
+    result: MonitorResult, field: str, scale: float = 1.0
+) -> tuple[list[float], list[float]]:
+    """The samples that have ``field``, as (seconds, value / scale)."""
+    found = [(s.elapsed_s, getattr(s, field)) for s in result.samples]
+    kept = [(t, v / scale) for t, v in found if v is not None]
+    return [t for t, _ in kept], [v for _, v in kept]
+
+
+def _limits(
+    axis: Axes, result: MonitorResult, stem: str, scale: float = 1.0, unit: str = ""
+) -> None:
+    limits = result.drawn_limits()
+    for level, colour in (("warn", CHART["warn"]), ("fail", CHART["failed"])):
+        value = limits.get(f"{stem}_{level}", limits.get(f"{stem}_{level}_pct"))
+        if value:
+            axis.axhline(value / scale, color=colour, linestyle="--", linewidth=1,
+                         label=f"{level} at {value / scale:g}{unit}")  # fmt: skip
+
+
+def _probe_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    if axis is None:
+        return bool(result.probes)
+    for name in dict.fromkeys(t.name for t in result.probes):
+        runs = [t for t in result.probes if t.name == name]
+        # A "$" in a label would start matplotlib's math text (and fail the whole chart).
+        label = name[:30].replace("$", r"\$")
+        axis.plot([t.elapsed_s for t in runs], [t.ms for t in runs], marker=".", label=label)
+        failed = [t for t in runs if not t.ok]
+        if failed:
+            axis.scatter([t.elapsed_s for t in failed], [t.ms for t in failed], marker="x",
+                         color=CHART["failed"], zorder=3)  # fmt: skip
+    _limits(axis, result, "probe_latency", unit=" ms")
+    axis.set_ylabel("probe (ms)\nx = failed")
+    return True
+
+
+def _transactions_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    t, commits = _series(result, "commits_per_s")
+    if axis is None:
+        return bool(commits)
+    axis.plot(t, commits, color=CHART["series"], label="commits/s")
+    axis.plot(*_series(result, "rollbacks_per_s"), color=CHART["failed"], label="rollbacks/s")
+    axis.set_ylabel("transactions/s")
+    rate = _series(result, "error_rate")
+    if rate[1]:
+        twin = axis.twinx()
+        twin.plot(*rate, color=CHART["warn"], linestyle=":", label="error rate %")
+        twin.set_ylabel("error rate (%)")
+        twin.legend(fontsize=7, loc="upper left")
+    return True
+
+
+def _wal_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    t, wal = _series(result, "wal_bytes_per_s", 1024**2)
+    if axis is None:
+        return bool(wal)
+    axis.plot(t, wal, color=CHART["series"], label="WAL written")
+    axis.set_ylabel("WAL (MB/s)")
+    return True
+
+
+def _lag_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    t, lag = _series(result, "replication_lag_bytes", 1024**2)
+    if axis is None:
+        return bool(lag)
+    axis.plot(t, lag, color=CHART["series"], label="largest standby lag")
+    _limits(axis, result, "replication_lag", 1024**2, " MB")
+    axis.set_ylabel("replication lag (MB)")
+    return True
+
+
+def _archive_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    t, backlog = _series(result, "archive_backlog")
+    if axis is None:
+        return any(backlog)
+    axis.plot(t, backlog, color=CHART["warn"], label="WAL files waiting for the archiver")
+    axis.set_ylabel("archive backlog")
+    return True
+
+
+def _disk_panel(result: MonitorResult, axis: Axes | None) -> bool:
+    t, used = _series(result, "disk_used_pct")
+    if axis is None:
+        return bool(used)
+    axis.plot(t, used, color=CHART["series"], label="data directory's disk used")
+    _limits(axis, result, "disk_used", unit=" %")
+    axis.set_ylim(0, 100)
+    axis.set_ylabel("disk used (%)")
+    return True
 
 
 def capacity(

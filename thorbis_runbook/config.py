@@ -29,7 +29,9 @@ COMMIT_FLUSHES = ("run", "migration")
 # Per-target settings owned by other modules (checks, backups); kept raw in Target.options and
 # read by the module that owns them, which reports its own errors. The paths among them are
 # checked here to be strings: a number would otherwise become a folder named "7".
-_TARGET_OPTION_KEYS = {"thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir"}
+_TARGET_OPTION_KEYS = {
+    "thresholds", "backup_dir", "data_directory", "notify", "pg_bin_dir", "probes",
+}  # fmt: skip
 _TARGET_PATH_KEYS = ("backup_dir", "data_directory", "pg_bin_dir")
 _RUNBOOK_KEYS = {"migrations_dir": "migrations", "state_dir": ".runbook", "default_target": "local"}
 # [runbook] keys without a default: the local server's binaries folder (one server per state
@@ -39,6 +41,7 @@ _RUNBOOK_OPTIONAL_KEYS = ("server_bin_dir",)
 # ignored silently and the settings the user wrote would not apply.
 KNOWN_SECTIONS = (
     "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports", "fleets",
+    "guard",
 )  # fmt: skip
 # [notebooks] and [reports] hold one folder each, read by pipeline and ledger; [reports] also
 # the archive's pinned public key and the signing key's file, read (and checked) by signing.

@@ -3,7 +3,7 @@
 Per target in runbook.toml (credentials only ever through environment variables):
 
     [targets.production.notify]
-    events = ["started", "failed", "rolled_back", "finished"]
+    events = ["started", "failed", "rolled_back", "finished", "alert", "recovered"]
     webhook_url_env = "THORBIS_WEBHOOK_URL"      # JSON POST
     smtp_host = "smtp.internal"                  # email
     smtp_port = 587
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 # The transports (urllib, smtplib with ssl and email) load when a notification is sent: every
 # CLI verb imports this module, most never notify.
 
-EVENTS = ("started", "failed", "rolled_back", "finished")
+# "alert" and "recovered" go out while a run is still going (alerts.py): a limit crossed, and
+# cleared again.
+EVENTS = ("started", "failed", "rolled_back", "finished", "alert", "recovered")
 _KEYS = {
     "events", "webhook_url_env", "smtp_host", "smtp_port", "smtp_starttls", "smtp_user_env",
     "smtp_password_env", "mail_from", "mail_to", "timeout",

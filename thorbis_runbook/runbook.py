@@ -8,6 +8,7 @@ that is not a RunbookError (a bug) propagates at once: papermill must see it.
 
 from __future__ import annotations
 
+import html
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -49,6 +50,8 @@ from .thresholds import load_thresholds
 
 log = logging.getLogger("thorbis_runbook")
 BENCHMARK_FILE = "benchmark.json"
+# The most samples (and probe runs, and lock waits) of the monitor kept in summary.json.
+MONITOR_POINTS = 300
 
 
 @dataclass
@@ -247,12 +250,20 @@ class Run:
         )
 
     def chart_monitor(self) -> Any:
-        """Sessions, connections and lock waits sampled while apply ran."""
+        """Sessions and lock waits, then the application's health (probes, transactions and
+        error rate, WAL, replication lag, disk) sampled while apply ran, and the alerts raised."""
         step = next((s for s in self.steps if s.name == "apply"), None)
         result = step.result if step else None
         monitored = getattr(result, "monitor", None)
-        chart = charts.monitor_timeline(monitored) if monitored is not None else None
-        return chart or Notice("skipped", "apply ran no migration, so there was nothing to watch")
+        if monitored is None or not monitored.samples:
+            return Notice("skipped", "apply ran no migration, so there was nothing to watch")
+        found = (charts.monitor_timeline(monitored), charts.monitor_signals(monitored))
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in monitored.notes)
+        alerts = monitored.alerts_html() or "<p>No alert was raised while apply ran.</p>"
+        return charts.ChartGroup(
+            tuple(c for c in found if c is not None),
+            alerts + (f"<ul>{notes}</ul>" if notes else ""),
+        )
 
     def chart_batches(self) -> Any:
         """Each batch of this run's batched migrations: size, rows, time, throttle sleeps.
@@ -596,6 +607,8 @@ class Run:
         if result.monitor is not None:
             self.figures["max_lock_wait_ms"] = result.monitor.max_blocked_ms
             self.figures["deadlocks"] = result.monitor.deadlocks
+            # The series the apply report charts, thinned so a long run's summary stays small.
+            self.figures["monitor"] = result.monitor.to_dict(max_points=MONITOR_POINTS)
         self._attach_checksums(result)
         self._record_way_back(result)
         self._record_sql(step, result)

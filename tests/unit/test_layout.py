@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "thorbis_runbook"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: configuration, connections, the embedded server, the shared models
     ("errors", "config", "dsn", "display", "queries", "embedded", "db", "redaction", "pgtools",
-     "endpoint", "pooler", "checks", "thresholds", "sessions", "summary", "notify", "ledger",
+     "endpoint", "pooler", "checks", "thresholds", "probes", "sessions", "summary", "notify",
+     "alerts", "ledger",
      "ledger_verify", "signing", "parameters", "kernels"),
     # migration files and what the database says about them
     ("statements", "sql_text", "migrations", "pins", "plan", "history", "resume"),
@@ -26,8 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
-     "recovery.rollback", "monitor", "lint_context", "lint_plpgsql", "lint_maintenance",
-     "lint_rules", "lint", "precheck", "troubleshoot",
+     "recovery.rollback", "signals", "monitor", "lint_context", "lint_plpgsql",
+     "lint_maintenance", "lint_rules", "lint", "precheck", "troubleshoot",
      "expectations", "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate",
      "charts", "traced_locks"),
     # verbs that compose the layers below
