@@ -171,7 +171,7 @@ def sample_cost_ms(uri: str, samples: int = 200) -> float:
         with conn.cursor() as cur:
             for _ in range(samples):
                 started = time.perf_counter()
-                cur.execute(queries.load("monitor_sample"))
+                cur.execute(queries.load("sessions"), {"database": None})
                 cur.fetchall()
                 times.append((time.perf_counter() - started) * 1000)
     finally:
