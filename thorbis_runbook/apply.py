@@ -9,15 +9,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from . import db, failures, queries, resume
 from .batch import Batch
 from .config import Target
 from .display import message_box
-from .errors import MigrationFailed, RunbookError
-from .executor import Autocommit, Executor, reset_session_sql, timeouts_sql, wait_to_retry
+from .errors import CircuitOpen, MigrationFailed, RunbookError
+from .executor import (
+    Autocommit,
+    Breaker,
+    Executor,
+    long_lock_allowance,
+    reset_session_sql,
+    timeouts_sql,
+    wait_to_retry,
+)
 from .migrations import Migration
 from .plan import Plan
 from .statements import NO_TRANSACTION_HEADER, Statement
@@ -39,6 +48,19 @@ PROGRESS_ROWS_SQL = (
 )
 CLEAR_PROGRESS_SQL = "DELETE FROM runbook.statement_progress WHERE version = %(version)s"
 CURRENT_ROLE_SQL = "SELECT current_user"
+# A breaker's cancel can land after COMMIT, on the session reset in the same round trip: the
+# migration is then applied (its history row, written inside, says so) and must not run again.
+APPLIED_BY_RUN_SQL = (
+    "SELECT count(*) FROM runbook.migration_history "
+    "WHERE version = %(version)s AND run_id = %(run_id)s AND status = 'applied'"
+)
+# The same question for one statement of a non-transactional file: its progress row commits
+# with it (recent enough to be this attempt's, not an earlier run's).
+STATEMENT_DONE_SQL = (
+    "SELECT count(*) FROM runbook.statement_progress WHERE version = %(version)s "
+    "AND statement_index = %(index)s AND statement_sha256 = %(sha)s "
+    "AND completed_at >= clock_timestamp() - make_interval(secs => %(seconds)s)"
+)
 # commit_flush = "run": a migration's commit does not wait for its WAL to reach disk. The run's
 # last commit (its runs row, in the session's own synchronous_commit) flushes all WAL before it,
 # so every migration is as durable when apply returns as if each commit had waited; a crash in
@@ -60,6 +82,8 @@ class StepResult:
     error: str | None = None
     cleaned_up: tuple[str, ...] = ()  # INVALID indexes dropped after a failed concurrent build
     checksum: str = ""  # SHA-256 of the file as this run read it (the summary's evidence)
+    breaker_trips: tuple[str, ...] = ()  # why the circuit breaker cancelled each attempt it did
+    long_lock_allowed: str = ""  # the reason of '-- runbook:allow long-lock': breaker off
 
     def as_tuple(self) -> tuple[object, ...]:
         mode = "transaction" if self.transactional else "no transaction"
@@ -88,25 +112,30 @@ def apply_plan(
     progress: ProgressCallback | None = None,
     reconnect: Callable[[], db.Connection] | None = None,
     explain_lock_wait: LockWaitExplainer | None = None,
+    breaker: Breaker | None = None,
 ) -> tuple[tuple[StepResult, ...], MigrationFailed | None]:
     """Apply each pending migration in order; stop at the first failure.
 
-    Returns the step results and the MigrationFailed of the step that failed, if one did. The
-    caller holds the migration lock and has brought the runbook schema up to date.
-    ``reconnect`` opens a new connection to ask the server what became of a migration whose
-    connection was lost; ``explain_lock_wait`` names who held the lock after a lock timeout.
+    Returns the step results and the MigrationFailed of the step that failed, if one did (a
+    CircuitOpen when the breaker cancelled every attempt). The caller holds the migration lock
+    and has brought the runbook schema up to date. ``reconnect`` opens a new connection to ask
+    the server what became of a migration whose connection was lost; ``explain_lock_wait``
+    names who held the lock after a lock timeout; ``breaker`` (a monitor listener, running) is
+    armed around each statement sent.
     """
     runner = _Runner(conn, target=target, executor=executor, run_id=run_id, operator=operator)
     runner.reconnect = reconnect
     runner.explain_lock_wait = explain_lock_wait
+    runner.breaker = None if executor.dry_run else breaker
     steps: list[StepResult] = []
     for position, migration in enumerate(plan.pending):
         if progress:
             progress("start", migration, "")
         step, failure = runner.apply(migration, plan)
         step = replace(
-            step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned)
-        )
+            step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned),
+            breaker_trips=tuple(runner.trips), long_lock_allowed=runner.allowed or "",
+        )  # fmt: skip
         runner.autocommit.cleaned.clear()
         steps.append(step)
         if progress:
@@ -133,9 +162,14 @@ class _Runner:
         self.operator = operator
         self.reconnect: Callable[[], db.Connection] | None = None
         self.explain_lock_wait: LockWaitExplainer | None = None
-        self.autocommit = Autocommit(conn, executor, target, on_retry=self._attempt_failed)
+        self.autocommit = Autocommit(
+            conn, executor, target, on_retry=self._attempt_failed, armed=self._armed
+        )
         self.reset_session_sql = reset_session_sql(conn)
         self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
+        self.breaker: Breaker | None = None
+        self.trips: list[str] = []  # the current migration's breaker trips
+        self.allowed: str | None = None  # its '-- runbook:allow long-lock' reason
         self._current: Migration | None = None
         self._attempt_clock = 0.0
 
@@ -143,6 +177,16 @@ class _Runner:
         """Apply one migration; a driver error outside its guarded batches fails it cleanly."""
         self._current = migration
         self._attempt_clock = time.monotonic()
+        self.trips = []
+        self.allowed = None
+        if self.breaker is not None:
+            self.allowed = long_lock_allowance(migration.sql, label=migration.filename)
+            if self.allowed:
+                log.warning(
+                    "%s: the circuit breaker is off for this migration (runbook:allow long-lock "
+                    "%s): the application may wait on its locks as long as it runs",
+                    migration.filename, self.allowed,
+                )  # fmt: skip
         previous = plan.history.get(migration.version)
         try:
             if migration.transactional:
@@ -168,12 +212,27 @@ class _Runner:
             self._attempt_clock = time.monotonic()
             batch = self._transaction_batch(migration, attempts=attempt)
             try:
-                self.executor.run(batch.text(), label=migration.filename, transactional=True)
+                with self._armed(migration.filename):
+                    self.executor.run(batch.text(), label=migration.filename, transactional=True)
             except db.DatabaseError as exc:
                 self._rollback()
                 where = batch.locate(db.error_position(exc), self.executor.reached)
                 if self._lost(exc):
                     return self._lost_during(migration, exc, attempts=attempt, started=started)
+                tripped = self._tripped(exc)
+                if tripped is not None and self._applied_by_this_run(migration):
+                    self._reset_session()  # the cancel hit the session reset after COMMIT
+                    return StepResult(
+                        migration.version, migration.name, "applied", True, attempt,
+                        _ms_since(started),
+                    ), None  # fmt: skip
+                if tripped is not None:
+                    if self._retry_after_trip(migration, tripped, attempt):
+                        continue
+                    return self._give_up(
+                        migration, self._circuit_open(migration, attempt), attempts=attempt,
+                        elapsed=_ms_since(started), counted=attempt,
+                    )  # fmt: skip
                 if self._should_retry(exc, attempt, migration):
                     continue
                 elapsed = _ms_since(started)
@@ -330,18 +389,29 @@ class _Runner:
         self._attempt_clock = time.monotonic()
         if decision is not None and decision.action == resume.FINALIZE:
             statement = replace(statement, text=decision.sql, resumable=None, index_name=None)
-        try:
-            attempts = self.autocommit.run(
-                statement,
-                label=f"{migration.filename} statement {statement.index + 1}",
-                drop=decision.drop if decision else (),
-            )
-        except db.DatabaseError as exc:
-            if self._lost(exc):
-                raise
-            failure = self._failure(migration, exc, (migration.filename, statement.line))
-            return failure, self.autocommit.attempts
-        return None, attempts
+        drop = decision.drop if decision else ()
+        tries = 0
+        while True:
+            try:
+                attempts = self.autocommit.run(
+                    statement,
+                    label=f"{migration.filename} statement {statement.index + 1}",
+                    drop=drop,
+                )
+            except db.DatabaseError as exc:
+                if self._lost(exc):
+                    raise
+                tries += self.autocommit.attempts
+                tripped = self._tripped(exc)
+                if tripped is None:
+                    failure = self._failure(migration, exc, (migration.filename, statement.line))
+                    return failure, tries
+                # Autocommit has dropped the INVALID index a cancelled concurrent build left.
+                if self._retry_after_trip(migration, tripped, tries):
+                    drop = ()
+                    continue
+                return self._circuit_open(migration, tries), tries
+            return None, tries + attempts
 
     def _run_in_transaction(
         self, migration: Migration, statement: Statement, digest: str
@@ -357,12 +427,20 @@ class _Runner:
             attempt += 1
             self._attempt_clock = time.monotonic()
             try:
-                self.executor.run(text, label=label, transactional=True)
+                with self._armed(label):
+                    self.executor.run(text, label=label, transactional=True)
                 return None, attempt
             except db.DatabaseError as exc:
                 self._rollback()
                 if self._lost(exc):
                     raise
+                tripped = self._tripped(exc)
+                if tripped is not None and self._statement_done(migration, statement, digest):
+                    return None, attempt  # the cancel came after its COMMIT
+                if tripped is not None:
+                    if self._retry_after_trip(migration, tripped, attempt):
+                        continue
+                    return self._circuit_open(migration, attempt), attempt
                 if wait_to_retry(
                     self.target, exc, attempt, what=label, before_wait=self._attempt_failed
                 ):
@@ -433,13 +511,17 @@ class _Runner:
 
     def _attempt_failed(self, exc: db.DatabaseError, attempt: int, delay_ms: int) -> None:
         """Log an attempt that will be retried: the history row is written by the last one only."""
-        migration = self._current
-        if migration is None or self.executor.dry_run:
-            return
         detail = (
             f"attempt {attempt} of {self.target.lock_retries + 1}: {db.error_message(exc)} "
             f"[SQLSTATE {db.sqlstate(exc)}]; retried after {delay_ms} ms"
         )
+        self._log_attempt(attempt, detail, delay_ms)
+
+    def _log_attempt(self, attempt: int, detail: str, delay_ms: int) -> None:
+        """Write a migration_log row for an attempt that failed and will be retried."""
+        migration = self._current
+        if migration is None or self.executor.dry_run:
+            return
         params = {
             "version": migration.version, "run_id": self.run_id, "checksum": migration.checksum,
             "operator": self.operator, "duration_ms": _ms_since(self._attempt_clock), "detail": detail,
@@ -450,6 +532,72 @@ class _Runner:
             label=f"{migration.filename} attempt {attempt} log",
             transactional=False,
         )
+
+    # -- the circuit breaker ---------------------------------------------------------------
+    @contextmanager
+    def _armed(self, label: str) -> Iterator[None]:
+        """Arm the breaker with our pid while ``label`` runs; disarmed once it has ended."""
+        if self.breaker is None or self.backend_pid is None:
+            yield
+            return
+        self.breaker.arm(self.backend_pid, label, self.allowed)
+        try:
+            yield
+        finally:
+            self.breaker.disarm()
+
+    def _tripped(self, exc: db.DatabaseError) -> str | None:
+        """Why the breaker cancelled us, when it did (a statement_timeout is also 57014)."""
+        if self.breaker is None or db.sqlstate(exc) != db.QUERY_CANCELED:
+            return None
+        return self.breaker.tripped()
+
+    def _retry_after_trip(self, migration: Migration, reason: str, attempt: int) -> bool:
+        """Log the cancelled attempt and wait the backoff while retries remain; else say stop."""
+        assert self.breaker is not None
+        self.trips.append(reason)
+        if len(self.trips) > self.breaker.retries:
+            return False
+        delay_ms = self.breaker.backoff_ms * 2 ** (len(self.trips) - 1)
+        log.warning(
+            "%s: the circuit breaker cancelled attempt %d (%s); rolled back, retrying in %d ms",
+            migration.filename, attempt, reason, delay_ms,
+        )  # fmt: skip
+        detail = (
+            f"attempt {attempt}: cancelled by the circuit breaker ({reason}); rolled back, "
+            f"retried after {delay_ms} ms"
+        )
+        self._log_attempt(attempt, detail, delay_ms)
+        time.sleep(delay_ms / 1000)
+        return True
+
+    def _circuit_open(self, migration: Migration, attempts: int) -> CircuitOpen:
+        undone = (
+            "it was rolled back each time and nothing of it is applied"
+            if migration.transactional
+            else "the cancelled statement was undone (an INVALID index it left is dropped); the "
+            "statements before it stay done and the next apply resumes after them"
+        )
+        return CircuitOpen(
+            f"the circuit breaker stopped {migration.filename} after {attempts} attempt(s): "
+            f"{self.trips[-1]}",
+            f"{undone}; run it when the application is quieter, or in a maintenance window "
+            "with '-- runbook:allow long-lock <reason>' in the file (or raise max_app_wait in "
+            "[thresholds])",
+            version=migration.version,
+            trips=tuple(self.trips),
+        )
+
+    def _applied_by_this_run(self, migration: Migration) -> bool:
+        params = {"version": migration.version, "run_id": self.run_id}
+        return bool(db.fetch_all(self.conn, APPLIED_BY_RUN_SQL, params)[0][0])
+
+    def _statement_done(self, migration: Migration, statement: Statement, digest: str) -> bool:
+        params = {
+            "version": migration.version, "index": statement.index, "sha": digest,
+            "seconds": _ms_since(self._attempt_clock) / 1000 + 1,
+        }  # fmt: skip
+        return bool(db.fetch_all(self.conn, STATEMENT_DONE_SQL, params)[0][0])
 
     def _failure(
         self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None

@@ -39,6 +39,7 @@ _RUNBOOK_OPTIONAL_KEYS = ("server_bin_dir",)
 # ignored silently and the settings the user wrote would not apply.
 KNOWN_SECTIONS = (
     "runbook", "targets", "thresholds", "validate", "benchmark", "notebooks", "reports", "fleets",
+    "guard",
 )  # fmt: skip
 # [notebooks] and [reports] hold one folder each, read by pipeline and ledger; [reports] also
 # the archive's pinned public key and the signing key's file, read (and checked) by signing.

@@ -6,6 +6,7 @@ import html
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -54,6 +55,10 @@ class Sample:
 
     def as_tuple(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in SAMPLE_COLUMNS)
+
+
+# Called after every sample with the sample and the sessions it saw waiting (the breaker is one).
+Listener = Callable[[Sample, tuple[Session, ...]], None]
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,16 @@ class Monitor:
     A session blocked longer than ``blocked_warn_ms`` is logged as a WARNING as soon as a
     sample sees it, once per waiting session and blocker set. A failing sample stops the
     sampler and is kept in the result's ``error``; it never interrupts the work watched.
+    ``listeners`` hear every sample on the sampling thread; one that raises is logged and
+    sampling goes on.
     """
 
     def __init__(
-        self, dsn: str, *, target_name: str, interval_ms: int = 250, blocked_warn_ms: int = 1_000
-    ) -> None:
+        self, dsn: str, *, target_name: str, interval_ms: int = 250, blocked_warn_ms: int = 1_000,
+        listeners: Sequence[Listener] = (),
+    ) -> None:  # fmt: skip
         self.dsn = dsn
+        self.listeners = tuple(listeners)
         self.target_name = target_name
         self.interval_ms = interval_ms
         self.blocked_warn_ms = blocked_warn_ms
@@ -231,6 +240,7 @@ class Monitor:
         with self._lock:
             self._samples.append(sample)
             self._waits.extend(waits)
+        self._tell_listeners(sample, tuple(waits))
         if delta:
             self._warn(f"{delta} deadlock(s) detected in database of target {self.target_name}")
         for wait in waits:
@@ -243,6 +253,13 @@ class Monitor:
                     f"{wait.relation or 'a non-relation lock'}, blocked by pid "
                     f"{', '.join(map(str, wait.blockers))}: {wait.query[:120]}"
                 )
+
+    def _tell_listeners(self, sample: Sample, waits: tuple[Session, ...]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(sample, waits)
+            except Exception:  # a listener must not stop the sampling others rely on
+                log.warning("monitor %s: a listener failed", self.target_name, exc_info=True)
 
     def _warn(self, message: str) -> None:
         log.warning("monitor %s: %s", self.target_name, message)

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
-     "recovery.rollback", "monitor", "lint_rules", "lint", "precheck", "troubleshoot",
+     "recovery.rollback", "monitor", "breaker", "lint_rules", "lint", "precheck", "troubleshoot",
      "expectations", "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate",
      "charts"),
     # verbs that compose the layers below

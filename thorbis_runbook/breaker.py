@@ -1,0 +1,348 @@
+"""The circuit breaker: cancel our own migration statement when the application suffers behind it.
+
+lock_timeout bounds how long we wait for a lock, not how long the application waits for one we
+hold: an ALTER that holds ACCESS EXCLUSIVE through a rewrite, or a lock taken earlier in the
+same file, queues every reader of the table until statement_timeout. The breaker is a monitor
+listener (it reads each 250 ms sample); apply arms it around each statement it sends with our
+backend's pid. While armed it trips when a session that is not ours has waited longer than
+``max_app_wait`` on a lock we hold or ask for (directly, or behind a session that waits on us),
+or when the sample's probe latency or error rate passes its fail limit. Tripping records a
+``Trip`` and cancels our statement on the breaker's own connection; apply rolls back, logs the
+attempt and retries after a backoff, or stops with one sentence (errors.CircuitOpen).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from . import db, queries
+from .config import Settings, parse_duration_ms
+from .errors import ConfigError
+from .monitor import Sample
+from .sessions import Session
+from .thresholds import Thresholds
+
+log = logging.getLogger(__name__)
+APPLICATION_NAME = "thorbis-runbook breaker"
+# Sessions of the runbook itself (other runners waiting for the migration lock, the monitor,
+# probes) never trip the breaker: they are not the application.
+OWN_APPLICATION_PREFIX = db.APPLICATION_NAME
+# The breaker's reads must never wait themselves, and a struggling server must not hang it.
+_SESSION_SQL = "SET statement_timeout = '2s'; SET lock_timeout = '100ms'"
+# An error rate is only read from samples with at least this many transactions per second, and
+# must pass its limit in this many samples in a row: on a quiet database one rollback in a
+# 250 ms sample is 50 %, which says nothing about the application.
+ERROR_RATE_MIN_TPS = 20.0
+ERROR_RATE_SAMPLES = 2
+DEFAULTS = {"max_app_wait": 2_000, "probe_latency_fail": 2_000, "error_rate_fail": 5.0}
+_GUARD_DEFAULTS = {"breaker_retries": 3, "breaker_backoff": "5s"}
+
+
+@dataclass(frozen=True)
+class Trip:
+    """Why the breaker cancelled our statement once (waiter fields None for a probe or error trip)."""
+
+    reason: str
+    at: datetime
+    waiter_pid: int | None = None
+    relation: str | None = None
+    mode: str | None = None
+    waited_ms: int = 0
+    label: str = ""  # what apply was running (the migration file, the statement)
+    cancelled: bool = False  # False: our statement had already ended, nothing was cancelled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason, "at": self.at.isoformat(), "waiter_pid": self.waiter_pid,
+            "relation": self.relation, "mode": self.mode, "waited_ms": self.waited_ms,
+            "label": self.label, "cancelled": self.cancelled,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """The limits that trip the breaker (0 turns one off) and how apply retries after a trip."""
+
+    max_app_wait_ms: int = 2_000
+    probe_latency_fail_ms: int = 2_000
+    error_rate_fail_pct: float = 5.0
+    retries: int = 3
+    backoff_ms: int = 5_000
+
+
+def breaker_settings(settings: Settings, thresholds: Thresholds) -> BreakerSettings:
+    """The breaker's limits from the target's thresholds and its retries from [guard].
+
+    Raises ConfigError for a [guard] breaker_retries or breaker_backoff of the wrong kind.
+    """
+    guard = settings.sections.get("guard", {})
+    if not isinstance(guard, Mapping):
+        raise ConfigError("[guard] must be a table", "see the [guard] section of runbook.toml")
+    retries = guard.get("breaker_retries", _GUARD_DEFAULTS["breaker_retries"])
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(
+            f"[guard] breaker_retries = {retries!r} is not a count",
+            "write a whole number, 0 or more (0: stop at the first trip)",
+        )
+    backoff = guard.get("breaker_backoff", _GUARD_DEFAULTS["breaker_backoff"])
+    return BreakerSettings(
+        max_app_wait_ms=int(_limit(thresholds, "max_app_wait")),
+        probe_latency_fail_ms=int(_limit(thresholds, "probe_latency_fail")),
+        error_rate_fail_pct=float(_limit(thresholds, "error_rate_fail")),
+        retries=retries,
+        backoff_ms=parse_duration_ms(backoff, what="[guard] breaker_backoff"),
+    )
+
+
+def _limit(thresholds: Thresholds, name: str) -> float:
+    """A threshold of the guard's, or its default where thresholds.py does not define it."""
+    return float(getattr(thresholds, name, DEFAULTS[name]))
+
+
+@dataclass
+class _Arming:
+    """One arming: our pid and what it runs; the trip, once decided (set before the cancel)."""
+
+    pid: int
+    label: str
+    allowed: str | None
+    stale_probe_ms: float | None
+    trip: Trip | None = None
+
+
+class CircuitBreaker:
+    """A monitor listener that cancels our statement when the application waits on it too long.
+
+    Give it a DSN (it opens and closes a connection of its own: ``with CircuitBreaker(...)``)
+    or an open connection it does not own. ``retries`` and ``backoff_ms`` are read by apply.
+    """
+
+    def __init__(
+        self,
+        dsn_or_connection: str | db.Connection,
+        *,
+        max_app_wait_ms: int,
+        probe_latency_fail_ms: int,
+        error_rate_fail_pct: float,
+        retries: int = 3,
+        backoff_ms: int = 5_000,
+        target_name: str = "",
+    ) -> None:
+        self.max_app_wait_ms = max_app_wait_ms
+        self.probe_latency_fail_ms = probe_latency_fail_ms
+        self.error_rate_fail_pct = error_rate_fail_pct
+        self.retries = retries
+        self.backoff_ms = backoff_ms
+        self.target_name = target_name
+        self._dsn = dsn_or_connection if isinstance(dsn_or_connection, str) else None
+        self._conn: db.Connection | None = (
+            None if isinstance(dsn_or_connection, str) else dsn_or_connection
+        )
+        self._owns_connection = isinstance(dsn_or_connection, str)
+        # Held through a decision and its cancel; disarm() takes it too, so once disarm returns
+        # no cancel of ours is in flight (it could otherwise land on the next statement).
+        self._lock = threading.Lock()
+        self._armed: _Arming | None = None
+        self._last: _Arming | None = None
+        self._trips: list[Trip] = []
+        self._probe_ms: float | None = None
+        self._errors_in_a_row = 0
+        self.error: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, dsn: str, limits: BreakerSettings, *, target_name: str
+    ) -> CircuitBreaker:
+        """A breaker with these limits (connect it with ``start`` or a with block)."""
+        return cls(
+            dsn, max_app_wait_ms=limits.max_app_wait_ms,
+            probe_latency_fail_ms=limits.probe_latency_fail_ms,
+            error_rate_fail_pct=limits.error_rate_fail_pct, retries=limits.retries,
+            backoff_ms=limits.backoff_ms, target_name=target_name,
+        )  # fmt: skip
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> CircuitBreaker:
+        """Open the breaker's own connection; raise ConnectionFailed when it cannot."""
+        if self._conn is None and self._dsn is not None:
+            self._conn = db.connect(
+                self._dsn, target_name=self.target_name, application_name=APPLICATION_NAME
+            )
+            db.execute(self._conn, _SESSION_SQL)
+        return self
+
+    def stop(self) -> None:
+        self.disarm()
+        if self._owns_connection and self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> CircuitBreaker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what apply calls -------------------------------------------------------------------
+    def arm(self, pid: int, label: str, allowed: str | None) -> None:
+        """Watch for the application waiting behind backend ``pid`` while it runs ``label``.
+
+        ``allowed`` is the reason of a ``-- runbook:allow long-lock`` in the migration: the
+        breaker stays off for it (a planned maintenance window).
+        """
+        with self._lock:
+            self._armed = _Arming(pid, label, allowed, self._probe_ms)
+            self._last = self._armed
+            self._errors_in_a_row = 0
+
+    def disarm(self) -> None:
+        """Stop watching; waits for a cancel in flight, so none reaches a later statement."""
+        with self._lock:
+            self._armed = None
+
+    def tripped(self) -> str | None:
+        """Why the breaker cancelled the statement of the latest arming (None: it did not)."""
+        with self._lock:
+            trip = self._last.trip if self._last is not None else None
+        return trip.reason if trip is not None else None
+
+    @property
+    def trips(self) -> tuple[Trip, ...]:
+        """Every trip so far, cancelled or not, oldest first."""
+        with self._lock:
+            return tuple(self._trips)
+
+    # -- the listener -----------------------------------------------------------------------
+    def __call__(self, sample: Sample, waits: tuple[Session, ...]) -> None:
+        """Read one monitor sample; trip when the armed statement makes the application wait."""
+        probe_ms = getattr(sample, "probe_ms", None)
+        with self._lock:
+            armed = self._armed
+            self._probe_ms = probe_ms
+            if armed is None or armed.allowed is not None or armed.trip is not None:
+                return
+            if probe_ms != armed.stale_probe_ms:
+                armed.stale_probe_ms = None  # a probe round since the arming: judge from here on
+            trip = self._decide(armed, sample, waits, probe_fresh=armed.stale_probe_ms is None)
+            if trip is None or self._conn is None:
+                return
+            armed.trip = trip  # before the cancel: apply may see the error before we return
+            armed.trip = trip = self._cancel(armed, trip)
+            self._trips.append(trip)
+        log.warning(
+            "circuit breaker on target %s %s %s: %s",
+            self.target_name, "cancelled" if trip.cancelled else "found already ended",
+            trip.label, trip.reason,
+        )  # fmt: skip
+
+    def _decide(
+        self, armed: _Arming, sample: Sample, waits: tuple[Session, ...], *, probe_fresh: bool
+    ) -> Trip | None:
+        waiter = self._longest_app_waiter(armed.pid, waits)
+        if waiter is not None:
+            # A direct waiter's reason names our lock, read in the cancel's own round trip.
+            reason = "" if armed.pid in waiter.blockers else _queue_reason(waiter)
+            return Trip(
+                reason, waiter.at, waiter.pid, waiter.relation, waiter.mode, waiter.wait_ms,
+                armed.label,
+            )  # fmt: skip
+        probe_ms = getattr(sample, "probe_ms", None)
+        limit = self.probe_latency_fail_ms
+        if probe_fresh and probe_ms is not None and limit and probe_ms > limit:
+            return Trip(
+                f"the probe queries took {probe_ms:.0f} ms (limit probe_latency_fail "
+                f"{limit} ms)",
+                sample.at, label=armed.label,
+            )  # fmt: skip
+        rate = self._error_rate_pct(sample)
+        if rate is not None:
+            return Trip(
+                f"{rate:.1f} % of the database's transactions rolled back (limit "
+                f"error_rate_fail {self.error_rate_fail_pct:g} %)",
+                sample.at, label=armed.label,
+            )  # fmt: skip
+        return None
+
+    def _longest_app_waiter(self, pid: int, waits: Iterable[Session]) -> Session | None:
+        """The application session waiting longest past max_app_wait on us, if any.
+
+        pg_blocking_pids names us both when we hold the lock and when our pending request is
+        ahead in the queue; a session that waits on such a waiter suffers because of us too.
+        """
+        if not self.max_app_wait_ms:
+            return None
+        waiting = [w for w in waits if w.pid != pid]
+        behind_us = {pid}
+        grew = True
+        while grew:
+            more = {w.pid for w in waiting if behind_us & set(w.blockers)} - behind_us
+            behind_us |= more
+            grew = bool(more)
+        suffering = [
+            w
+            for w in waiting
+            if w.pid in behind_us
+            and w.wait_ms > self.max_app_wait_ms
+            and not w.application_name.startswith(OWN_APPLICATION_PREFIX)
+        ]
+        return max(suffering, key=lambda w: w.wait_ms, default=None)
+
+    def _error_rate_pct(self, sample: Sample) -> float | None:
+        """The sample's error rate in percent when it passes the limit, else None."""
+        fraction = getattr(sample, "error_rate", None)
+        per_s = (getattr(sample, "commits_per_s", None) or 0.0) + (
+            getattr(sample, "rollbacks_per_s", None) or 0.0
+        )
+        limit = self.error_rate_fail_pct
+        if fraction is None or not limit or per_s < ERROR_RATE_MIN_TPS:
+            self._errors_in_a_row = 0
+            return None
+        rate = float(fraction) * 100
+        self._errors_in_a_row = self._errors_in_a_row + 1 if rate > limit else 0
+        return rate if self._errors_in_a_row >= ERROR_RATE_SAMPLES else None
+
+    def _cancel(self, armed: _Arming, trip: Trip) -> Trip:
+        """Cancel our statement if it is still the one the sample saw; complete the reason."""
+        assert self._conn is not None
+        params = {"pid": armed.pid, "relation": trip.relation, "decided_at": trip.at}
+        try:
+            ours, cancelled = db.fetch_all(self._conn, queries.load("breaker_cancel"), params)[0]
+        except db.DatabaseError as exc:  # the breaker must never break the apply it guards
+            self.error = db.error_message(exc)
+            log.error(
+                "circuit breaker on target %s could not cancel: %s", self.target_name, self.error
+            )
+            ours, cancelled = None, False
+        reason = trip.reason or _wait_reason(trip, ours)
+        return replace(trip, reason=reason, cancelled=bool(cancelled))
+
+
+def _wait_reason(trip: Trip, ours: str | None) -> str:
+    """pid 123 waited 2.1 s for AccessShareLock on public.orders behind our AccessExclusiveLock."""
+    on = f" on {trip.relation}" if trip.relation else ""
+    behind = f"our {ours}" if ours else "our migration's transaction"
+    return (
+        f"pid {trip.waiter_pid} waited {trip.waited_ms / 1000:.1f} s for "
+        f"{trip.mode or 'a lock'}{on} behind {behind}"
+    )
+
+
+def _queue_reason(waiter: Session) -> str:
+    """A session that waits on one of ours: it suffers because of our lock all the same."""
+    on = f" on {waiter.relation}" if waiter.relation else ""
+    ahead = ", ".join(str(pid) for pid in waiter.blockers)
+    return (
+        f"pid {waiter.pid} waited {waiter.wait_ms / 1000:.1f} s for {waiter.mode or 'a lock'}"
+        f"{on} behind pid {ahead}, which waits on our migration's lock"
+    )
