@@ -19,12 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from . import db, queries
 from .config import Settings, parse_duration_ms
 from .errors import ConfigError
-from .monitor import Sample
 from .sessions import Session
 from .thresholds import Thresholds
 
@@ -42,6 +41,15 @@ ERROR_RATE_MIN_TPS = 20.0
 ERROR_RATE_SAMPLES = 2
 DEFAULTS = {"max_app_wait": 2_000, "probe_latency_fail": 2_000, "error_rate_fail": 5.0}
 _GUARD_DEFAULTS = {"breaker_retries": 3, "breaker_backoff": "5s"}
+
+
+class Sample(Protocol):
+    """What the breaker reads of a monitor sample (monitor.Sample). ``probe_ms``,
+    ``error_rate`` (percent of transactions rolled back), ``commits_per_s`` and
+    ``rollbacks_per_s`` are read where the sample has them."""
+
+    @property
+    def at(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -300,15 +308,15 @@ class CircuitBreaker:
 
     def _error_rate_pct(self, sample: Sample) -> float | None:
         """The sample's error rate in percent when it passes the limit, else None."""
-        fraction = getattr(sample, "error_rate", None)
+        percent = getattr(sample, "error_rate", None)
         per_s = (getattr(sample, "commits_per_s", None) or 0.0) + (
             getattr(sample, "rollbacks_per_s", None) or 0.0
         )
         limit = self.error_rate_fail_pct
-        if fraction is None or not limit or per_s < ERROR_RATE_MIN_TPS:
+        if percent is None or not limit or per_s < ERROR_RATE_MIN_TPS:
             self._errors_in_a_row = 0
             return None
-        rate = float(fraction) * 100
+        rate = float(percent)
         self._errors_in_a_row = self._errors_in_a_row + 1 if rate > limit else 0
         return rate if self._errors_in_a_row >= ERROR_RATE_SAMPLES else None
 
