@@ -43,7 +43,7 @@ DEFAULTS = {"max_app_wait": 2_000, "probe_latency_fail": 2_000, "error_rate_fail
 _GUARD_DEFAULTS = {"breaker_retries": 3, "breaker_backoff": "5s"}
 
 
-class Sample(Protocol):
+class Reading(Protocol):
     """What the breaker reads of a monitor sample (monitor.Sample). ``probe_ms``,
     ``error_rate`` (percent of transactions rolled back), ``commits_per_s`` and
     ``rollbacks_per_s`` are read where the sample has them."""
@@ -232,7 +232,7 @@ class CircuitBreaker:
             return tuple(self._trips)
 
     # -- the listener -----------------------------------------------------------------------
-    def __call__(self, sample: Sample, waits: tuple[Session, ...]) -> None:
+    def __call__(self, sample: Reading, waits: tuple[Session, ...]) -> None:
         """Read one monitor sample; trip when the armed statement makes the application wait."""
         probe_ms = getattr(sample, "probe_ms", None)
         with self._lock:
@@ -255,7 +255,7 @@ class CircuitBreaker:
         )  # fmt: skip
 
     def _decide(
-        self, armed: _Arming, sample: Sample, waits: tuple[Session, ...], *, probe_fresh: bool
+        self, armed: _Arming, sample: Reading, waits: tuple[Session, ...], *, probe_fresh: bool
     ) -> Trip | None:
         waiter = self._longest_app_waiter(armed.pid, waits)
         if waiter is not None:
@@ -306,7 +306,7 @@ class CircuitBreaker:
         ]
         return max(suffering, key=lambda w: w.wait_ms, default=None)
 
-    def _error_rate_pct(self, sample: Sample) -> float | None:
+    def _error_rate_pct(self, sample: Reading) -> float | None:
         """The sample's error rate in percent when it passes the limit, else None."""
         percent = getattr(sample, "error_rate", None)
         per_s = (getattr(sample, "commits_per_s", None) or 0.0) + (

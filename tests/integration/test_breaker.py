@@ -358,3 +358,42 @@ def test_waiters_of_the_runbook_itself_never_trip_and_waiters_behind_waiters_do(
         breaker.arm(ours, "allowed.sql", "maintenance window")
         breaker(_sample(now), (behind_short,))
         assert len(breaker.trips) == 1 and breaker.tripped() is None
+
+
+@dataclass(frozen=True)
+class Health:
+    """A monitor sample as part guard's monitor fills it: probe latency and error rate."""
+
+    at: datetime
+    probe_ms: float | None = None
+    error_rate: float | None = None  # percent of transactions rolled back
+    commits_per_s: float | None = None
+    rollbacks_per_s: float | None = None
+
+
+def test_slow_probes_and_an_error_storm_trip_but_a_stale_probe_or_a_quiet_database_does_not(
+    pg_database: str,
+) -> None:
+    now = datetime.now(UTC)
+    with CircuitBreaker(
+        pg_database, max_app_wait_ms=2_000, probe_latency_fail_ms=2_000, error_rate_fail_pct=5
+    ) as breaker:
+        breaker(Health(now, probe_ms=2_500), ())  # a slow round before the migration started
+        breaker.arm(999_999, "m.sql", None)
+        breaker(Health(now, probe_ms=2_500), ())
+        assert breaker.trips == ()  # the same reading: not held against this attempt
+        breaker(Health(now, probe_ms=2_600), ())
+        assert "the probe queries took 2600 ms (limit probe_latency_fail 2000 ms)" in (
+            breaker.tripped() or ""
+        )
+        breaker.arm(999_999, "m.sql", None)
+        quiet = Health(now, error_rate=50.0, commits_per_s=2, rollbacks_per_s=2)
+        breaker(quiet, ())
+        breaker(quiet, ())
+        assert breaker.tripped() is None  # one rollback among four transactions says nothing
+        storm = Health(now, error_rate=30.0, commits_per_s=70, rollbacks_per_s=30)
+        breaker(storm, ())
+        assert breaker.tripped() is None  # one sample is not yet a storm
+        breaker(storm, ())
+        assert "30.0 % of the database's transactions rolled back" in (breaker.tripped() or "")
+    assert len(breaker.trips) == 2 and not any(t.cancelled for t in breaker.trips)
