@@ -220,10 +220,15 @@ class CircuitBreaker:
             self._armed = None
 
     def tripped(self) -> str | None:
-        """Why the breaker cancelled the statement of the latest arming (None: it did not)."""
+        """Why the breaker cancelled the statement of the latest arming (None: it did not).
+
+        A trip whose cancel found the statement already ended, or failed, is not counted: a
+        QueryCanceled then came from statement_timeout. Called after ``disarm``, which waits
+        for a decision in flight, so the answer is final.
+        """
         with self._lock:
             trip = self._last.trip if self._last is not None else None
-        return trip.reason if trip is not None else None
+        return trip.reason if trip is not None and trip.cancelled else None
 
     @property
     def trips(self) -> tuple[Trip, ...]:
@@ -245,7 +250,6 @@ class CircuitBreaker:
             trip = self._decide(armed, sample, waits, probe_fresh=armed.stale_probe_ms is None)
             if trip is None or self._conn is None:
                 return
-            armed.trip = trip  # before the cancel: apply may see the error before we return
             armed.trip = trip = self._cancel(armed, trip)
             self._trips.append(trip)
         log.warning(
