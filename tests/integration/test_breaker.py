@@ -22,6 +22,7 @@ from thorbis_runbook.breaker import CircuitBreaker
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import CircuitOpen
+from thorbis_runbook.executor import long_lock_allowance
 from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.monitor import Sample
 from thorbis_runbook.sessions import Session
@@ -398,3 +399,14 @@ def test_slow_probes_and_an_error_storm_trip_but_a_stale_probe_or_a_quiet_databa
         breaker(storm, ())
         assert "30.0 % of the database's transactions rolled back" in breaker.trips[1].reason
     assert len(breaker.trips) == 2 and not any(t.cancelled for t in breaker.trips)
+
+
+def test_only_a_real_long_lock_comment_with_a_reason_turns_the_breaker_off() -> None:
+    allowed = "ALTER TABLE t ADD x int; -- runbook:allow long-lock window W-7\n"
+    assert long_lock_allowance(allowed, label="f.sql") == "window W-7"
+    in_a_string = "SELECT '-- runbook:allow long-lock window W-7';\n"
+    assert long_lock_allowance(in_a_string, label="f.sql") is None
+    in_a_body = "DO $$ BEGIN -- runbook:allow long-lock window\nPERFORM 1; END $$;\n"
+    assert long_lock_allowance(in_a_body, label="f.sql") is None
+    assert long_lock_allowance("-- runbook:allow long-lock\nSELECT 1;", label="f.sql") is None
+    assert long_lock_allowance("-- runbook:allow long-locks x\nSELECT 1;", label="f.sql") is None
