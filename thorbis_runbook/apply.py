@@ -9,24 +9,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from . import db, failures, queries, resume
 from .batch import Batch
+from .circuit import Breaker, CircuitGuard
 from .config import Target
 from .display import message_box
-from .errors import CircuitOpen, MigrationFailed, RunbookError
-from .executor import (
-    Autocommit,
-    Breaker,
-    Executor,
-    long_lock_allowance,
-    reset_session_sql,
-    timeouts_sql,
-    wait_to_retry,
-)
+from .errors import MigrationFailed, RunbookError
+from .executor import Autocommit, Executor, reset_session_sql, timeouts_sql, wait_to_retry
 from .migrations import Migration
 from .plan import Plan
 from .statements import NO_TRANSACTION_HEADER, Statement
@@ -126,7 +118,7 @@ def apply_plan(
     runner = _Runner(conn, target=target, executor=executor, run_id=run_id, operator=operator)
     runner.reconnect = reconnect
     runner.explain_lock_wait = explain_lock_wait
-    runner.breaker = None if executor.dry_run else breaker
+    runner.circuit.breaker = None if executor.dry_run else breaker
     steps: list[StepResult] = []
     for position, migration in enumerate(plan.pending):
         if progress:
@@ -134,7 +126,8 @@ def apply_plan(
         step, failure = runner.apply(migration, plan)
         step = replace(
             step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned),
-            breaker_trips=tuple(runner.trips), long_lock_allowed=runner.allowed or "",
+            breaker_trips=tuple(runner.circuit.trips),
+            long_lock_allowed=runner.circuit.allowed or "",
         )  # fmt: skip
         runner.autocommit.cleaned.clear()
         steps.append(step)
@@ -162,14 +155,12 @@ class _Runner:
         self.operator = operator
         self.reconnect: Callable[[], db.Connection] | None = None
         self.explain_lock_wait: LockWaitExplainer | None = None
+        self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
+        self.circuit = CircuitGuard(self.backend_pid, self._log_attempt)
         self.autocommit = Autocommit(
-            conn, executor, target, on_retry=self._attempt_failed, armed=self._armed
+            conn, executor, target, on_retry=self._attempt_failed, armed=self.circuit.armed
         )
         self.reset_session_sql = reset_session_sql(conn)
-        self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
-        self.breaker: Breaker | None = None
-        self.trips: list[str] = []  # the current migration's breaker trips
-        self.allowed: str | None = None  # its '-- runbook:allow long-lock' reason
         self._current: Migration | None = None
         self._attempt_clock = 0.0
 
@@ -177,16 +168,7 @@ class _Runner:
         """Apply one migration; a driver error outside its guarded batches fails it cleanly."""
         self._current = migration
         self._attempt_clock = time.monotonic()
-        self.trips = []
-        self.allowed = None
-        if self.breaker is not None:
-            self.allowed = long_lock_allowance(migration.sql, label=migration.filename)
-            if self.allowed:
-                log.warning(
-                    "%s: the circuit breaker is off for this migration (runbook:allow long-lock "
-                    "%s): the application may wait on its locks as long as it runs",
-                    migration.filename, self.allowed,
-                )  # fmt: skip
+        self.circuit.begin(migration)
         previous = plan.history.get(migration.version)
         try:
             if migration.transactional:
@@ -212,14 +194,14 @@ class _Runner:
             self._attempt_clock = time.monotonic()
             batch = self._transaction_batch(migration, attempts=attempt)
             try:
-                with self._armed(migration.filename):
+                with self.circuit.armed(migration.filename):
                     self.executor.run(batch.text(), label=migration.filename, transactional=True)
             except db.DatabaseError as exc:
                 self._rollback()
                 where = batch.locate(db.error_position(exc), self.executor.reached)
                 if self._lost(exc):
                     return self._lost_during(migration, exc, attempts=attempt, started=started)
-                tripped = self._tripped(exc)
+                tripped = self.circuit.tripped(exc)
                 if tripped is not None and self._applied_by_this_run(migration):
                     self._reset_session()  # the cancel hit the session reset after COMMIT
                     return StepResult(
@@ -227,10 +209,10 @@ class _Runner:
                         _ms_since(started),
                     ), None  # fmt: skip
                 if tripped is not None:
-                    if self._retry_after_trip(migration, tripped, attempt):
+                    if self.circuit.retry(migration, tripped, attempt):
                         continue
                     return self._give_up(
-                        migration, self._circuit_open(migration, attempt), attempts=attempt,
+                        migration, self.circuit.circuit_open(migration, attempt), attempts=attempt,
                         elapsed=_ms_since(started), counted=attempt,
                     )  # fmt: skip
                 if self._should_retry(exc, attempt, migration):
@@ -402,15 +384,15 @@ class _Runner:
                 if self._lost(exc):
                     raise
                 tries += self.autocommit.attempts
-                tripped = self._tripped(exc)
+                tripped = self.circuit.tripped(exc)
                 if tripped is None:
                     failure = self._failure(migration, exc, (migration.filename, statement.line))
                     return failure, tries
                 # Autocommit has dropped the INVALID index a cancelled concurrent build left.
-                if self._retry_after_trip(migration, tripped, tries):
+                if self.circuit.retry(migration, tripped, tries):
                     drop = ()
                     continue
-                return self._circuit_open(migration, tries), tries
+                return self.circuit.circuit_open(migration, tries), tries
             return None, tries + attempts
 
     def _run_in_transaction(
@@ -427,20 +409,20 @@ class _Runner:
             attempt += 1
             self._attempt_clock = time.monotonic()
             try:
-                with self._armed(label):
+                with self.circuit.armed(label):
                     self.executor.run(text, label=label, transactional=True)
                 return None, attempt
             except db.DatabaseError as exc:
                 self._rollback()
                 if self._lost(exc):
                     raise
-                tripped = self._tripped(exc)
+                tripped = self.circuit.tripped(exc)
                 if tripped is not None and self._statement_done(migration, statement, digest):
                     return None, attempt  # the cancel came after its COMMIT
                 if tripped is not None:
-                    if self._retry_after_trip(migration, tripped, attempt):
+                    if self.circuit.retry(migration, tripped, attempt):
                         continue
-                    return self._circuit_open(migration, attempt), attempt
+                    return self.circuit.circuit_open(migration, attempt), attempt
                 if wait_to_retry(
                     self.target, exc, attempt, what=label, before_wait=self._attempt_failed
                 ):
@@ -533,61 +515,7 @@ class _Runner:
             transactional=False,
         )
 
-    # -- the circuit breaker ---------------------------------------------------------------
-    @contextmanager
-    def _armed(self, label: str) -> Iterator[None]:
-        """Arm the breaker with our pid while ``label`` runs; disarmed once it has ended."""
-        if self.breaker is None or self.backend_pid is None:
-            yield
-            return
-        self.breaker.arm(self.backend_pid, label, self.allowed)
-        try:
-            yield
-        finally:
-            self.breaker.disarm()
-
-    def _tripped(self, exc: db.DatabaseError) -> str | None:
-        """Why the breaker cancelled us, when it did (a statement_timeout is also 57014)."""
-        if self.breaker is None or db.sqlstate(exc) != db.QUERY_CANCELED:
-            return None
-        return self.breaker.tripped()
-
-    def _retry_after_trip(self, migration: Migration, reason: str, attempt: int) -> bool:
-        """Log the cancelled attempt and wait the backoff while retries remain; else say stop."""
-        assert self.breaker is not None
-        self.trips.append(reason)
-        if len(self.trips) > self.breaker.retries:
-            return False
-        delay_ms = self.breaker.backoff_ms * 2 ** (len(self.trips) - 1)
-        log.warning(
-            "%s: the circuit breaker cancelled attempt %d (%s); rolled back, retrying in %d ms",
-            migration.filename, attempt, reason, delay_ms,
-        )  # fmt: skip
-        detail = (
-            f"attempt {attempt}: cancelled by the circuit breaker ({reason}); rolled back, "
-            f"retried after {delay_ms} ms"
-        )
-        self._log_attempt(attempt, detail, delay_ms)
-        time.sleep(delay_ms / 1000)
-        return True
-
-    def _circuit_open(self, migration: Migration, attempts: int) -> CircuitOpen:
-        undone = (
-            "it was rolled back each time and nothing of it is applied"
-            if migration.transactional
-            else "the cancelled statement was undone (an INVALID index it left is dropped); the "
-            "statements before it stay done and the next apply resumes after them"
-        )
-        return CircuitOpen(
-            f"the circuit breaker stopped {migration.filename} after {attempts} attempt(s): "
-            f"{self.trips[-1]}",
-            f"{undone}; run it when the application is quieter, or in a maintenance window "
-            "with '-- runbook:allow long-lock <reason>' in the file (or raise max_app_wait in "
-            "[thresholds])",
-            version=migration.version,
-            trips=tuple(self.trips),
-        )
-
+    # -- a breaker's cancel that came after COMMIT -------------------------------------------
     def _applied_by_this_run(self, migration: Migration) -> bool:
         params = {"version": migration.version, "run_id": self.run_id}
         return bool(db.fetch_all(self.conn, APPLIED_BY_RUN_SQL, params)[0][0])

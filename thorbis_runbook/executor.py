@@ -17,8 +17,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pglast.parser import scan
-
 from . import db, history, resume
 from .config import Target
 from .statements import Statement
@@ -34,10 +32,6 @@ _MARK_PATTERN = re.compile(re.escape(MARK) + r" (\d+)")
 _SEVERITY = re.compile(r"^(DEBUG\d?|LOG|INFO|NOTICE|WARNING):\s+")
 _KEPT_NOTICES = 1000  # the driver's own list keeps 50; ours keeps this many between two runs
 
-# `-- runbook:allow long-lock <reason>` in a real comment anywhere in a migration turns the
-# circuit breaker off for it (a planned maintenance window). Comments are found by PostgreSQL's
-# own scanner, so the words inside a string literal or a function body do not count.
-_ALLOW_LONG_LOCK = re.compile(r"^--\s*runbook:allow\s+long-lock(?=\s|$)(?P<reason>.*)$", re.DOTALL)
 # A migration's own session-level SETs (search_path, role) must not leak into the next one.
 # RESET ALL skips role and session_authorization, so those are reset by name.
 RESET_SESSION_SQL = "RESET SESSION AUTHORIZATION;\nRESET ROLE;\nRESET ALL;"
@@ -50,49 +44,9 @@ class Executor(Protocol):
     def run(self, sql: str, *, label: str, transactional: bool) -> None: ...
 
 
-class Breaker(Protocol):
-    """What apply needs of the circuit breaker (breaker.py, a layer above this one).
-
-    Apply arms it with its backend pid around each statement it sends, disarms it when the
-    statement has ended, and after a QueryCanceled asks ``tripped`` whether the breaker did it.
-    """
-
-    retries: int  # attempts after the first that a trip may cost a migration
-    backoff_ms: int  # the wait before the first retry after a trip, doubling each time
-
-    def arm(self, pid: int, label: str, allowed: str | None) -> None: ...
-
-    def disarm(self) -> None: ...
-
-    def tripped(self) -> str | None: ...
-
-
 # Apply's way of arming the breaker around one statement; Autocommit calls it around the
 # statement alone (never around its clean-up), so a cancel cannot land on anything else.
 Arming = Callable[[str], AbstractContextManager[None]]
-
-
-def long_lock_allowance(sql_text: str, *, label: str) -> str | None:
-    """The reason of a ``-- runbook:allow long-lock <reason>`` comment, or None without one.
-
-    A marker without a reason does not count (the reason is what the log and the auditor read);
-    it is logged as a warning, and the breaker stays on.
-    """
-    for token in scan(sql_text):
-        if token.name != "SQL_COMMENT":
-            continue
-        found = _ALLOW_LONG_LOCK.match(sql_text[token.start : token.end + 1])
-        if found is None:
-            continue
-        reason = found["reason"].strip()
-        if reason:
-            return reason
-        log.warning(
-            "%s: '-- runbook:allow long-lock' gives no reason, so the circuit breaker stays on; "
-            "write the reason after it",
-            label,
-        )
-    return None
 
 
 class _Notices:

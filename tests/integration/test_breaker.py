@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import write_migrations
 from thorbis_runbook import migrate
 from thorbis_runbook.breaker import CircuitBreaker
+from thorbis_runbook.circuit import long_lock_allowance
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.errors import CircuitOpen
-from thorbis_runbook.executor import long_lock_allowance
 from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.monitor import Sample
 from thorbis_runbook.sessions import Session

@@ -21,8 +21,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # migration files and what the database says about them
     ("statements", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
-    ("executor", "batch", "failures", "runs", "anchor", "apply", "status", "baseline", "scaffold",
-     "seed", "project"),
+    ("executor", "batch", "failures", "circuit", "runs", "anchor", "apply", "status", "baseline",
+     "scaffold", "seed", "project"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
