@@ -207,6 +207,22 @@ def test_allow_long_lock_turns_the_breaker_off_for_that_migration(
     assert "Sunday 02:00 maintenance window" in result._repr_html_()
 
 
+def test_a_statement_timeout_is_not_taken_for_a_trip(
+    tmp_path: Path, orders: Conn, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
+    version = "20250301000005"
+    folder = write_migrations(tmp_path / "m", {f"{version}_slow.sql": "SELECT pg_sleep(3);\n"})
+    endpoint = resolve(_settings(tmp_path, folder, pg_database))
+
+    result = migrate.apply(endpoint, ApplyRequest(statement_timeout_ms=500))
+
+    assert result.failure is not None and not isinstance(result.failure, CircuitOpen)
+    assert result.failure.sqlstate == "57014"
+    assert result.steps[0].attempts == 1 and result.steps[0].breaker_trips == ()
+    assert [event for event, _ in _log(orders, version)] == ["failed"]
+
+
 def test_exhausted_retries_stop_with_one_sentence_exit_1_and_nothing_applied(
     tmp_path: Path, orders: Conn, pg_database: str, reader: Reader
 ) -> None:
