@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from pglast.parser import scan
-
 from . import db
 from .errors import CircuitOpen
 from .migrations import Migration
@@ -52,6 +50,8 @@ def long_lock_allowance(sql_text: str, *, label: str) -> str | None:
     A marker without a reason does not count (the reason is what the log and the auditor read);
     it is logged as a warning, and the breaker stays on.
     """
+    from pglast.parser import scan  # deferred: pglast loads on first use (see statements.py)
+
     for token in scan(sql_text):
         if token.name != "SQL_COMMENT":
             continue
