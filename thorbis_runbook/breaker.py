@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import db, queries
 from .config import Settings, parse_duration_ms
@@ -65,13 +65,6 @@ class Trip:
     label: str = ""  # what apply was running (the migration file, the statement)
     cancelled: bool = False  # False: our statement had already ended, nothing was cancelled
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason, "at": self.at.isoformat(), "waiter_pid": self.waiter_pid,
-            "relation": self.relation, "mode": self.mode, "waited_ms": self.waited_ms,
-            "label": self.label, "cancelled": self.cancelled,
-        }  # fmt: skip
-
 
 @dataclass(frozen=True)
 class BreakerSettings:
@@ -115,7 +108,7 @@ def _limit(thresholds: Thresholds, name: str) -> float:
 
 @dataclass
 class _Arming:
-    """One arming: our pid and what it runs; the trip, once decided (set before the cancel)."""
+    """One arming: our pid and what it runs; its trip once decided and the cancel sent."""
 
     pid: int
     label: str

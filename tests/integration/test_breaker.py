@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from thorbis_runbook.breaker import CircuitBreaker
 from thorbis_runbook.circuit import long_lock_allowance
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
-from thorbis_runbook.errors import CircuitOpen
+from thorbis_runbook.errors import CircuitOpen, ConfigError
 from thorbis_runbook.migrate import ApplyRequest
 from thorbis_runbook.monitor import Sample
 from thorbis_runbook.sessions import Session
@@ -107,19 +107,28 @@ def _start(reader: Reader, *, repeat: bool = False) -> threading.Thread:
     return thread
 
 
-def _settings(tmp_path: Path, folder: Path, pg_database: str, **guard: object) -> Settings:
-    os.environ["THORBIS_TEST_DSN"] = pg_database
-    data = {
-        "runbook": {"migrations_dir": str(folder), "default_target": "test"},
-        "targets": {
-            "test": {
-                "dsn_env": "THORBIS_TEST_DSN", "lock_timeout": "10s", "lock_wait": "1s",
-                "backup_before_apply": "none",
-            }
-        },
-        "guard": {"breaker_retries": 3, "breaker_backoff": "100ms", **guard},
-    }  # fmt: skip
-    return settings_from_mapping(data, root=tmp_path, env={})
+@pytest.fixture
+def settings_with_guard(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Settings]:
+    """Build Settings over a migrations folder with a [guard] table, for this test's database."""
+    monkeypatch.setenv("THORBIS_TEST_DSN", pg_database)
+    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
+
+    def build(folder: Path, **guard: object) -> Settings:
+        data = {
+            "runbook": {"migrations_dir": str(folder), "default_target": "test"},
+            "targets": {
+                "test": {
+                    "dsn_env": "THORBIS_TEST_DSN", "lock_timeout": "10s", "lock_wait": "1s",
+                    "backup_before_apply": "none",
+                }
+            },
+            "guard": {"breaker_retries": 3, "breaker_backoff": "100ms", **guard},
+        }  # fmt: skip
+        return settings_from_mapping(data, root=tmp_path, env={})
+
+    return build
 
 
 def _log(conn: Conn, version: str) -> list[tuple[str, str]]:
@@ -153,14 +162,17 @@ def _has_note(conn: Conn) -> bool:
 
 
 def test_a_reader_blocked_behind_our_lock_trips_the_breaker_and_the_retry_applies(
-    tmp_path: Path, orders: Conn, pg_database: str, reader: Reader, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orders: Conn,
+    pg_database: str,
+    reader: Reader,
+    settings_with_guard: Callable[..., Settings],
 ) -> None:
-    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
     version = "20250301000001"
     folder = write_migrations(tmp_path / "m", {f"{version}_add_note.sql": SLOW_ALTER})
     thread = _start(reader)
 
-    result = migrate.apply(resolve(_settings(tmp_path, folder, pg_database)), ApplyRequest())
+    result = migrate.apply(resolve(settings_with_guard(folder)), ApplyRequest())
     thread.join(timeout=10)
 
     assert result.ok, result.failure
@@ -186,15 +198,18 @@ def test_a_reader_blocked_behind_our_lock_trips_the_breaker_and_the_retry_applie
 
 
 def test_allow_long_lock_turns_the_breaker_off_for_that_migration(
-    tmp_path: Path, orders: Conn, pg_database: str, reader: Reader, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orders: Conn,
+    pg_database: str,
+    reader: Reader,
+    settings_with_guard: Callable[..., Settings],
 ) -> None:
-    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
     version = "20250301000002"
     text = "-- runbook:allow long-lock Sunday 02:00 maintenance window, CHG-42\n" + SLOW_ALTER
     folder = write_migrations(tmp_path / "m", {f"{version}_add_note.sql": text})
     thread = _start(reader)
 
-    result = migrate.apply(resolve(_settings(tmp_path, folder, pg_database)), ApplyRequest())
+    result = migrate.apply(resolve(settings_with_guard(folder)), ApplyRequest())
     thread.join(timeout=10)
 
     assert result.ok, result.failure
@@ -208,12 +223,14 @@ def test_allow_long_lock_turns_the_breaker_off_for_that_migration(
 
 
 def test_a_statement_timeout_is_not_taken_for_a_trip(
-    tmp_path: Path, orders: Conn, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orders: Conn,
+    pg_database: str,
+    settings_with_guard: Callable[..., Settings],
 ) -> None:
-    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
     version = "20250301000005"
     folder = write_migrations(tmp_path / "m", {f"{version}_slow.sql": "SELECT pg_sleep(3);\n"})
-    endpoint = resolve(_settings(tmp_path, folder, pg_database))
+    endpoint = resolve(settings_with_guard(folder))
 
     result = migrate.apply(endpoint, ApplyRequest(statement_timeout_ms=500))
 
@@ -260,9 +277,11 @@ def test_exhausted_retries_stop_with_one_sentence_exit_1_and_nothing_applied(
 
 
 def test_a_cancelled_concurrent_build_leaves_no_invalid_index(
-    tmp_path: Path, orders: Conn, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orders: Conn,
+    pg_database: str,
+    settings_with_guard: Callable[..., Settings],
 ) -> None:
-    monkeypatch.setenv("THORBIS_OPERATOR", "pytest")
     version = "20250301000004"
     folder = write_migrations(
         tmp_path / "m",
@@ -292,7 +311,7 @@ def test_a_cancelled_concurrent_build_leaves_no_invalid_index(
     release.start()
     try:
         result = migrate.apply(
-            resolve(_settings(tmp_path, folder, pg_database, breaker_retries=0)), ApplyRequest()
+            resolve(settings_with_guard(folder, breaker_retries=0)), ApplyRequest()
         )
     finally:
         release.cancel()
@@ -426,3 +445,21 @@ def test_only_a_real_long_lock_comment_with_a_reason_turns_the_breaker_off() -> 
     assert long_lock_allowance(in_a_body, label="f.sql") is None
     assert long_lock_allowance("-- runbook:allow long-lock\nSELECT 1;", label="f.sql") is None
     assert long_lock_allowance("-- runbook:allow long-locks x\nSELECT 1;", label="f.sql") is None
+
+
+def test_a_bad_breaker_setting_is_refused_before_anything_changes(
+    tmp_path: Path, conn: Conn, settings_with_guard: Callable[..., Settings]
+) -> None:
+    folder = write_migrations(tmp_path / "m", {"20250301000006_t.sql": "CREATE TABLE t (id int);"})
+    for guard, named in (
+        ({"breaker_backoff": "soon"}, "[guard] breaker_backoff = 'soon' is not a duration"),
+        ({"breaker_retries": -1}, "[guard] breaker_retries = -1 is not a count"),
+    ):
+        settings = settings_with_guard(folder, **guard)
+        with pytest.raises(ConfigError) as refused:
+            migrate.apply(resolve(settings), ApplyRequest())
+        assert refused.value.message == named and refused.value.hint
+        assert refused.value.exit_code == 2
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regnamespace('runbook'), to_regclass('public.t')")
+        assert cur.fetchone() == (None, None)
