@@ -38,6 +38,11 @@ _SESSION_SQL = "SET statement_timeout = '2s'; SET lock_timeout = '100ms'"
 # must pass its limit in this many samples in a row: on a quiet database one rollback in a
 # 250 ms sample is 50 %, which says nothing about the application.
 ERROR_RATE_MIN_TPS = 20.0
+# A waiter a sample sees within this much of max_app_wait is looked at again the moment the limit
+# passes (a timer), rather than at the next sample: the application waits max_app_wait, not
+# max_app_wait plus up to a sampling interval. The margin covers the sample's own age.
+LOOKAHEAD_MS = 250
+_RECHECK_MARGIN_MS = 20
 ERROR_RATE_SAMPLES = 2
 DEFAULTS = {"max_app_wait": 2_000, "probe_latency_fail": 2_000, "error_rate_fail": 5.0}
 _GUARD_DEFAULTS = {"breaker_retries": 3, "breaker_backoff": "5s"}
@@ -115,6 +120,7 @@ class _Arming:
     allowed: str | None
     stale_probe_ms: float | None
     trip: Trip | None = None
+    recheck: threading.Timer | None = None  # the look-ahead, once scheduled
 
 
 class CircuitBreaker:
@@ -180,6 +186,10 @@ class CircuitBreaker:
 
     def stop(self) -> None:
         self.disarm()
+        with self._lock:
+            recheck = self._last.recheck if self._last is not None else None
+        if recheck is not None:
+            recheck.join(timeout=5)
         if self._owns_connection and self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -210,6 +220,8 @@ class CircuitBreaker:
     def disarm(self) -> None:
         """Stop watching; waits for a cancel in flight, so none reaches a later statement."""
         with self._lock:
+            if self._armed is not None and self._armed.recheck is not None:
+                self._armed.recheck.cancel()
             self._armed = None
 
     def tripped(self) -> str | None:
@@ -243,8 +255,16 @@ class CircuitBreaker:
             trip = self._decide(armed, sample, waits, probe_fresh=armed.stale_probe_ms is None)
             if trip is None or self._conn is None:
                 return
-            armed.trip = trip = self._cancel(armed, trip)
-            self._trips.append(trip)
+            trip = self._trip(armed, trip)
+        self._log(trip)
+
+    def _trip(self, armed: _Arming, trip: Trip) -> Trip:
+        """Cancel and record (the caller holds the lock)."""
+        armed.trip = trip = self._cancel(armed, trip)
+        self._trips.append(trip)
+        return trip
+
+    def _log(self, trip: Trip) -> None:
         log.warning(
             "circuit breaker on target %s %s %s: %s",
             self.target_name, "cancelled" if trip.cancelled else "found already ended",
@@ -254,14 +274,20 @@ class CircuitBreaker:
     def _decide(
         self, armed: _Arming, sample: Reading, waits: tuple[Session, ...], *, probe_fresh: bool
     ) -> Trip | None:
-        waiter = self._longest_app_waiter(armed.pid, waits)
-        if waiter is not None:
-            # A direct waiter's reason names our lock, read in the cancel's own round trip.
-            reason = "" if armed.pid in waiter.blockers else _queue_reason(waiter)
-            return Trip(
-                reason, waiter.at, waiter.pid, waiter.relation, waiter.mode, waiter.wait_ms,
-                armed.label,
-            )  # fmt: skip
+        waiters, behind_us = self._app_waiters(armed.pid, waits)
+        limit_ms = self.max_app_wait_ms
+        over = [w for w in waiters if w.wait_ms > limit_ms]
+        if over:
+            return _wait_trip(armed, max(over, key=lambda w: w.wait_ms))
+        soon = [w for w in waiters if w.wait_ms > limit_ms - LOOKAHEAD_MS]
+        if soon and armed.recheck is None and self._conn is not None:
+            waiter = max(soon, key=lambda w: w.wait_ms)
+            delay_s = (limit_ms - waiter.wait_ms + _RECHECK_MARGIN_MS) / 1000
+            armed.recheck = threading.Timer(
+                delay_s, self._recheck, (armed, waiter, tuple(sorted(behind_us)))
+            )
+            armed.recheck.daemon = True
+            armed.recheck.start()
         probe_ms = getattr(sample, "probe_ms", None)
         limit = self.probe_latency_fail_ms
         if probe_fresh and probe_ms is not None and limit and probe_ms > limit:
@@ -279,14 +305,14 @@ class CircuitBreaker:
             )  # fmt: skip
         return None
 
-    def _longest_app_waiter(self, pid: int, waits: Iterable[Session]) -> Session | None:
-        """The application session waiting longest past max_app_wait on us, if any.
+    def _app_waiters(self, pid: int, waits: Iterable[Session]) -> tuple[list[Session], set[int]]:
+        """The application sessions waiting on us, and every pid in the queue behind us.
 
         pg_blocking_pids names us both when we hold the lock and when our pending request is
         ahead in the queue; a session that waits on such a waiter suffers because of us too.
         """
         if not self.max_app_wait_ms:
-            return None
+            return [], set()
         waiting = [w for w in waits if w.pid != pid]
         behind_us = {pid}
         grew = True
@@ -297,11 +323,29 @@ class CircuitBreaker:
         suffering = [
             w
             for w in waiting
-            if w.pid in behind_us
-            and w.wait_ms > self.max_app_wait_ms
-            and not w.application_name.startswith(OWN_APPLICATION_PREFIX)
+            if w.pid in behind_us and not w.application_name.startswith(OWN_APPLICATION_PREFIX)
         ]
-        return max(suffering, key=lambda w: w.wait_ms, default=None)
+        return suffering, behind_us
+
+    def _recheck(self, armed: _Arming, waiter: Session, behind_us: tuple[int, ...]) -> None:
+        """The look-ahead timer: trip now if the waiter is still waiting on us past the limit."""
+        with self._lock:
+            if self._armed is not armed or armed.trip is not None or self._conn is None:
+                return
+            params = {"waiter": waiter.pid, "behind": list(behind_us)}
+            try:
+                rows = db.fetch_all(self._conn, queries.load("breaker_recheck"), params)
+            except db.DatabaseError as exc:  # the samples decide instead
+                log.warning("circuit breaker: look-ahead failed: %s", db.error_message(exc))
+                armed.recheck = None
+                return
+            if not rows or rows[0][1] is None or rows[0][1] <= self.max_app_wait_ms:
+                armed.recheck = None  # it got its lock, or is not there yet: samples decide
+                return
+            decided_at, wait_ms = rows[0]
+            now = replace(waiter, at=decided_at, wait_ms=int(wait_ms))
+            trip = self._trip(armed, _wait_trip(armed, now))
+        self._log(trip)
 
     def _error_rate_pct(self, sample: Reading) -> float | None:
         """The sample's error rate in percent when it passes the limit, else None."""
@@ -350,4 +394,13 @@ def _queue_reason(waiter: Session) -> str:
     return (
         f"pid {waiter.pid} waited {waiter.wait_ms / 1000:.1f} s for {waiter.mode or 'a lock'}"
         f"{on} behind pid {ahead}, which waits on our migration's lock"
+    )
+
+
+def _wait_trip(armed: _Arming, waiter: Session) -> Trip:
+    """A trip for an application session waiting on us (its reason completed by the cancel)."""
+    # A direct waiter's reason names our lock, read in the cancel's own round trip.
+    reason = "" if armed.pid in waiter.blockers else _queue_reason(waiter)
+    return Trip(
+        reason, waiter.at, waiter.pid, waiter.relation, waiter.mode, waiter.wait_ms, armed.label
     )

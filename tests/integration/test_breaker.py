@@ -463,3 +463,55 @@ def test_a_bad_breaker_setting_is_refused_before_anything_changes(
     with conn.cursor() as cur:
         cur.execute("SELECT to_regnamespace('runbook'), to_regclass('public.t')")
         assert cur.fetchone() == (None, None)
+
+
+def test_a_waiter_seen_just_short_of_the_limit_trips_the_moment_it_passes(
+    pg_database: str, orders: Conn
+) -> None:
+    ours = psycopg2.connect(pg_database, application_name="thorbis-runbook test")
+    ours.autocommit = True
+    app = psycopg2.connect(pg_database, application_name="orders-api")
+    app.autocommit = True
+    with ours.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    with app.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        app_pid = cur.fetchone()[0]
+    outcome: list[str] = []
+
+    def hold() -> None:
+        try:
+            with ours.cursor() as cur:
+                cur.execute(
+                    "BEGIN; LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE; "
+                    "SELECT pg_sleep(10); COMMIT"
+                )
+            outcome.append("ran to its end")
+        except psycopg2.errors.QueryCanceled:
+            outcome.append("cancelled")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.3)
+    reader = threading.Thread(target=lambda: app.cursor().execute("SELECT count(*) FROM orders"))
+    reader.start()
+    time.sleep(0.9)
+    with CircuitBreaker(
+        pg_database, max_app_wait_ms=1_000, probe_latency_fail_ms=0, error_rate_fail_pct=0
+    ) as breaker:
+        breaker.arm(pid, "m.sql", None)
+        now = datetime.now(UTC)
+        # The sample saw the reader at 900 ms, short of the limit: no trip yet, a look-ahead.
+        breaker(_sample(now), (_session(app_pid, (pid,), app="orders-api", wait_ms=900, at=now),))
+        assert breaker.trips == ()
+        holder.join(timeout=5)
+        reader.join(timeout=5)
+        breaker.disarm()
+    ours.close()
+    app.close()
+    assert outcome == ["cancelled"]
+    (trip,) = breaker.trips
+    assert trip.cancelled and trip.waiter_pid == app_pid
+    assert 1_000 < trip.waited_ms < 5_000
+    assert "behind our AccessExclusiveLock" in trip.reason
