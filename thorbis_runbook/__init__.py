@@ -6,6 +6,7 @@ The apply path imports no pandas, matplotlib or Jupyter: keep this module's impo
 from __future__ import annotations
 
 from .errors import (
+    CircuitOpen,
     ConfigError,
     ConfirmationRequired,
     ConnectionFailed,
@@ -19,6 +20,7 @@ from .errors import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "CircuitOpen",
     "ConfigError",
     "ConfirmationRequired",
     "ConnectionFailed",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from . import backfill, db, failures, queries, resume
 from .batch import Batch
+from .circuit import Breaker, CircuitGuard
 from .config import Target
 from .display import message_box
 from .errors import MigrationFailed, RunbookError
@@ -39,6 +40,19 @@ PROGRESS_ROWS_SQL = (
 )
 CLEAR_PROGRESS_SQL = "DELETE FROM runbook.statement_progress WHERE version = %(version)s"
 CURRENT_ROLE_SQL = "SELECT current_user"
+# A breaker's cancel can land after COMMIT, on the session reset in the same round trip: the
+# migration is then applied (its history row, written inside, says so) and must not run again.
+APPLIED_BY_RUN_SQL = (
+    "SELECT count(*) FROM runbook.migration_history "
+    "WHERE version = %(version)s AND run_id = %(run_id)s AND status = 'applied'"
+)
+# The same question for one statement of a non-transactional file: its progress row commits
+# with it (recent enough to be this attempt's, not an earlier run's).
+STATEMENT_DONE_SQL = (
+    "SELECT count(*) FROM runbook.statement_progress WHERE version = %(version)s "
+    "AND statement_index = %(index)s AND statement_sha256 = %(sha)s "
+    "AND completed_at >= clock_timestamp() - make_interval(secs => %(seconds)s)"
+)
 # commit_flush = "run": a migration's commit does not wait for its WAL to reach disk. The run's
 # last commit (its runs row, in the session's own synchronous_commit) flushes all WAL before it,
 # so every migration is as durable when apply returns as if each commit had waited; a crash in
@@ -60,6 +74,8 @@ class StepResult:
     error: str | None = None
     cleaned_up: tuple[str, ...] = ()  # INVALID indexes dropped after a failed concurrent build
     checksum: str = ""  # SHA-256 of the file as this run read it (the summary's evidence)
+    breaker_trips: tuple[str, ...] = ()  # why the circuit breaker cancelled each attempt it did
+    long_lock_allowed: str = ""  # the reason of '-- runbook:allow long-lock': breaker off
 
     def as_tuple(self) -> tuple[object, ...]:
         mode = "transaction" if self.transactional else "no transaction"
@@ -89,29 +105,36 @@ def apply_plan(
     reconnect: Callable[[], db.Connection] | None = None,
     explain_lock_wait: LockWaitExplainer | None = None,
     strain: backfill.Strain | None = None,
+    breaker: Breaker | None = None,
 ) -> tuple[tuple[StepResult, ...], MigrationFailed | None]:
     """Apply each pending migration in order; stop at the first failure.
 
-    Returns the step results and the MigrationFailed of the step that failed, if one did. The
-    caller holds the migration lock and has brought the runbook schema up to date.
-    ``reconnect`` opens a new connection to ask the server what became of a migration whose
-    connection was lost; ``explain_lock_wait`` names who held the lock after a lock timeout;
-    ``strain`` says why the application suffers, and batched migrations wait while it does.
+    Returns the step results and the MigrationFailed of the step that failed, if one did (a
+    CircuitOpen when the breaker cancelled every attempt). The caller holds the migration lock
+    and has brought the runbook schema up to date. ``reconnect`` opens a new connection to ask
+    the server what became of a migration whose connection was lost; ``explain_lock_wait``
+    names who held the lock after a lock timeout; ``strain`` says why the application suffers,
+    and batched migrations wait while it does; ``breaker`` (a monitor listener, running) is
+    armed around each statement sent.
     """
     runner = _Runner(conn, target=target, executor=executor, run_id=run_id, operator=operator)
     runner.reconnect = reconnect
     runner.explain_lock_wait = explain_lock_wait
+    runner.circuit.breaker = None if executor.dry_run else breaker
     runner.batch_hooks = backfill.Hooks(
-        strain=strain, progress=(lambda m, line: progress("batch", m, line)) if progress else None
-    )
+        strain=strain, progress=(lambda m, line: progress("batch", m, line)) if progress else None,
+        circuit=runner.circuit,
+    )  # fmt: skip
     steps: list[StepResult] = []
     for position, migration in enumerate(plan.pending):
         if progress:
             progress("start", migration, "")
         step, failure = runner.apply(migration, plan)
         step = replace(
-            step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned)
-        )
+            step, checksum=migration.checksum, cleaned_up=tuple(runner.autocommit.cleaned),
+            breaker_trips=tuple(runner.circuit.trips),
+            long_lock_allowed=runner.circuit.allowed or "",
+        )  # fmt: skip
         runner.autocommit.cleaned.clear()
         steps.append(step)
         if progress:
@@ -139,9 +162,12 @@ class _Runner:
         self.reconnect: Callable[[], db.Connection] | None = None
         self.explain_lock_wait: LockWaitExplainer | None = None
         self.batch_hooks = backfill.Hooks()
-        self.autocommit = Autocommit(conn, executor, target, on_retry=self._attempt_failed)
-        self.reset_session_sql = reset_session_sql(conn)
         self.backend_pid: int | None = None if executor.dry_run else conn.get_backend_pid()
+        self.circuit = CircuitGuard(self.backend_pid, self._log_attempt)
+        self.autocommit = Autocommit(
+            conn, executor, target, on_retry=self._attempt_failed, armed=self.circuit.armed
+        )
+        self.reset_session_sql = reset_session_sql(conn)
         self._current: Migration | None = None
         self._attempt_clock = 0.0
 
@@ -149,6 +175,7 @@ class _Runner:
         """Apply one migration; a driver error outside its guarded batches fails it cleanly."""
         self._current = migration
         self._attempt_clock = time.monotonic()
+        self.circuit.begin(migration)
         previous = plan.history.get(migration.version)
         try:
             if migration.batched is not None:
@@ -190,12 +217,27 @@ class _Runner:
             self._attempt_clock = time.monotonic()
             batch = self._transaction_batch(migration, attempts=attempt)
             try:
-                self.executor.run(batch.text(), label=migration.filename, transactional=True)
+                with self.circuit.armed(migration.filename):
+                    self.executor.run(batch.text(), label=migration.filename, transactional=True)
             except db.DatabaseError as exc:
                 self._rollback()
                 where = batch.locate(db.error_position(exc), self.executor.reached)
                 if self._lost(exc):
                     return self._lost_during(migration, exc, attempts=attempt, started=started)
+                tripped = self.circuit.tripped(exc)
+                if tripped is not None and self._applied_by_this_run(migration):
+                    self._reset_session()  # the cancel hit the session reset after COMMIT
+                    return StepResult(
+                        migration.version, migration.name, "applied", True, attempt,
+                        _ms_since(started),
+                    ), None  # fmt: skip
+                if tripped is not None:
+                    if self.circuit.retry(migration, tripped, attempt):
+                        continue
+                    return self._give_up(
+                        migration, self.circuit.circuit_open(migration, attempt), attempts=attempt,
+                        elapsed=_ms_since(started), counted=attempt,
+                    )  # fmt: skip
                 if self._should_retry(exc, attempt, migration):
                     continue
                 elapsed = _ms_since(started)
@@ -352,18 +394,29 @@ class _Runner:
         self._attempt_clock = time.monotonic()
         if decision is not None and decision.action == resume.FINALIZE:
             statement = replace(statement, text=decision.sql, resumable=None, index_name=None)
-        try:
-            attempts = self.autocommit.run(
-                statement,
-                label=f"{migration.filename} statement {statement.index + 1}",
-                drop=decision.drop if decision else (),
-            )
-        except db.DatabaseError as exc:
-            if self._lost(exc):
-                raise
-            failure = self._failure(migration, exc, (migration.filename, statement.line))
-            return failure, self.autocommit.attempts
-        return None, attempts
+        drop = decision.drop if decision else ()
+        tries = 0
+        while True:
+            try:
+                attempts = self.autocommit.run(
+                    statement,
+                    label=f"{migration.filename} statement {statement.index + 1}",
+                    drop=drop,
+                )
+            except db.DatabaseError as exc:
+                if self._lost(exc):
+                    raise
+                tries += self.autocommit.attempts
+                tripped = self.circuit.tripped(exc)
+                if tripped is None:
+                    failure = self._failure(migration, exc, (migration.filename, statement.line))
+                    return failure, tries
+                # Autocommit has dropped the INVALID index a cancelled concurrent build left.
+                if self.circuit.retry(migration, tripped, tries):
+                    drop = ()
+                    continue
+                return self.circuit.circuit_open(migration, tries), tries
+            return None, tries + attempts
 
     def _run_in_transaction(
         self, migration: Migration, statement: Statement, digest: str
@@ -379,12 +432,20 @@ class _Runner:
             attempt += 1
             self._attempt_clock = time.monotonic()
             try:
-                self.executor.run(text, label=label, transactional=True)
+                with self.circuit.armed(label):
+                    self.executor.run(text, label=label, transactional=True)
                 return None, attempt
             except db.DatabaseError as exc:
                 self._rollback()
                 if self._lost(exc):
                     raise
+                tripped = self.circuit.tripped(exc)
+                if tripped is not None and self._statement_done(migration, statement, digest):
+                    return None, attempt  # the cancel came after its COMMIT
+                if tripped is not None:
+                    if self.circuit.retry(migration, tripped, attempt):
+                        continue
+                    return self.circuit.circuit_open(migration, attempt), attempt
                 if wait_to_retry(
                     self.target, exc, attempt, what=label, before_wait=self._attempt_failed
                 ):
@@ -455,13 +516,17 @@ class _Runner:
 
     def _attempt_failed(self, exc: db.DatabaseError, attempt: int, delay_ms: int) -> None:
         """Log an attempt that will be retried: the history row is written by the last one only."""
-        migration = self._current
-        if migration is None or self.executor.dry_run:
-            return
         detail = (
             f"attempt {attempt} of {self.target.lock_retries + 1}: {db.error_message(exc)} "
             f"[SQLSTATE {db.sqlstate(exc)}]; retried after {delay_ms} ms"
         )
+        self._log_attempt(attempt, detail, delay_ms)
+
+    def _log_attempt(self, attempt: int, detail: str, delay_ms: int) -> None:
+        """Write a migration_log row for an attempt that failed and will be retried."""
+        migration = self._current
+        if migration is None or self.executor.dry_run:
+            return
         params = {
             "version": migration.version, "run_id": self.run_id, "checksum": migration.checksum,
             "operator": self.operator, "duration_ms": _ms_since(self._attempt_clock), "detail": detail,
@@ -472,6 +537,18 @@ class _Runner:
             label=f"{migration.filename} attempt {attempt} log",
             transactional=False,
         )
+
+    # -- a breaker's cancel that came after COMMIT -------------------------------------------
+    def _applied_by_this_run(self, migration: Migration) -> bool:
+        params = {"version": migration.version, "run_id": self.run_id}
+        return bool(db.fetch_all(self.conn, APPLIED_BY_RUN_SQL, params)[0][0])
+
+    def _statement_done(self, migration: Migration, statement: Statement, digest: str) -> bool:
+        params = {
+            "version": migration.version, "index": statement.index, "sha": digest,
+            "seconds": _ms_since(self._attempt_clock) / 1000 + 1,
+        }  # fmt: skip
+        return bool(db.fetch_all(self.conn, STATEMENT_DONE_SQL, params)[0][0])
 
     def _failure(
         self, migration: Migration, exc: db.DatabaseError, where: tuple[str, int] | None

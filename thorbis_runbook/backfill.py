@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import db, failures, history, queries
+from .circuit import CircuitGuard
 from .config import Target
 from .errors import MigrationFailed
 from .executor import Executor, reset_session_sql, timeouts_sql, wait_to_retry
@@ -78,6 +79,8 @@ class Hooks:
 
     strain: Strain | None = None
     progress: BatchProgress | None = None
+    circuit: CircuitGuard | None = None  # armed around each batch: a batch that makes the
+    # application wait is cancelled, rolled back and run again after the breaker's backoff
     sleep: Callable[[float], None] = time.sleep
     poll_s: float = PAUSE_POLL_S
 
@@ -317,7 +320,8 @@ class _Batches:
         """Run the next batch (retried after a lock timeout); say whether one more may follow."""
         number, start, size = self.state.batch + 1, self.state.last, self.state.size
         label = f"{self.migration.filename} batch {number}"
-        attempt = 0
+        attempt = trips = 0
+        circuit = self.hooks.circuit or CircuitGuard(None, lambda *_: None)
         while True:
             attempt += 1
             clock = time.monotonic()
@@ -328,7 +332,7 @@ class _Batches:
                 if end is None:
                     db.execute(self.conn, "ROLLBACK")
                     return None, False
-                with self.conn.cursor() as cur:
+                with circuit.armed(label), self.conn.cursor() as cur:
                     cur.execute(walk.statement, {"batch_start": start, "batch_end": end})
                     changed = max(cur.rowcount, 0)
                 db.execute(self.conn, queries.load("batch_progress_insert") + ";\nCOMMIT;", {
@@ -343,7 +347,18 @@ class _Batches:
                 db.rollback_quietly(self.conn)
                 if db.is_connection_lost(exc) or self.conn.closed:
                     raise
-                if wait_to_retry(self.target, exc, attempt, what=label):
+                tripped = circuit.tripped(exc)
+                if tripped is not None and circuit.breaker is not None:
+                    trips += 1
+                    if trips <= circuit.breaker.retries:
+                        delay_ms = circuit.breaker.backoff_ms * 2 ** (trips - 1)
+                        log.warning(
+                            "%s: the circuit breaker cancelled it (%s); rolled back, running it "
+                            "again in %d ms", label, tripped, delay_ms,
+                        )  # fmt: skip
+                        self.hooks.sleep(delay_ms / 1000)
+                        continue
+                elif wait_to_retry(self.target, exc, attempt, what=label):
                     continue
                 return self._batch_failed(walk, number, start, end, exc), False
             self._done(walk, number, end, int(keys), changed, time.monotonic() - clock)

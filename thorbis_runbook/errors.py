@@ -117,6 +117,29 @@ def _rebuild_migration_failed(
     return MigrationFailed(message, hint, version=version, sqlstate=sqlstate, line=line)
 
 
+class CircuitOpen(MigrationFailed):
+    """The circuit breaker cancelled a migration on every attempt: the application came first.
+
+    ``trips`` says why, one sentence per cancelled attempt; the migration is rolled back and
+    recorded as failed, earlier migrations stay applied.
+    """
+
+    def __init__(
+        self, message: str, hint: str = "", *, version: str = "", trips: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint, version=version, sqlstate="57014")
+        self.trips = trips
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_circuit_open, (self.message, self.hint, self.version, self.trips))
+
+
+def _rebuild_circuit_open(
+    message: str, hint: str, version: str, trips: tuple[str, ...]
+) -> CircuitOpen:
+    return CircuitOpen(message, hint, version=version, trips=trips)
+
+
 class ChecksFailed(RunbookError):
     """At least one check failed; the run must not go on."""
 

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +42,11 @@ class Executor(Protocol):
     reached: int | None  # the last statement marker the latest run reached (see MARK)
 
     def run(self, sql: str, *, label: str, transactional: bool) -> None: ...
+
+
+# Apply's way of arming the breaker around one statement; Autocommit calls it around the
+# statement alone (never around its clean-up), so a cancel cannot land on anything else.
+Arming = Callable[[str], AbstractContextManager[None]]
 
 
 class _Notices:
@@ -186,6 +192,7 @@ class Autocommit:
     cleaned: list[str] = field(default_factory=list)
     attempts: int = 0  # of the latest statement, failed or not
     on_retry: RetryCallback | None = None  # hears of every attempt that will be retried
+    armed: Arming | None = None  # the circuit breaker, armed around the statement alone
 
     def run(self, statement: Statement, *, label: str, drop: tuple[str, ...] = ()) -> int:
         """Run one statement; return the attempts it took; raise the driver's error after clean-up.
@@ -201,7 +208,8 @@ class Autocommit:
             before = set() if self.executor.dry_run else history.invalid_indexes(self.conn)
             self._drop_leftover_index(statement)
             try:
-                self.executor.run(statement.text, label=label, transactional=False)
+                with self.armed(label) if self.armed else nullcontext():
+                    self.executor.run(statement.text, label=label, transactional=False)
                 return attempt
             except db.DatabaseError as exc:
                 if not self.conn.closed and not db.is_connection_lost(exc):

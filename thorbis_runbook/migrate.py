@@ -22,6 +22,7 @@ from .apply import (
     apply_plan,
     failure_box,
 )
+from .breaker import CircuitBreaker, breaker_settings
 from .config import Target, guard_production
 from .display import html_table
 from .endpoint import Endpoint
@@ -115,6 +116,8 @@ class ApplyResult:
             parts.append(failure_box(self.failure))
         if self.rollback is not None:
             parts.append(self.rollback._repr_html_())
+        if any(step.breaker_trips or step.long_lock_allowed for step in self.steps):
+            parts.append(_breaker_html(self.steps))
         if self.monitor is not None:
             parts.append(self.monitor._repr_html_())
         if self.script:
@@ -146,12 +149,16 @@ def apply(
     if request.pinned is not None:
         _check_pinned(migrations, request.pinned, request.change_id)
     check_to_version(migrations, request.to_version)
+    # The monitor's probes, thresholds and [guard] settings are read (and each declared probe
+    # run once, read-only) before the lock, so a bad value stops apply before anything changes.
+    guard = _guard(endpoint, enabled=request.monitor and not request.dry_run)
     run_id = request.run_id or new_run_id()
     operator = request.operator or operator_name()
     try:
         steps, failure, monitor, unrecorded, script = _apply_locked(
-            endpoint, request, migrations, run_id=run_id, operator=operator, progress=progress
-        )
+            endpoint, request, migrations, run_id=run_id, operator=operator, progress=progress,
+            guard=guard,
+        )  # fmt: skip
     except db.DatabaseError as exc:  # outside the migrations: history, run rows, the lock
         raise _interrupted(target, exc) from None
     if unrecorded is not None and not request.dry_run:
@@ -168,7 +175,7 @@ def apply(
 
 def _apply_locked(
     endpoint: Endpoint, request: ApplyRequest, migrations: MigrationSet, *, run_id: str,
-    operator: str, progress: ProgressCallback | None,
+    operator: str, progress: ProgressCallback | None, guard: _Guard,
 ) -> tuple[tuple[StepResult, ...], MigrationFailed | None, Monitor | None, str | None, str]:  # fmt: skip
     """Plan, save the way back and apply under the lock; the run row says how it ended.
 
@@ -200,13 +207,13 @@ def _apply_locked(
                     _save_before_apply(
                         endpoint, run_id, request.backup or target.backup_before_apply
                     )
-                watch = request.monitor and not request.dry_run and bool(plan.pending)
-                with _monitoring(endpoint, enabled=watch) as monitor:
+                with _monitoring(guard, enabled=bool(plan.pending)) as (monitor, breaker):
                     steps, failure = apply_plan(
                         conn, plan, target=target, executor=executor, run_id=run_id,
                         operator=operator, progress=progress,
                         reconnect=lambda: endpoint.connect(f"thorbis-runbook {run_id} check"),
-                        explain_lock_wait=_lock_wait_explainer(conn, monitor),
+                        explain_lock_wait=_lock_wait_explainer(conn, monitor), breaker=breaker,
+                        strain=monitor.strain if monitor is not None else None,
                     )  # fmt: skip
                 run.finish("failed" if failure else "succeeded")
     script = executor.script() if isinstance(executor, ScriptExecutor) else ""
@@ -370,27 +377,78 @@ def _rollback_run(
         return None
 
 
-@contextmanager
-def _monitoring(endpoint: Endpoint, *, enabled: bool) -> Iterator[Monitor | None]:
-    """Watch locks and sessions on a connection of its own while migrations run.
+@dataclass(frozen=True)
+class _Guard:
+    """What watches the application while migrations run, built but not yet connected."""
 
-    The monitor's warnings reach the log while apply runs; a monitor that cannot connect is
-    logged and apply goes on unwatched (the migration matters more than the watching).
+    monitor: Monitor | None = None
+    breaker: CircuitBreaker | None = None
+
+
+def _guard(endpoint: Endpoint, *, enabled: bool) -> _Guard:
+    """The monitor (probes, signals, alerts) with the circuit breaker listening to it.
+
+    Raises ConfigError for a bad probe, threshold or [guard] value, before anything changes.
     """
     if not enabled:
-        yield None
-        return
+        return _Guard()
     thresholds = load_thresholds(endpoint.settings, endpoint.target)
-    monitor = Monitor(
-        endpoint.dsn, target_name=endpoint.name, blocked_warn_ms=thresholds.blocked_warn
+    breaker = CircuitBreaker.from_settings(
+        endpoint.dsn, breaker_settings(endpoint.settings, thresholds), target_name=endpoint.name
     )
+    return _Guard(Monitor.for_endpoint(endpoint, listeners=[breaker]), breaker)
+
+
+@contextmanager
+def _monitoring(
+    guard: _Guard, *, enabled: bool
+) -> Iterator[tuple[Monitor | None, CircuitBreaker | None]]:
+    """Run the monitor and the breaker, each on a connection of its own, while migrations run.
+
+    The monitor's warnings and alerts go out while apply runs; a monitor or breaker that cannot
+    connect is logged and apply goes on without it (the migration matters more than the
+    watching, and lock_timeout still bounds what it waits for).
+    """
+    monitor, breaker = guard.monitor, guard.breaker
+    if not enabled or monitor is None:
+        yield None, None
+        return
+    try:
+        if breaker is not None:
+            breaker.start()
+    except RunbookError as exc:
+        log.warning("apply runs without the circuit breaker: %s", exc.message)
+        monitor.listeners = ()
+        breaker = None
     try:
         monitor.start()
     except RunbookError as exc:
-        log.warning("apply runs without the lock monitor: %s", exc.message)
-        yield None
+        log.warning("apply runs without the lock monitor and circuit breaker: %s", exc.message)
+        if breaker is not None:
+            breaker.stop()
+        yield None, None
         return
     try:
-        yield monitor
+        yield monitor, breaker
     finally:
         monitor.stop()
+        if breaker is not None:
+            breaker.stop()
+
+
+def _breaker_html(steps: tuple[StepResult, ...]) -> str:
+    """The circuit breaker's part of the apply report: each cancelled attempt, each opt-out."""
+    rows = [
+        (step.version, step.name, "cancelled", reason)
+        for step in steps
+        for reason in step.breaker_trips
+    ] + [
+        (step.version, step.name, "off (runbook:allow long-lock)", step.long_lock_allowed)
+        for step in steps
+        if step.long_lock_allowed
+    ]
+    return html_table(
+        ("version", "name", "circuit breaker", "why"), rows, title="circuit breaker",
+        summary=f"{sum(len(s.breaker_trips) for s in steps)} attempt(s) cancelled to protect "
+        "the application",
+    )  # fmt: skip

@@ -58,7 +58,7 @@ class GuardSettings:
     """
 
     probe_interval_ms: int = 2_000
-    probe_timeout_ms: int = 1_000
+    probe_timeout_ms: int = 3_000
     alert_every_ms: int = 60_000
     breaker_retries: int = 3
     breaker_backoff_ms: int = 5_000
@@ -83,7 +83,7 @@ def guard_settings(settings: Settings) -> GuardSettings:
         raise ConfigError("[guard] must be a table", "see the [guard] section of runbook.toml")
     reject_unknown_keys(raw, _GUARD_KEYS, where="[guard]")
     durations = {
-        "probe_interval_ms": ("probe_interval", "2s"), "probe_timeout_ms": ("probe_timeout", "1s"),
+        "probe_interval_ms": ("probe_interval", "2s"), "probe_timeout_ms": ("probe_timeout", "3s"),
         "alert_every_ms": ("alert_every", "1min"), "breaker_backoff_ms": ("breaker_backoff", "5s"),
     }  # fmt: skip
     values: dict[str, int] = {

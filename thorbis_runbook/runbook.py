@@ -599,6 +599,12 @@ class Run:
                 f"{last.mode or 'a lock'} on {last.relation or 'an object'}, blocked by pid(s) "
                 f"{', '.join(map(str, last.blockers)) or 'unknown'}"
             )
+        trips = {s.version: list(s.breaker_trips) for s in result.steps if s.breaker_trips}
+        if trips:  # each attempt the circuit breaker cancelled, and why
+            self.figures["breaker_trips"] = trips
+        allowed = {s.version: s.long_lock_allowed for s in result.steps if s.long_lock_allowed}
+        if allowed:
+            self.figures["long_lock_allowed"] = allowed
         if result.rollback is not None:
             self.figures["rolled_back"] = list(result.rollback.undone)
             step.detail += (

@@ -22,12 +22,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # migration files and what the database says about them
     ("statements", "sql_text", "migrations", "pins", "plan", "history", "resume"),
     # the engine: executors, runs under the lock, applying a plan; the plain verbs on it
-    ("executor", "batch", "backfill", "failures", "runs", "anchor", "apply", "status", "baseline",
-     "scaffold", "column_facts", "expand_contract_files", "expand_contract", "seed", "project"),
+    ("executor", "batch", "backfill", "failures", "circuit", "runs", "anchor", "apply", "status",
+     "baseline", "scaffold", "column_facts", "expand_contract_files", "expand_contract", "seed",
+     "project"),
     # around a change: the ways back, the guard, checks before and after
     ("recovery", "recovery.result", "recovery.target_run", "recovery.snapshot",
      "recovery.backup", "recovery.down_scripts", "recovery.restore", "recovery.pitr",
-     "recovery.rollback", "signals", "monitor", "lint_context", "lint_plpgsql",
+     "recovery.rollback", "signals", "monitor", "breaker", "lint_context", "lint_plpgsql",
      "lint_maintenance", "lint_rules", "lint", "precheck", "troubleshoot",
      "expectations", "integrity", "rls", "statement_stats", "benchmark", "amcheck", "validate",
      "charts", "traced_locks"),
