@@ -52,7 +52,7 @@ def long_lock_allowance(sql_text: str, *, label: str) -> str | None:
     """
     from pglast.parser import scan  # deferred: pglast loads on first use (see statements.py)
 
-    for token in scan(sql_text):
+    for token in scan(sql_text):  # offsets in characters, as pglast gives them
         if token.name != "SQL_COMMENT":
             continue
         found = _ALLOW_LONG_LOCK.match(sql_text[token.start : token.end + 1])

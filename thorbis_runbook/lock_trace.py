@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import db, executor, history, queries, rehearse
 from .checks import CheckReport, skipped
+from .circuit import long_lock_allowance
 from .display import html_table
 from .endpoint import Endpoint
 from .errors import ConfigError, MigrationFileError
@@ -83,8 +84,6 @@ SERVER_FUNCTIONS = {
     "pg_wal_replay_resume", "lo_export", "pg_file_write", "pg_file_unlink", "pg_file_rename",
     "dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblink_send_query",
 }  # fmt: skip
-# A migration planned for a maintenance window says so; its strong locks are intended.
-_LONG_LOCK = re.compile(r"--[ \t]*runbook:allow[ \t]+long-lock\b(?P<reason>[^\n]*)")
 # A DO block's body is PL/pgSQL text; these words in it are enough to leave it alone.
 _SERVER_WIDE_WORDS = re.compile(
     r"\b(?:(?:create|alter|drop)\s+(?:role|user|group|database|tablespace|subscription)"
@@ -175,10 +174,9 @@ def trace(endpoint: Endpoint, *, source: str = "schema") -> LockTrace:
 def _long_lock(migration: Migration) -> str | None:
     """The reason of the file's ``-- runbook:allow long-lock`` comment (the breaker's opt-out)."""
     try:
-        found = _LONG_LOCK.search(migration.sql)
+        return long_lock_allowance(migration.sql, label=migration.filename)
     except MigrationFileError:
         return None  # the trace reports the unreadable file
-    return found["reason"].strip() if found and found["reason"].strip() else None
 
 
 def server_wide(kind: str, node: Node, text: str) -> str | None:

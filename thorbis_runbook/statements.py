@@ -538,25 +538,23 @@ def placeholder_spans(text: str) -> list[tuple[int, int, str]]:
     """
     from pglast import parser  # deferred: see the module docstring
 
-    encoded = text.encode("utf-8")
     try:
-        tokens = list(parser.scan(text))
+        tokens = list(parser.scan(text))  # offsets in characters, as pglast gives them
     except parser.ParseError:
         return []  # the parse reports it, with its line
     for token in tokens:
         if token.name == "PARAM":
             raise BatchedFileError(
-                f"holds the parameter {encoded[token.start : token.end + 1].decode()}, "
+                f"holds the parameter {text[token.start : token.end + 1]}, "
                 "which the runner does not bind",
                 "use :batch_start and :batch_end, the only values a batched file is given",
-                line_of(text, len(encoded[: token.start].decode("utf-8"))),
+                line_of(text, token.start),
             )
     spans = []
     for colon, word in itertools.pairwise(tokens):
-        name = encoded[word.start : word.end + 1].decode("utf-8")
+        name = text[word.start : word.end + 1]
         if colon.name == "ASCII_58" and word.start == colon.end + 1 and name in BATCH_PLACEHOLDERS:
-            start = len(encoded[: colon.start].decode("utf-8"))
-            spans.append((start, start + 1 + len(name), name))
+            spans.append((colon.start, colon.start + 1 + len(name), name))
     return spans
 
 
