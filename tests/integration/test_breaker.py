@@ -446,7 +446,7 @@ def test_only_a_real_long_lock_comment_with_a_reason_turns_the_breaker_off() -> 
     assert long_lock_allowance("-- runbook:allow long-lock\nSELECT 1;", label="f.sql") is None
     assert long_lock_allowance("-- runbook:allow long-locks x\nSELECT 1;", label="f.sql") is None
     # Text in another script before the comment moves nothing.
-    accented = "COMMENT ON TABLE t IS 'Übersicht – café';\n-- runbook:allow long-lock Fenster 3\n"
+    accented = "COMMENT ON TABLE t IS 'Übersicht café';\n-- runbook:allow long-lock Fenster 3\n"
     assert long_lock_allowance(accented, label="f.sql") == "Fenster 3"
 
 
