@@ -350,6 +350,7 @@ class _Batches:
                 tripped = circuit.tripped(exc)
                 if tripped is not None and circuit.breaker is not None:
                     trips += 1
+                    circuit.trips.append(f"{label}: {tripped}")
                     if trips <= circuit.breaker.retries:
                         delay_ms = circuit.breaker.backoff_ms * 2 ** (trips - 1)
                         log.warning(

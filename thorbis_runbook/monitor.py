@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 APPLICATION_NAME = "thorbis-runbook monitor"
+FIRST_SAMPLE_WAIT_S = 2.0  # start() waits this long at most for the first sample
 # The sampler must never become the thing that waits: its queries read only statistics views,
 # and these timeouts bound them if the server is struggling.
 _SESSION_SQL = "SET statement_timeout = '2s'; SET lock_timeout = '100ms'"
@@ -199,6 +200,7 @@ class Monitor:
         self._warned: set[tuple[int, tuple[int, ...]]] = set()
         self._error: str | None = None
         self._stop = threading.Event()
+        self._first_sample = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: db.Connection | None = None
         self._lock = threading.Lock()
@@ -249,6 +251,9 @@ class Monitor:
             target=self._run, name="thorbis-runbook-monitor", daemon=True
         )
         self._thread.start()
+        # The first picture before the work starts: strain() and the breaker judge from it, so
+        # the first batch of a backfill is not let through for want of a sample.
+        self._first_sample.wait(timeout=FIRST_SAMPLE_WAIT_S)
         return self
 
     def stop(self) -> MonitorResult:
@@ -345,6 +350,8 @@ class Monitor:
                     "monitor on target %s stopped sampling: %s", self.target_name, self._error
                 )
                 return
+            finally:
+                self._first_sample.set()
             if self._stop.wait(max(0.0, interval - (time.monotonic() - began))):
                 self._sample_quietly()  # the last picture, right at the end of the work
                 return
