@@ -129,6 +129,7 @@ class _State:
     run_rows: int = 0
     throttle_ms: int = 0
     size: int = 1
+    took_s: float = 0.0  # the last batch's time: the rest after it is a share of it
     logged_at: float = 0.0
 
 
@@ -313,6 +314,7 @@ class _Batches:
             failure, more = self._one_batch(walk, waited, reason)
             if failure is not None or not more:
                 return failure
+            self.hooks.sleep(self.state.took_s * walk.spec.rest_pct / 100)
 
     def _one_batch(
         self, walk: Walk, waited_ms: int, reason: str | None
@@ -375,6 +377,7 @@ class _Batches:
         state.batch, state.last = number, end
         state.keys, state.rows = state.keys + keys, state.rows + rows
         state.run_batches, state.run_rows = state.run_batches + 1, state.run_rows + rows
+        state.took_s = took_s
         goal = walk.spec.batch_time_ms / 1000
         factor = min(2.0, max(0.5, goal / max(took_s, 0.001)))
         state.size = max(1, min(walk.spec.max_batch_size, int(state.size * factor)))

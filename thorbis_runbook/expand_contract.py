@@ -1,7 +1,7 @@
 """`new --expand-contract`: a column rename, type change or NOT NULL as migrations the application outlives.
 
 The expand phase adds what is new beside what is old (a column kept in step by a trigger, or a
-trigger filling NULLs), a batched backfill (part backfill's `-- runbook:batched` header) and the
+trigger filling NULLs), a batched backfill (backfill.py's `-- runbook:batched` header) and the
 new column's copies of the old one's indexes, built concurrently. The contract phase, written
 later when nothing uses the old shape any more, drops it; constraints go on NOT VALID and are
 validated in a later file, so no step holds a strong lock through a scan. The two phases are

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .statements import Node, SqlSyntaxError, line_of, parse
+from .statements import Node, SqlSyntaxError, line_of, option_text, parse
 
 # Trigger functions run per row on the application's own statements, not during the
 # migration: their UPDATEs are not the migration's locks.
@@ -42,12 +42,12 @@ def body_statements(kind: str, body: Node, *, statement: str, line: int) -> list
         return []
     options = body.get("args") if kind == "DoStmt" else body.get("options")
     default = "plpgsql" if kind == "DoStmt" else "sql"
-    language = (_option(options, "language") or default).lower()
+    language = (option_text(options, "language") or default).lower()
     if kind == "CreateFunctionStmt" and _returns_trigger(body):
         return []
     if "sql_body" in body:  # BEGIN ATOMIC ... END: already parsed, without lines of its own
         return list(_atomic(body["sql_body"], line))
-    source = _option(options, "as")
+    source = option_text(options, "as")
     if source is None:
         return []
     first_line = _body_line(statement, source, line)
@@ -139,20 +139,6 @@ def _body_line(statement: str, source: str, line: int) -> int:
     """
     offset = statement.find(source) if source.strip() else -1
     return line + statement.count("\n", 0, max(offset, 0))
-
-
-def _option(options: list[Node] | None, name: str) -> str | None:
-    for item in options or ():
-        element = item.get("DefElem", {})
-        if element.get("defname") != name:
-            continue
-        arg = element.get("arg", {})
-        if "List" in arg:  # CREATE FUNCTION ... AS 'body' is a list of strings
-            items = arg["List"].get("items", [])
-            arg = items[0] if items else {}
-        sval = arg.get("String", {}).get("sval")
-        return str(sval) if sval is not None else None
-    return None
 
 
 def _returns_trigger(body: Node) -> bool:

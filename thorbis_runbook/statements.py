@@ -249,7 +249,7 @@ def no_transaction_reason(node: Node, committing_procedures: set[str]) -> str | 
         return "CLUSTER of every table"
     if kind == "AlterTableStmt" and _detaches_concurrently(body):
         return "DETACH PARTITION CONCURRENTLY"
-    if kind == "DoStmt" and _plpgsql_commits(_option_text(body.get("args"), "as")):
+    if kind == "DoStmt" and _plpgsql_commits(option_text(body.get("args"), "as")):
         return "DO block that commits"
     if kind == "CallStmt" and _call_name(body) in committing_procedures:
         return "CALL of a procedure that commits"
@@ -261,10 +261,10 @@ def committing_procedure_name(node: Node) -> str | None:
     kind, body = _unwrap(node)
     if kind != "CreateFunctionStmt" or not body.get("is_procedure"):
         return None
-    language = _option_text(body.get("options"), "language") or "sql"
+    language = option_text(body.get("options"), "language") or "sql"
     if language.lower() != "plpgsql":
         return None
-    if not _plpgsql_commits(_option_text(body.get("options"), "as")):
+    if not _plpgsql_commits(option_text(body.get("options"), "as")):
         return None
     return _qualified_name(body.get("funcname"))
 
@@ -298,7 +298,8 @@ def _option_names(options: list[Node] | None) -> set[str]:
     return {item["DefElem"]["defname"] for item in options or () if "DefElem" in item}
 
 
-def _option_text(options: list[Node] | None, name: str) -> str | None:
+def option_text(options: list[Node] | None, name: str) -> str | None:
+    """A DefElem option's string (a DO block's or a function's language or body), or None."""
     for item in options or ():
         element = item.get("DefElem", {})
         if element.get("defname") != name:
@@ -463,7 +464,11 @@ BATCHED_HEADER = re.compile(r"^[ \t]*--[ \t]*runbook:batched\b(?P<options>.*)$",
 BATCH_PLACEHOLDERS = ("batch_start", "batch_end")
 BATCHED_KINDS = ("UpdateStmt", "DeleteStmt", "InsertStmt")
 _HEADER_OPTION = re.compile(r'(?P<name>[A-Za-z_]+)=(?P<value>(?:"(?:[^"]|"")*"|[^\s"])+)')
-_BATCH_DEFAULTS = {"batch_size": 1000, "batch_time": 200, "max_batch_size": 50_000}
+_BATCH_DEFAULTS = {"batch_size": 1000, "batch_time": 200, "max_batch_size": 50_000, "rest": 100}
+_HEADER_SYNTAX = (
+    "write it as -- runbook:batched table=SCHEMA.TABLE key=COLUMN [batch_size=N] "
+    "[batch_time=200ms] [max_batch_size=N] [rest=100%]"
+)
 
 
 @dataclass(frozen=True)
@@ -475,6 +480,9 @@ class BatchedSpec:
     batch_size: int = 1000
     batch_time_ms: int = 200  # the time one batch should take; the size adapts toward it
     max_batch_size: int = 50_000
+    # After each batch the walk rests this share of the batch's own time (100: as long again),
+    # leaving the server to the application between batches; 0 walks without a break.
+    rest_pct: int = 100
     line: int = 1  # of the header, for messages
 
 
@@ -510,8 +518,7 @@ def batched_spec(text: str) -> BatchedSpec | None:
         if required not in options:
             raise BatchedFileError(
                 f"-- runbook:batched header has no {required}=",
-                "write it as -- runbook:batched table=SCHEMA.TABLE key=COLUMN [batch_size=N] "
-                "[batch_time=200ms] [max_batch_size=N]",
+                _HEADER_SYNTAX,
                 line,
             )
     sizes = {name: _header_number(options, name, line) for name in _BATCH_DEFAULTS}
@@ -525,7 +532,7 @@ def batched_spec(text: str) -> BatchedSpec | None:
     return BatchedSpec(
         table=_table_name(options["table"], line), key=_column_name(options["key"], line),
         batch_size=sizes["batch_size"], batch_time_ms=sizes["batch_time"],
-        max_batch_size=sizes["max_batch_size"], line=line,
+        max_batch_size=sizes["max_batch_size"], rest_pct=sizes["rest"], line=line,
     )  # fmt: skip
 
 
@@ -622,9 +629,8 @@ def _is_comment_at(text: str, offset: int) -> bool:
     from pglast import parser  # deferred: see the module docstring
 
     dash = text.index("--", offset)
-    byte = len(text[:dash].encode("utf-8"))
-    try:
-        return any(t.start == byte and t.name == "SQL_COMMENT" for t in parser.scan(text))
+    try:  # the scanner's offsets count characters
+        return any(t.start == dash and t.name == "SQL_COMMENT" for t in parser.scan(text))
     except parser.ParseError:
         return True  # the parse reports the file's error; the header is taken as written
 
@@ -635,8 +641,7 @@ def _header_options(raw: str, line: int) -> dict[str, str]:
     if rest:
         raise BatchedFileError(
             f"-- runbook:batched header has {rest.split()[0]!r}, which is not NAME=VALUE",
-            "write it as -- runbook:batched table=SCHEMA.TABLE key=COLUMN [batch_size=N] "
-            "[batch_time=200ms] [max_batch_size=N]",
+            _HEADER_SYNTAX,
             line,
         )
     for match in _HEADER_OPTION.finditer(raw):
@@ -645,8 +650,8 @@ def _header_options(raw: str, line: int) -> dict[str, str]:
             problem = "repeats" if name in options else "has the unknown option"
             raise BatchedFileError(
                 f"-- runbook:batched header {problem} {name}=",
-                "the options are table=, key=, batch_size=, batch_time= and max_batch_size=, "
-                "each once",
+                "the options are table=, key=, batch_size=, batch_time=, max_batch_size= and "
+                "rest=, each once",
                 line,
             )
         options[name] = match["value"]
@@ -661,6 +666,11 @@ def _header_number(options: dict[str, str], name: str, line: int) -> int:
         found = re.fullmatch(r"(\d+)(ms|s)", raw)
         value = int(found[1]) * (1000 if found[2] == "s" else 1) if found else 0
         what = 'a duration such as "200ms" or "1s", above 0'
+    elif name == "rest":
+        found = re.fullmatch(r"(\d+)%?", raw)
+        if found and int(found[1]) <= 1000:
+            return int(found[1])
+        value, what = 0, 'a share of the batch time from "0%" to "1000%"'
     else:
         value = int(raw) if raw.isdigit() else 0
         what = "a whole number of rows, at least 1"

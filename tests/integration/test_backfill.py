@@ -111,6 +111,21 @@ def test_the_batch_size_adapts_toward_batch_time(tmp_path: Path, settings_for, c
     assert _touched(conn) == {1: ROWS}, "a text key walks every row once too"
 
 
+def test_the_walk_rests_between_batches_as_long_as_each_batch_took(
+    tmp_path: Path, settings_for, conn
+) -> None:  # type: ignore[no-untyped-def]
+    slow = HEADER + (
+        "UPDATE app.items SET touched = touched + 1\n"
+        " WHERE id > :batch_start AND id <= :batch_end AND pg_sleep(0.0002) IS NOT NULL;\n"
+    )
+    settings = settings_for(_folder(tmp_path, slow))
+    result = migrate.apply(resolve(settings), ApplyRequest(backup="none"))
+    assert result.ok
+    busy_ms = _one(conn, "SELECT sum(duration_ms) FROM runbook.batch_progress")[0]
+    assert result.steps[-1].duration_ms >= 2 * busy_ms, "a rest after every batch (rest=100%)"
+    assert _touched(conn) == {1: ROWS}
+
+
 def test_a_failing_batch_names_its_range_keeps_earlier_batches_and_resumes(
     tmp_path: Path, settings_for, conn
 ) -> None:  # type: ignore[no-untyped-def]

@@ -398,7 +398,7 @@ def test_waiters_of_the_runbook_itself_never_trip_and_waiters_behind_waiters_do(
 
 @dataclass(frozen=True)
 class Health:
-    """A monitor sample as part guard's monitor fills it: probe latency and error rate."""
+    """A monitor sample as the guard fills it: probe latency and error rate."""
 
     at: datetime
     probe_ms: float | None = None

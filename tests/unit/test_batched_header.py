@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,19 @@ def test_the_header_reads_quoted_names_and_sizes() -> None:
     assert spec.table == ObjectName("Sales App", "orders") and spec.key == "OrderId"
     assert (spec.batch_size, spec.batch_time_ms, spec.max_batch_size) == (500, 1000, 9000)
     assert batched_spec("UPDATE t SET a = 1;") is None
+    assert spec.rest_pct == 100, "by default the walk rests as long as each batch took"
+
+
+@pytest.mark.parametrize(("rest", "expected"), [("0", 0), ("50%", 50), ("250%", 250)])
+def test_rest_is_a_share_of_the_batch_time(rest: str, expected: int) -> None:
+    spec = batched_spec(f"-- runbook:batched table=t key=id rest={rest}\nUPDATE t SET a = 1;")
+    assert spec is not None and spec.rest_pct == expected
+
+
+@pytest.mark.parametrize("rest", ["2000%", "-5%", "fast", "1.5"])
+def test_a_rest_that_is_no_share_is_refused(rest: str) -> None:
+    with pytest.raises(BatchedFileError, match=f"rest={re.escape(rest)}, which is not a share"):
+        batched_spec(f"-- runbook:batched table=t key=id rest={rest}\nUPDATE t SET a = 1;")
 
 
 def test_placeholders_in_strings_and_comments_are_left_alone() -> None:
