@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin
+from bench_common import admin, percentile, pgbench_latencies_ms
 
 from thorbis_runbook import embedded, migrate
 from thorbis_runbook.config import settings_from_mapping
@@ -123,18 +123,7 @@ class Traffic:
         self.thread.join()
 
     def latencies_ms(self) -> list[float]:
-        values = []
-        for path in self.prefix.parent.glob(f"{self.prefix.name}_*"):
-            for line in path.read_text().splitlines():
-                fields = line.split()
-                if len(fields) >= 3:
-                    values.append(int(fields[2]) / 1000)
-        return values
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))] if ordered else 0.0
+        return pgbench_latencies_ms(self.prefix.parent.glob(f"{self.prefix.name}_*"))
 
 
 def settings_for(folder: Path, root: Path) -> Any:

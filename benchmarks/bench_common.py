@@ -1,8 +1,10 @@
 """Pieces the benchmark scripts share: one statement on the throwaway server's maintenance
-database, and the database work a set of executed runbooks did (their step cells' durations)."""
+database, the database work a set of executed runbooks did (their step cells' durations), and
+the application's latencies from pgbench's per-transaction logs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -41,3 +43,19 @@ def database_work(reports: Path) -> float:
             and not cell.source.startswith(NOT_DATABASE_WORK)
         )  # fmt: skip
     return work
+
+
+def pgbench_latencies_ms(logs: Iterable[Path]) -> list[float]:
+    """Per-transaction latencies from pgbench's logs (field 3 is the latency in microseconds)."""
+    values = []
+    for path in logs:
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3:
+                values.append(int(fields[2]) / 1000)
+    return values
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))] if ordered else 0.0

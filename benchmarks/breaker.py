@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin
-from online_index import APP_SCRIPT, latencies_ms, percentile, pgbench, run_sql
+from bench_common import admin, percentile
+from online_index import APP_SCRIPT, latencies_ms, pgbench, run_sql
 
 from thorbis_runbook import embedded, migrate
 from thorbis_runbook.config import settings_from_mapping

@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_common import admin
-from online_index import latencies_ms, percentile, pgbench, run_sql
+from bench_common import admin, percentile
+from online_index import latencies_ms, pgbench, run_sql
 
 from thorbis_runbook import db, embedded, migrate, seed
 from thorbis_runbook.config import settings_from_mapping

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin
+from bench_common import admin, percentile, pgbench_latencies_ms
 from psycopg2 import sql
 
 from thorbis_runbook import embedded, migrate, queries
@@ -115,19 +115,8 @@ def pgbench(
 
 
 def latencies_ms(log_prefix: Path) -> list[float]:
-    """Per-transaction latencies from pgbench's logs (field 3 is the latency in microseconds)."""
-    values = []
-    for path in log_prefix.parent.glob(f"{log_prefix.name}.*"):
-        for line in path.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 3:
-                values.append(int(fields[2]) / 1000)
-    return values
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))] if ordered else 0.0
+    """The latencies of the pgbench run logged under ``log_prefix``."""
+    return pgbench_latencies_ms(log_prefix.parent.glob(f"{log_prefix.name}.*"))
 
 
 def phase(
