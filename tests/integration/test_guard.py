@@ -6,14 +6,14 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg2
 import pytest
 
 from tests.conftest import write_migrations
+from tests.webhook import Webhook
 from thorbis_runbook import charts, migrate, runbook
 from thorbis_runbook.config import Settings, settings_from_mapping
 from thorbis_runbook.endpoint import resolve
@@ -26,30 +26,12 @@ from thorbis_runbook.signals import Sample
 Conn = psycopg2.extensions.connection
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
     """A local webhook receiver; its URL is in GUARD_HOOK."""
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    monkeypatch.setenv("GUARD_HOOK", url)
-    yield url
-    server.shutdown()
+    with Webhook() as hook:
+        monkeypatch.setenv("GUARD_HOOK", hook.url)
+        yield hook
 
 
 @pytest.fixture
@@ -95,7 +77,7 @@ def _storm(dsn: str, stop: threading.Event) -> None:
 
 
 def test_an_error_storm_during_apply_sends_the_error_rate_alert_then_its_recovery(
-    tmp_path: Path, conn: Conn, pg_database: str, guarded: Callable[..., Settings], webhook: str
+    tmp_path: Path, conn: Conn, pg_database: str, guarded: Callable[..., Settings], webhook: Webhook
 ) -> None:
     # The migration waits for an advisory lock this test holds, so the run lasts until the
     # test lets it finish.
@@ -120,18 +102,18 @@ def test_an_error_storm_during_apply_sends_the_error_rate_alert_then_its_recover
         storm.start()
 
         def raised() -> bool:
-            return any(m.get("alert") == "error_rate_fail" for m in _Hook.received)
+            return any(m.get("alert") == "error_rate_fail" for m in webhook.received)
 
-        assert _wait_for(raised, 20), _Hook.received
+        assert _wait_for(raised, 20), webhook.received
         assert run.is_alive()  # the alert arrived while the migration was still running
         stop.set()
         storm.join()
 
         def recovered() -> bool:
             return any(m["event"] == "recovered" and m["alert"] == "error_rate_fail"
-                       for m in _Hook.received)  # fmt: skip
+                       for m in webhook.received)  # fmt: skip
 
-        assert _wait_for(recovered, 20), _Hook.received
+        assert _wait_for(recovered, 20), webhook.received
     finally:
         stop.set()
         with conn.cursor() as cur:
@@ -139,11 +121,11 @@ def test_an_error_storm_during_apply_sends_the_error_rate_alert_then_its_recover
         run.join(timeout=60)
         result = monitor.stop()
     assert applied and applied[0].ok
-    alert = next(m for m in _Hook.received if m.get("alert") == "error_rate_fail")
+    alert = next(m for m in webhook.received if m.get("alert") == "error_rate_fail")
     assert alert["event"] == "alert" and alert["target"] == "test" and alert["level"] == "fail"
     assert "rolled back" in alert["message"]
     # One alert per crossing: the storm lasted many samples, the webhook heard it once.
-    assert sum(m == alert for m in _Hook.received) == 1
+    assert sum(m == alert for m in webhook.received) == 1
     assert max(s.error_rate or 0 for s in result.samples) >= 50
     sent = [a for a in result.alerts if a.name == "error_rate_fail"]
     assert [a.event for a in sent] == ["alert", "recovered"]

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.webhook import Webhook
 from thorbis_runbook import notify
 from thorbis_runbook.config import Target
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def webhook() -> Iterator[str]:
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
+def webhook() -> Iterator[Webhook]:
+    with Webhook() as hook:
+        yield hook
 
 
 class _Mailbox:
@@ -67,15 +48,15 @@ def _target(**notify_options: object) -> Target:
     return Target(name="staging", options={"notify": notify_options})
 
 
-def test_webhook_and_email_are_delivered(webhook: str, mailbox) -> None:  # type: ignore[no-untyped-def]
+def test_webhook_and_email_are_delivered(webhook: Webhook, mailbox) -> None:  # type: ignore[no-untyped-def]
     box, port = mailbox
     target = _target(webhook_url_env="HOOK", smtp_host="127.0.0.1", smtp_port=port,
                      mail_from="runbook@example.test", mail_to=["dba@example.test"])  # fmt: skip
     deliveries = notify.notify(
-        target, "failed", {"runbook": "apply", "run_id": "r1"}, env={"HOOK": webhook}
+        target, "failed", {"runbook": "apply", "run_id": "r1"}, env={"HOOK": webhook.url}
     )
     assert [(d.channel, d.delivered) for d in deliveries] == [("webhook", True), ("email", True)]
-    assert _Hook.received == [
+    assert webhook.received == [
         {"event": "failed", "target": "staging", "runbook": "apply", "run_id": "r1"}
     ]
     sender, recipients, content = box.messages[0]
