@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -43,14 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin, percentile, pgbench_latencies_ms
+from bench_common import admin, percentile, pgbench_latencies_ms, scratch_server, write_results
 
-from thorbis_runbook import embedded, migrate
+from thorbis_runbook import migrate
 from thorbis_runbook.config import settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 DSN_ENV = "THORBIS_BENCH_DSN"
 CHUNK_S = 5
 TABLE = """
@@ -249,14 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.kills, args.baseline, args.delay = 200_000, 3, 5.0, 1.0
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    state = Path(tempfile.mkdtemp(prefix="backfill-bench-"))
-    work = state / "work"
-    work.mkdir()
-    os.chmod(state, 0o755)
-    os.chmod(work, 0o777)  # the server's own tools may run as another user when we are root
-    server = embedded.start(state)
-    try:
+    with scratch_server("backfill-bench-") as (server, work):
         admin(server, "CREATE DATABASE bench")
         uri = server.uri("bench")
         with contextlib.suppress(psycopg2.Error):  # without it, the table's size is reported
@@ -275,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_version": server.version, "nproc": os.cpu_count(),
             "loadavg": os.getloadavg(), "phases": phases, "kill_trials": kills,
         }  # fmt: skip
-    finally:
-        embedded.destroy(state)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    (RESULTS_DIR / f"backfill-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
+    write_results("backfill", report)
     print_report(report)
     return 0
 

@@ -26,12 +26,10 @@ Run: ``.venv/bin/python benchmarks/breaker.py [--quick] [--scale 10] [--duration
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -39,15 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin, percentile
+from bench_common import admin, percentile, scratch_server, write_results
 from online_index import APP_SCRIPT, latencies_ms, pgbench, run_sql
 
-from thorbis_runbook import embedded, migrate
+from thorbis_runbook import migrate
 from thorbis_runbook.config import settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 DSN_ENV = "THORBIS_BENCH_DSN"
 OFF = "-- runbook:allow long-lock benchmark: the breaker off, for comparison\n"
 QUEUE = "ALTER TABLE pgbench_accounts ADD COLUMN note text;\n"
@@ -145,15 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.scale, args.duration, args.delay, args.hold = 1, 9, 1.5, 5.0
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    state = Path(tempfile.mkdtemp(prefix="breaker-bench-"))
-    work = state / "work"
-    work.mkdir()
-    os.chmod(state, 0o755)
-    os.chmod(work, 0o777)  # the server's own tools may run as another user when we are root
-    server = embedded.start(state)
     load = {"start": os.getloadavg()}
-    try:
+    with scratch_server("breaker-bench-") as (server, work):
         admin(server, "CREATE DATABASE bench")
         uri = server.uri("bench")
         subprocess.run(
@@ -185,14 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             "server_version": server.version, "nproc": os.cpu_count(), "loadavg": load,
             "raw_rewrite_s": raw_rewrite_s, "phases": ctx["phases"],
         }  # fmt: skip
-    finally:
-        embedded.destroy(state)
     print_report(report)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"breaker-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_results("breaker", report)
     return 0
 
 

@@ -18,18 +18,16 @@ Run: ``.venv/bin/python benchmarks/guard_overhead.py [--seconds 30] [--repeats 3
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_common import admin
+from bench_common import admin, scratch_server, write_results
 from psycopg2 import sql
 
 from thorbis_runbook import db, embedded, migrate
@@ -37,8 +35,6 @@ from thorbis_runbook.config import settings_from_mapping
 from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.monitor import Monitor
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 DSN_ENV = "THORBIS_BENCH_DSN"
 # Rows the migration writes per second of apply on a small shared machine (calibrated below).
 MIGRATION = """\
@@ -137,15 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats = 3.0, 2
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    state = Path(tempfile.mkdtemp(prefix="guard-overhead-"))
-    work = state / "work"
-    work.mkdir()
-    os.chmod(state, 0o755)
-    server = embedded.start(state)
     load = {"start": os.getloadavg()}
     runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
-    try:
+    with scratch_server("guard-overhead-") as (server, work):
         rows = calibrate(server, work, args.seconds)
         folder = write_migration(work / "migrations", rows)
         for repeat in range(args.repeats):
@@ -154,15 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {repeat + 1}: {kind} the guard ...", file=sys.stderr, flush=True)
                 runs[kind].append(apply_once(server, folder, work, guarded=kind == "with"))
         load["end"] = os.getloadavg()
-    finally:
-        embedded.destroy(state)
     report = summarize(args, rows, runs, load, server.version)
     print_report(report)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"guard_overhead-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_results("guard_overhead", report)
     return 0
 
 

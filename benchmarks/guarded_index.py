@@ -19,19 +19,17 @@ Run: ``.venv/bin/python benchmarks/guarded_index.py [--businesses 500] [--durati
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_common import admin, percentile
+from bench_common import admin, percentile, scratch_server, write_results
 from online_index import latencies_ms, pgbench, run_sql
 
 from thorbis_runbook import db, embedded, migrate, seed
@@ -40,7 +38,6 @@ from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.monitor import Monitor
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 DSN_ENV = "THORBIS_BENCH_DSN"
 # Work orders numbered 1..N, so pgbench can pick one at random by a key it can generate.
 NUMBERED = """
@@ -149,15 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.businesses, args.duration, args.delay, args.runs = 8, 6, 2.0, 2
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    state = Path(tempfile.mkdtemp(prefix="guarded-index-"))
-    work = state / "work"
-    work.mkdir()
-    os.chmod(state, 0o755)
-    os.chmod(work, 0o777)  # the server's own tools may run as another user when we are root
-    server = embedded.start(state)
     load = {"start": os.getloadavg()}
-    try:
+    with scratch_server("guarded-index-") as (server, work):
         ctx = prepare(server, work, args.businesses)
         bin_dir = server.bin_dir()
         print("baseline ...", file=sys.stderr, flush=True)
@@ -166,19 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"guarded apply {number} ...", file=sys.stderr, flush=True)
             rows.append(traffic(f"guarded {number}", ctx, bin_dir, work, args, number))
         load["end"] = os.getloadavg()
-    finally:
-        embedded.destroy(state)
     report = {
         "when": datetime.now(UTC).isoformat(), "args": vars(args), "nproc": os.cpu_count(),
         "server_version": server.version, "work_orders": ctx["work_orders"],
         "prepare_s": ctx["prepare_s"], "loadavg": load, "runs": rows,
     }  # fmt: skip
     print_report(report)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"guarded_index-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_results("guarded_index", report)
     return 0
 
 

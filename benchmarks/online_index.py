@@ -24,21 +24,19 @@ Run: ``.venv/bin/python benchmarks/online_index.py [--scale 10] [--duration 15] 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-from bench_common import admin, percentile, pgbench_latencies_ms
+from bench_common import admin, percentile, pgbench_latencies_ms, scratch_server, write_results
 from psycopg2 import sql
 
 from thorbis_runbook import embedded, migrate, queries
@@ -47,7 +45,6 @@ from thorbis_runbook.endpoint import resolve
 from thorbis_runbook.monitor import Monitor
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
 DSN_ENV = "THORBIS_BENCH_DSN"
 APP_SCRIPT = """\\set aid random(1, 100000 * :scale)
 \\set delta random(-5000, 5000)
@@ -232,15 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=4.0, help="seconds of traffic before apply")
     parser.add_argument("--repeats", type=int, default=5, help="monitor-overhead repeats")
     args = parser.parse_args(argv)
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    state = Path(tempfile.mkdtemp(prefix="online-index-"))
-    work = state / "work"
-    work.mkdir()
-    os.chmod(state, 0o755)
-    os.chmod(work, 0o777)  # the server's own tools may run as another user when we are root
-    server = embedded.start(state)
     load = {"start": os.getloadavg()}
-    try:
+    with scratch_server("online-index-") as (server, work):
         admin(server, "CREATE DATABASE bench")
         uri = server.uri("bench")
         bin_dir = server.bin_dir()
@@ -283,14 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "raw_psql_index_build_s": raw, "phases": ctx["phases"],
             "monitor_sample_query_ms": cost, "monitor_overhead": overhead, "monitor_overhead_index": overhead_index,
         }  # fmt: skip
-    finally:
-        embedded.destroy(state)
     print_report(report)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"online_index-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nwrote {path}")
+    write_results("online_index", report)
     return 0
 
 
