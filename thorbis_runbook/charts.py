@@ -183,8 +183,7 @@ def monitor_signals(result: MonitorResult) -> Chart | None:
     """The application's health while apply ran: probe latency, transactions and error rate,
     WAL, replication lag, the archiver's backlog and disk, each only when it has data."""
     panels = [
-        panel for panel in (_probe_panel, _transactions_panel, _wal_panel, _lag_panel,
-                            _archive_panel, _disk_panel)
+        panel for panel in (_probe_panel, _transactions_panel, _WAL, _LAG, _ARCHIVE, _DISK)
         if panel(result, None)
     ]  # fmt: skip
     if not panels:
@@ -255,43 +254,46 @@ def _transactions_panel(result: MonitorResult, axis: Axes | None) -> bool:
     return True
 
 
-def _wal_panel(result: MonitorResult, axis: Axes | None) -> bool:
-    t, wal = _series(result, "wal_bytes_per_s", 1024**2)
-    if axis is None:
-        return bool(wal)
-    axis.plot(t, wal, color=CHART["series"], label="WAL written")
-    axis.set_ylabel("WAL (MB/s)")
-    return True
+@dataclass(frozen=True)
+class _Line:
+    """A signal drawn alone in its panel: the sample field, its scale, names and limits."""
+
+    field: str
+    label: str
+    ylabel: str
+    scale: float = 1.0
+    colour: str = "series"
+    limit: str = ""  # the thresholds' stem drawn as warn and fail lines
+    unit: str = ""
+    zero_is_nothing: bool = False  # a backlog of 0 all along is nothing to show
+    ylim: tuple[float, float] | None = None
+
+    def __call__(self, result: MonitorResult, axis: Axes | None) -> bool:
+        t, values = _series(result, self.field, self.scale)
+        if axis is None:
+            return any(values) if self.zero_is_nothing else bool(values)
+        axis.plot(t, values, color=CHART[self.colour], label=self.label)
+        if self.limit:
+            _limits(axis, result, self.limit, self.scale, self.unit)
+        if self.ylim is not None:
+            axis.set_ylim(*self.ylim)
+        axis.set_ylabel(self.ylabel)
+        return True
 
 
-def _lag_panel(result: MonitorResult, axis: Axes | None) -> bool:
-    t, lag = _series(result, "replication_lag_bytes", 1024**2)
-    if axis is None:
-        return bool(lag)
-    axis.plot(t, lag, color=CHART["series"], label="largest standby lag")
-    _limits(axis, result, "replication_lag", 1024**2, " MB")
-    axis.set_ylabel("replication lag (MB)")
-    return True
-
-
-def _archive_panel(result: MonitorResult, axis: Axes | None) -> bool:
-    t, backlog = _series(result, "archive_backlog")
-    if axis is None:
-        return any(backlog)
-    axis.plot(t, backlog, color=CHART["warn"], label="WAL files waiting for the archiver")
-    axis.set_ylabel("archive backlog")
-    return True
-
-
-def _disk_panel(result: MonitorResult, axis: Axes | None) -> bool:
-    t, used = _series(result, "disk_used_pct")
-    if axis is None:
-        return bool(used)
-    axis.plot(t, used, color=CHART["series"], label="data directory's disk used")
-    _limits(axis, result, "disk_used", unit=" %")
-    axis.set_ylim(0, 100)
-    axis.set_ylabel("disk used (%)")
-    return True
+_WAL = _Line("wal_bytes_per_s", "WAL written", "WAL (MB/s)", 1024**2)
+_LAG = _Line(
+    "replication_lag_bytes", "largest standby lag", "replication lag (MB)", 1024**2,
+    limit="replication_lag", unit=" MB",
+)  # fmt: skip
+_ARCHIVE = _Line(
+    "archive_backlog", "WAL files waiting for the archiver", "archive backlog", colour="warn",
+    zero_is_nothing=True,
+)  # fmt: skip
+_DISK = _Line(
+    "disk_used_pct", "data directory's disk used", "disk used (%)", limit="disk_used",
+    unit=" %", ylim=(0, 100),
+)  # fmt: skip
 
 
 def capacity(
