@@ -176,23 +176,19 @@ def _sync_expand(change: ColumnChange, facts: ColumnFacts | None, next_step: str
 
 
 def _sync_backfill(change: ColumnChange) -> MigrationText:
-    rel, old, new = change.relation, quote(change.column), quote(change.new_column)
+    new, old = quote(change.new_column), quote(change.column)
     cast_old = old if change.kind == "rename" else f"CAST({old} AS {change.new_type})"
-    forward = "\n".join([
-        BACKFILL_HEADER.format(table=rel, key=quote(_key_name(change))),
-        f"-- backfill: copy {change.column} into {change.new_column} in batches of the key, one",
-        "-- short transaction each; rows the trigger already keeps in step are skipped.",
-        f"UPDATE {rel} SET {new} = {cast_old}",
-        _batch_range(change),
-        f"   AND {new} IS DISTINCT FROM {cast_old};",
-    ])  # fmt: skip
-    down = _nothing_down("the expand's down script drops the new column and its copies")
-    verify = _verify([
-        f"IF EXISTS (SELECT 1 FROM {rel} WHERE {new} IS DISTINCT FROM {cast_old}) THEN\n"
-        f"        RAISE EXCEPTION {literal(f'rows of {rel} whose {change.new_column} differs from {change.column} remain')};\n"
-        "    END IF;",
-    ])  # fmt: skip
-    return MigrationText("backfill", forward + "\n", down, verify)
+    return _backfill(
+        change,
+        about=[
+            f"-- backfill: copy {change.column} into {change.new_column} in batches of the key, one",
+            "-- short transaction each; rows the trigger already keeps in step are skipped.",
+        ],
+        assignment=f"{new} = {cast_old}",
+        pending=f"{new} IS DISTINCT FROM {cast_old}",
+        remain=f"whose {change.new_column} differs from {change.column} remain",
+        down_note="the expand's down script drops the new column and its copies",
+    )
 
 
 def _indexes(change: ColumnChange, copies: list[tuple[str, str]]) -> MigrationText:
@@ -305,21 +301,39 @@ def _fill_expand(change: ColumnChange, next_step: str) -> MigrationText:
 
 
 def _fill_backfill(change: ColumnChange) -> MigrationText:
-    rel, col = change.relation, quote(change.column)
+    col = quote(change.column)
+    return _backfill(
+        change,
+        about=[
+            f"-- backfill: rows of {change.relation} whose {change.column} is NULL get "
+            f"{_one_line(change.fill)}, in batches."
+        ],
+        assignment=f"{col} = {change.fill}",
+        pending=f"{col} IS NULL",
+        remain=f"with {change.column} NULL remain",
+        down_note="which rows were NULL is not recorded, so the filled values stay",
+    )
+
+
+def _backfill(
+    change: ColumnChange, *, about: list[str], assignment: str, pending: str, remain: str,
+    down_note: str,
+) -> MigrationText:  # fmt: skip
+    """A batched UPDATE of the rows still ``pending``; its verify fails while any ``remain``."""
+    rel = change.relation
     forward = "\n".join([
         BACKFILL_HEADER.format(table=rel, key=quote(_key_name(change))),
-        f"-- backfill: rows of {rel} whose {change.column} is NULL get {_one_line(change.fill)}, in batches.",
-        f"UPDATE {rel} SET {col} = {change.fill}",
+        *about,
+        f"UPDATE {rel} SET {assignment}",
         _batch_range(change),
-        f"   AND {col} IS NULL;",
+        f"   AND {pending};",
     ])  # fmt: skip
-    down = _nothing_down("which rows were NULL is not recorded, so the filled values stay")
     verify = _verify([
-        f"IF EXISTS (SELECT 1 FROM {rel} WHERE {col} IS NULL) THEN\n"
-        f"        RAISE EXCEPTION {literal(f'rows of {rel} with {change.column} NULL remain')};\n"
+        f"IF EXISTS (SELECT 1 FROM {rel} WHERE {pending}) THEN\n"
+        f"        RAISE EXCEPTION {literal(f'rows of {rel} {remain}')};\n"
         "    END IF;",
     ])  # fmt: skip
-    return MigrationText("backfill", forward + "\n", down, verify)
+    return MigrationText("backfill", forward + "\n", _nothing_down(down_note), verify)
 
 
 def _fill_contract(change: ColumnChange) -> MigrationText:
